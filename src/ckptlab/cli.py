@@ -1,0 +1,74 @@
+"""The `ckptlab` command: a table of verbs, each a module with a config dataclass and a function.
+
+Verb modules are imported only when their verb runs (or its help is asked for), and they import
+torch and transformers inside their functions, so `ckptlab --help` and `ckptlab VERB --help` answer
+without loading either.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from ckptlab import __version__
+from ckptlab.errors import UserError
+
+# verb -> (module, config class, function, one-line summary)
+VERBS: dict[str, tuple[str, str, str, str]] = {
+    "prepare": (
+        "ckptlab.prepare",
+        "PrepareConfig",
+        "prepare",
+        "Tokenize text sources into memmap token shards with a manifest and a held-out split.",
+    ),
+    "pretrain": (
+        "ckptlab.pretrain",
+        "PretrainConfig",
+        "pretrain",
+        "Pre-train a causal LM from scratch, keeping intermediate checkpoints; resumable.",
+    ),
+}
+
+
+def _usage() -> str:
+    width = max(len(v) for v in VERBS)
+    rows = "\n".join(f"  {verb:<{width}}  {VERBS[verb][3]}" for verb in VERBS)
+    return (
+        "usage: ckptlab VERB [--config FILE.yaml] [--KEY VALUE ...]\n\n"
+        "Pre-train with kept checkpoints, continue pre-training, fine-tune, evaluate, report.\n\n"
+        f"verbs:\n{rows}\n\n"
+        "`ckptlab VERB --help` lists a verb's config keys. Docs: docs/ in the repository.\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        sys.stdout.write(_usage())
+        return 0
+    if argv[0] == "--version":
+        print(f"ckptlab {__version__}")
+        return 0
+    verb, rest = argv[0], argv[1:]
+    if verb not in VERBS:
+        print(f"ckptlab: error: unknown verb '{verb}' (verbs: {', '.join(VERBS)})", file=sys.stderr)
+        return 2
+    module_name, config_name, function_name, summary = VERBS[verb]
+    module = importlib.import_module(module_name)
+    config_cls = getattr(module, config_name)
+    from ckptlab import config as configlib
+
+    if any(a in ("-h", "--help") for a in rest):
+        sys.stdout.write(configlib.format_help(config_cls, f"ckptlab {verb}", summary))
+        return 0
+    try:
+        config = configlib.load(config_cls, rest)
+        result = getattr(module, function_name)(config)
+    except UserError as error:
+        print(f"ckptlab {verb}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
