@@ -11,7 +11,7 @@ import importlib
 import sys
 
 from ckptlab import __version__
-from ckptlab.errors import UserError
+from ckptlab.errors import TrainingDiverged, UserError
 
 # verb -> (module, config class, function, one-line summary)
 VERBS: dict[str, tuple[str, str, str, str]] = {
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = configlib.load(config_cls, rest)
         result = getattr(module, function_name)(config)
-    except UserError as error:
+    except (UserError, TrainingDiverged) as error:
         print(f"ckptlab {verb}: error: {error}", file=sys.stderr)
         return error.exit_code
     return int(result or 0)

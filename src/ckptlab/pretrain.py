@@ -1,0 +1,147 @@
+"""`ckptlab pretrain`: pre-train a causal LM from scratch on prepared shards, keeping checkpoints.
+
+Example (`configs/pretrain_tiny.yaml` opens with the command that runs it):
+
+    ckptlab prepare --sources corpus.txt --out data/corpus --vocab_size 1024
+    ckptlab pretrain --data data/corpus --out runs/tiny --model.size tiny --train.max_steps 200
+
+Kept checkpoints (`--keep.schedule log --keep.every 1000`, as Pythia) are listed in RUN/run.json;
+each is a loadable HF directory. `--resume` continues from the newest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ckptlab.errors import UserError
+from ckptlab.model import ModelConfig
+from ckptlab.train.loop import TrainConfig
+from ckptlab.train.schedules import KeepConfig
+
+CHANGEABLE_ON_RESUME = ("data", "tokenizer", "model", "batch")
+
+
+@dataclass
+class PretrainConfig:
+    """Pre-training from scratch."""
+
+    data: str = ""
+    """Prepared data directory (the output of `ckptlab prepare`): shards, manifest and tokenizer."""
+    out: str = "runs/pretrain"
+    """Run directory: config.yaml, metrics.jsonl, run.json and checkpoints/ go here."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The model built from scratch; the vocabulary comes from the data's tokenizer."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation, schedule, precision and bookkeeping."""
+    keep: KeepConfig = field(default_factory=KeepConfig)
+    """Which steps keep a checkpoint for fine-tuning and evaluation later."""
+    resume: bool = False
+    """Continue from the newest complete checkpoint in `out` (starts fresh if there is none)."""
+    allow_changed: list[str] = field(default_factory=list)
+    """On resume, accept these changes since the checkpoint: data, tokenizer, model, batch."""
+
+    def __post_init__(self) -> None:
+        from ckptlab.errors import ConfigError
+
+        unknown = sorted(set(self.allow_changed) - set(CHANGEABLE_ON_RESUME))
+        if unknown:
+            raise ConfigError(f"allow_changed: unknown item '{unknown[0]}' (expected any of {', '.join(CHANGEABLE_ON_RESUME)})")
+
+
+def pretrain(config: PretrainConfig) -> int:
+    """Run (or resume) pre-training as configured; returns the process exit code."""
+    if not config.data:
+        raise UserError("pretrain: give the prepared data directory with --data (see `ckptlab prepare`)")
+    import torch
+
+    from ckptlab import config as configlib
+    from ckptlab.data.shards import read_manifest
+    from ckptlab.data.tokenizer import load_tokenizer, tokenizer_fingerprint
+    from ckptlab.data.windows import TokenWindows
+    from ckptlab.model import build_model, count_parameters, save_model_dir, shape_fingerprint
+    from ckptlab.train import checkpoint as ckpt
+    from ckptlab.train import distributed
+    from ckptlab.train.batches import WindowBatches
+    from ckptlab.train.loop import train
+    from ckptlab.train.run_dir import RunDir
+    from ckptlab.train.schedules import kept_steps, lr_at
+
+    torch.set_flush_denormal(True)
+    dist = distributed.setup(config.train.device)
+    say = print if dist.is_main else (lambda *a, **k: None)
+    try:
+        data_dir = Path(config.data)
+        manifest = read_manifest(data_dir)
+        tokenizer_dir = data_dir / "tokenizer"
+        tokenizer = load_tokenizer(tokenizer_dir)
+        context = config.model.context_length
+        train_windows = TokenWindows(data_dir, "train", context, config.train.seed)
+        val_windows = None
+        if manifest["splits"].get("val", {}).get("tokens", 0) > context and config.train.val_every:
+            val_windows = TokenWindows(data_dir, "val", context, seed=0)
+
+        run = RunDir(config.out)
+        resume_from = None
+        if config.resume:
+            ckpt.remove_stale_temporaries(run.checkpoints)
+            resume_from = ckpt.latest_complete(run.checkpoints)
+            if resume_from is None:
+                say(f"no complete checkpoint in {run.checkpoints}; starting from step 0")
+        elif ckpt.list_step_dirs(run.checkpoints) or run.metrics.exists():
+            raise UserError(f"{run.root}: already holds a run; pass --resume to continue it, or choose another --out")
+
+        if resume_from is not None:
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(resume_from, dtype=torch.float32)
+            if dist.is_main:
+                run.truncate_metrics(ckpt.read_manifest(resume_from)["step"])
+        else:
+            torch.manual_seed(config.train.seed)
+            model = build_model(
+                config.model,
+                vocab_size=manifest["vocab_size"],
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        model.to(dist.device)
+        if dist.is_main:
+            run.save_config(configlib.to_dict(config))
+        fingerprints = {
+            "data": train_windows.fingerprint,
+            "tokenizer": tokenizer_fingerprint(tokenizer_dir),
+            "model": shape_fingerprint(model.config),
+        }
+        kept = kept_steps(config.keep, config.train.max_steps)
+        global_batch = config.train.micro_batch_size * config.train.grad_accum_steps * dist.world_size
+        say(
+            f"pretrain: {count_parameters(model):,} parameters, {len(train_windows):,} windows of {context} tokens, "
+            f"global batch {global_batch}, {config.train.max_steps} steps on {dist.device} "
+            f"(x{dist.world_size}), {len(kept)} kept checkpoints"
+        )
+        say(f"run manifest: {run.manifest}")
+        result = train(
+            model=model,
+            save_model=lambda folder: save_model_dir(model, tokenizer, folder),
+            train_data=WindowBatches(train_windows),
+            val_data=WindowBatches(val_windows) if val_windows is not None else None,
+            config=config.train,
+            lr_at=lambda step: lr_at(step, config.train.schedule, config.train.max_steps),
+            kept=kept,
+            run=run,
+            fingerprints=fingerprints,
+            resume_from=resume_from,
+            allow_changed=config.allow_changed,
+            dist=dist,
+            log=say,
+        )
+        kept_paths = [c for c in result.checkpoints if c["kept"]]
+        say(
+            f"{result.status} at step {result.step} (loss {result.last_loss}); "
+            f"{len(kept_paths)} kept checkpoints listed in {run.manifest}"
+        )
+        return 0
+    finally:
+        distributed.teardown(dist)

@@ -1,0 +1,1 @@
+"""Training: the one loop, schedules, checkpoints, run directories, data-parallel set-up."""

@@ -1,0 +1,76 @@
+"""A run directory: the resolved config, the per-step metrics, the checkpoints and the run manifest.
+
+```
+RUN/
+  config.yaml          the resolved config of the run (every key, defaults included)
+  run.json             the run manifest: status and the list of complete checkpoints
+  metrics.jsonl        one JSON object per optimizer step (and per validation)
+  checkpoints/step-00001000/   HF model directory + training_state.pt + checkpoint.json
+```
+`run.json` is what sweeps read to find a run's kept checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ckptlab.errors import CheckpointError
+from ckptlab.train.checkpoint import atomic_write_text
+
+RUN_MANIFEST = "run.json"
+
+
+class RunDir:
+    """Paths and small atomic writers of one run directory."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.checkpoints = self.root / "checkpoints"
+        self.metrics = self.root / "metrics.jsonl"
+        self.manifest = self.root / RUN_MANIFEST
+        self.config = self.root / "config.yaml"
+
+    def save_config(self, config: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.config, yaml.safe_dump(config, sort_keys=False))
+
+    def read_run_manifest(self) -> dict[str, Any]:
+        if not self.manifest.exists():
+            return {"checkpoints": []}
+        try:
+            return json.loads(self.manifest.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise CheckpointError(f"{self.manifest}: corrupt run manifest ({error})") from None
+
+    def write_run_manifest(self, manifest: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.manifest, json.dumps(manifest, indent=1) + "\n")
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop metric records after `step`: a resumed run re-logs those steps itself."""
+        if not self.metrics.exists():
+            return
+        kept = []
+        for line in self.metrics.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by a crash mid-write
+            if record.get("step", 0) <= step:
+                kept.append(line)
+        atomic_write_text(self.metrics, "".join(line + "\n" for line in kept))
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All complete records of a metrics.jsonl file."""
+    records = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
