@@ -8,6 +8,7 @@ without loading either.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from ckptlab import __version__
@@ -15,6 +16,12 @@ from ckptlab.errors import TrainingDiverged, UserError
 
 # verb -> (module, config class, function, one-line summary)
 VERBS: dict[str, tuple[str, str, str, str]] = {
+    "world": (
+        "ckptlab.world",
+        "WorldConfig",
+        "world",
+        "Generate the built-in synthetic world: general and domain corpora, and labelled tasks.",
+    ),
     "prepare": (
         "ckptlab.prepare",
         "PrepareConfig",
@@ -54,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ckptlab: error: unknown verb '{verb}' (verbs: {', '.join(VERBS)})", file=sys.stderr)
         return 2
     module_name, config_name, function_name, summary = VERBS[verb]
+    # Hugging Face draws a progress bar for every weight load and save ("Loading weights",
+    # "Writing model shards"): noise in a log that already has ckptlab's own progress bar.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     module = importlib.import_module(module_name)
     config_cls = getattr(module, config_name)
     from ckptlab import config as configlib

@@ -36,15 +36,8 @@ SIZES: dict[str, dict[str, int]] = {
 # Config attribute names that mean the same thing across architectures; the first one the
 # architecture's config knows is set (GPT-2 calls the feed-forward width `n_inner`).
 _INTERMEDIATE_KEYS = ("intermediate_size", "n_inner", "ffn_dim")
-_DROPOUT_KEYS = (
-    "attention_dropout",
-    "hidden_dropout",
-    "resid_pdrop",
-    "embd_pdrop",
-    "attn_pdrop",
-    "hidden_dropout_prob",
-    "attention_probs_dropout_prob",
-)
+_DROPOUT_KEYS = ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop",
+                 "hidden_dropout_prob", "attention_probs_dropout_prob")
 _DTYPES = ("float32", "bfloat16", "float16")
 # A hub id: `name` or `org/name`, letters, digits, `-`, `_`, `.` (the hub's own rule).
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
@@ -88,8 +81,8 @@ class ModelConfig:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.init_std <= 0:
             raise ConfigError(f"model.init_std must be positive, got {self.init_std}")
-        if self.resolved()["hidden_size"] % self.resolved()["num_heads"]:
-            dims = self.resolved()
+        dims = self.resolved()
+        if dims["hidden_size"] % dims["num_heads"]:
             raise ConfigError(
                 f"model.hidden_size {dims['hidden_size']} is not divisible by "
                 f"model.num_heads {dims['num_heads']}"
@@ -187,19 +180,10 @@ def count_parameters(model: Any, trainable_only: bool = False) -> int:
     return total
 
 
-_SHAPE_KEYS = (
-    "model_type",
-    "vocab_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "head_dim",
-    "intermediate_size",
-    "n_inner",
-    "max_position_embeddings",
-    "tie_word_embeddings",
-)
+# Keys that fix parameter shapes (n_inner is GPT-2's intermediate_size).
+_SHAPE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "head_dim", "intermediate_size", "n_inner",
+               "max_position_embeddings", "tie_word_embeddings")
 
 
 def shape_fingerprint(hf_config: Any) -> str:
@@ -242,6 +226,8 @@ def parse_source(source: str) -> ModelSource:
     Raises:
         UserError: a path that does not exist, or text that is neither a path nor a hub id.
     """
+    if not source.strip():
+        raise UserError("model source is empty: give a directory, a .gguf file or a hub id")
     path = Path(source).expanduser()
     if path.is_dir():
         return ModelSource("directory", path=str(path))
@@ -249,7 +235,7 @@ def parse_source(source: str) -> ModelSource:
         if path.suffix.lower() == ".gguf":
             return ModelSource("gguf", path=str(path))
         raise UserError(f"model source '{source}': expected a model directory or a .gguf file")
-    if not source or source.lower().endswith(".gguf") or _looks_like_path(source):
+    if source.lower().endswith(".gguf") or _looks_like_path(source):
         raise UserError(f"model source '{source}': no such directory or file")
     repo_id, at, revision = source.partition("@")
     if not _REPO_ID.match(repo_id) or (at and not revision):
@@ -303,11 +289,6 @@ def _drop_gguf_quantizer(model: Any) -> None:
         model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         delattr(model.config, "quantization_config")
-    if hasattr(model, "is_quantized"):
-        try:
-            model.is_quantized = False
-        except AttributeError:
-            pass  # a read-only property derived from hf_quantizer
 
 
 def load_model(source: str, dtype: str = "float32") -> PreTrainedModel:

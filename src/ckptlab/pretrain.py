@@ -59,11 +59,11 @@ def pretrain(config: PretrainConfig) -> int:
     from ckptlab.data.shards import read_manifest
     from ckptlab.data.tokenizer import load_tokenizer, tokenizer_fingerprint
     from ckptlab.data.windows import TokenWindows
-    from ckptlab.model import build_model, count_parameters, save_model_dir, shape_fingerprint
+    from ckptlab.model import build_hf_config, build_model, count_parameters, save_model_dir, shape_fingerprint
     from ckptlab.train import checkpoint as ckpt
     from ckptlab.train import distributed
     from ckptlab.train.batches import WindowBatches
-    from ckptlab.train.loop import train
+    from ckptlab.train.loop import check_fingerprints, train
     from ckptlab.train.run_dir import RunDir
     from ckptlab.train.schedules import kept_steps, lr_at
 
@@ -91,29 +91,29 @@ def pretrain(config: PretrainConfig) -> int:
         elif ckpt.list_step_dirs(run.checkpoints) or run.metrics.exists():
             raise UserError(f"{run.root}: already holds a run; pass --resume to continue it, or choose another --out")
 
-        if resume_from is not None:
-            from transformers import AutoModelForCausalLM
-
-            model = AutoModelForCausalLM.from_pretrained(resume_from, dtype=torch.float32)
-            if dist.is_main:
-                run.truncate_metrics(ckpt.read_manifest(resume_from)["step"])
-        else:
-            torch.manual_seed(config.train.seed)
-            model = build_model(
-                config.model,
-                vocab_size=manifest["vocab_size"],
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        model.to(dist.device)
-        if dist.is_main:
-            run.save_config(configlib.to_dict(config))
+        token_ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+        # The fingerprints describe what this invocation asks for; on resume they are compared with
+        # the checkpoint's before its weights are loaded.
         fingerprints = {
             "data": train_windows.fingerprint,
             "tokenizer": tokenizer_fingerprint(tokenizer_dir),
-            "model": shape_fingerprint(model.config),
+            "model": shape_fingerprint(build_hf_config(config.model, vocab_size=manifest["vocab_size"], **token_ids)),
         }
+        if resume_from is not None:
+            from transformers import AutoModelForCausalLM
+
+            saved = ckpt.read_manifest(resume_from)
+            check_fingerprints(saved.get("fingerprints", {}), fingerprints, config.allow_changed, resume_from)
+            model = AutoModelForCausalLM.from_pretrained(resume_from, dtype=torch.float32)
+            if dist.is_main:
+                run.truncate_metrics(saved["step"])
+        else:
+            torch.manual_seed(config.train.seed)
+            model = build_model(config.model, vocab_size=manifest["vocab_size"], **token_ids)
+        model.to(dist.device)
+        if dist.is_main:
+            run.save_config(configlib.to_dict(config))
         kept = kept_steps(config.keep, config.train.max_steps)
         global_batch = config.train.micro_batch_size * config.train.grad_accum_steps * dist.world_size
         say(

@@ -18,6 +18,7 @@ import contextlib
 import math
 import os
 import random
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -55,7 +56,9 @@ class TrainConfig:
     val_batches: int = 4
     """Micro-batches of held-out data per validation."""
     save_every: int = 50
-    """Write a resume checkpoint every this many steps (0 = only kept steps and on SIGTERM); superseded ones are deleted."""
+    """Write a resume checkpoint every this many steps (0 = only kept steps and on SIGTERM)."""
+    resume_checkpoints: int = 2
+    """Retain resume checkpoints until this many newer checkpoints exist, so a corrupt newest one has a fallback."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """bf16 runs matmuls under autocast (weights and optimizer stay fp32)."""
     compile: bool = False
@@ -73,6 +76,8 @@ class TrainConfig:
         for name in ("max_steps", "micro_batch_size", "grad_accum_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.resume_checkpoints < 1:
+            raise ConfigError(f"train.resume_checkpoints: expected a positive integer, got {self.resume_checkpoints}")
         for name in ("val_every", "val_batches", "save_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name}: expected an integer ≥ 0, got {getattr(self, name)}")
@@ -266,14 +271,15 @@ def train(
             entry = {"step": at_step, "path": str(path.relative_to(run.root)), "kept": is_kept,
                      "tokens_seen": tokens_seen, "val_loss": last_val.get(at_step)}
             # Superseded resume checkpoints are deleted only after the new one is complete.
-            stale = [c for c in manifest["checkpoints"] if not c["kept"] and c["step"] != at_step]
-            manifest["checkpoints"] = [c for c in manifest["checkpoints"] if c["kept"] and c["step"] != at_step]
-            manifest["checkpoints"] = sorted(manifest["checkpoints"] + [entry], key=lambda c: c["step"])
+            entries = sorted([c for c in manifest["checkpoints"] if c["step"] != at_step] + [entry],
+                             key=lambda c: c["step"])
+            # Kept checkpoints can be resumed from too, so they count among the newest retained.
+            newest = entries[-config.resume_checkpoints:]
+            stale = [c for c in entries if not c["kept"] and c not in newest]
+            manifest["checkpoints"] = [c for c in entries if c not in stale]
             manifest["latest_step"] = at_step
             run.write_run_manifest(manifest)
             for old in stale:
-                import shutil
-
                 shutil.rmtree(run.root / old["path"], ignore_errors=True)
         dist.barrier()
 
