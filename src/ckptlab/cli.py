@@ -16,6 +16,12 @@ from ckptlab.errors import TrainingDiverged, UserError
 
 # verb -> (module, config class, function, one-line summary)
 VERBS: dict[str, tuple[str, str, str, str]] = {
+    "demo": (
+        "ckptlab.demo",
+        "DemoConfig",
+        "demo",
+        "The main job on built-in data: world → prepare → pretrain with kept checkpoints; resumable.",
+    ),
     "world": (
         "ckptlab.world",
         "WorldConfig",

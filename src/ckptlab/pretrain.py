@@ -95,10 +95,17 @@ def pretrain(config: PretrainConfig) -> int:
                          pad_token_id=tokenizer.pad_token_id)
         # The fingerprints describe what this invocation asks for; on resume they are compared with
         # the checkpoint's before its weights are loaded.
+        hf_config = build_hf_config(config.model, vocab_size=manifest["vocab_size"], **token_ids)
+        max_positions = getattr(hf_config, "max_position_embeddings", None)
+        if max_positions is not None and context > max_positions:
+            raise UserError(
+                f"model.context_length {context} is longer than the model allows "
+                f"(max_position_embeddings {max_positions}, set in model.hf_overrides)"
+            )
         fingerprints = {
             "data": train_windows.fingerprint,
             "tokenizer": tokenizer_fingerprint(tokenizer_dir),
-            "model": shape_fingerprint(build_hf_config(config.model, vocab_size=manifest["vocab_size"], **token_ids)),
+            "model": shape_fingerprint(hf_config),
         }
         if resume_from is not None:
             from transformers import AutoModelForCausalLM

@@ -178,6 +178,8 @@ def test_existing_run_without_resume_is_refused(prepared, tmp_path):
         (["--model.size", "huge"], "model.size"),
         (["--data", "/nonexistent/data"], "/nonexistent/data"),
         (["--model.context_length", "100000"], "needs at least"),
+        (["--model.hf_overrides", "{max_position_embeddings: 16}"], "longer than the model allows"),
+        (["--allow_changed", "everything"], "allow_changed: unknown item 'everything'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(prepared, tmp_path, args, expected):

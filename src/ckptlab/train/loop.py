@@ -52,7 +52,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value (0 = no clipping; the norm is still logged)."""
     val_every: int = 50
-    """Compute validation loss every this many steps and at the end (0 = never)."""
+    """Compute validation loss every this many steps, at every kept step and at the end (0 = never)."""
     val_batches: int = 4
     """Micro-batches of held-out data per validation."""
     save_every: int = 50
@@ -361,7 +361,8 @@ def train(
                 last_loss = mean_loss
                 record = {"step": step, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm,
                           "tokens_seen": tokens_seen, "tokens_per_s": counts[1].item() / elapsed}
-                if config.val_every and (step % config.val_every == 0 or step == config.max_steps):
+                # Kept checkpoints always get a validation loss: they are what users compare later.
+                if config.val_every and (step % config.val_every == 0 or step == config.max_steps or step in kept):
                     last_val[step] = record["val_loss"] = validate()
                 if metrics is not None:
                     metrics.write(_json_line(record))
