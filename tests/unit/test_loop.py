@@ -105,3 +105,10 @@ def test_train_config_validation_names_the_key():
         load(TrainConfig, ["--micro_batch_size", "0"])
     with pytest.raises(ConfigError, match="train.device"):
         TrainConfig(device="tpu")
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager(data_dir, tmp_path):
+    _, _, eager = run_loop(data_dir, tmp_path / "eager", micro=4, accum=1, steps=3)
+    _, _, compiled = run_loop(data_dir, tmp_path / "compiled", micro=4, accum=1, steps=3, compile=True)
+    assert compiled == pytest.approx(eager, rel=1e-4)

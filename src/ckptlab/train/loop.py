@@ -324,7 +324,8 @@ def train(
                 counts = torch.tensor(
                     [sum(int((b["labels"] != -100).sum()) for b in micro_batches),
                      sum(int(b["input_ids"].numel()) for b in micro_batches)],
-                    dtype=torch.float64, device=device,
+                    # Counted on the CPU: only a multi-process run needs them on the device (NCCL).
+                    dtype=torch.float64, device=device if dist.enabled else "cpu",
                 )
                 dist.all_reduce_sum(counts)
                 targets = counts[0].item()
