@@ -1,0 +1,62 @@
+"""Pre-training corpora: facts stated several times, in several wordings, in shuffled documents.
+
+Each subject (a person, an organisation, a city, a company) gets as many documents as its most
+repeated fact; a fact stated k times appears in k of them, each time with a different template.
+The sentences of a document are shuffled. Documents about places and organisations are merged into
+documents about people, so most documents mix several subjects; the documents are then shuffled.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from ckptlab.synthetic.facts import Fact, render_some
+
+
+def subject_documents(
+    facts: Sequence[Fact], repeats: tuple[int, int], rng: random.Random, mentions: dict[Fact, int]
+) -> list[list[str]]:
+    """The documents (lists of sentences) of one subject; records how often each fact is stated."""
+    counts = [rng.randint(*repeats) for _ in facts]
+    documents: list[list[str]] = [[] for _ in range(max(counts))]
+    for fact, count in zip(facts, counts, strict=True):
+        mentions[fact] = mentions.get(fact, 0) + count
+        chosen = rng.sample(range(len(documents)), count)
+        for document, sentence in zip(chosen, render_some(fact, count, rng), strict=True):
+            documents[document].append(sentence)
+    return documents
+
+
+def build_corpus(
+    main_subjects: Sequence[Sequence[Fact]],
+    minor_subjects: Sequence[Sequence[Fact]],
+    repeats: tuple[int, int],
+    rng: random.Random,
+    minor_repeats: tuple[int, int] | None = None,
+) -> tuple[list[str], dict[Fact, int]]:
+    """Documents (one paragraph each) and the number of times each fact is stated.
+
+    Args:
+        main_subjects: the facts of each subject that gets documents of its own.
+        minor_subjects: the facts of subjects whose documents are merged into main ones.
+        repeats: (min, max) times a fact is stated, drawn uniformly per fact.
+        rng: the only source of randomness.
+        minor_repeats: repeats for the minor subjects (default: `repeats`).
+    """
+    mentions: dict[Fact, int] = {}
+    documents: list[list[str]] = []
+    for facts in main_subjects:
+        documents += subject_documents(facts, repeats, rng, mentions)
+    for facts in minor_subjects:
+        for extra in subject_documents(facts, minor_repeats or repeats, rng, mentions):
+            documents[rng.randrange(len(documents))].extend(extra)
+    for document in documents:
+        rng.shuffle(document)
+    rng.shuffle(documents)
+    return [" ".join(document) for document in documents], mentions
+
+
+def corpus_text(documents: Sequence[str]) -> str:
+    """Documents separated by a blank line, one paragraph each, ending with a newline."""
+    return "\n\n".join(documents) + "\n"
