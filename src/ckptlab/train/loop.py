@@ -197,6 +197,7 @@ def train(
     allow_changed: Sequence[str],
     dist: Any,
     log: Callable[[str], None] = print,
+    initial_optimizer_state: dict[str, Any] | None = None,
 ) -> LoopResult:
     """Train `model` in place; checkpoints and metrics go to `run` (a RunDir).
 
@@ -208,6 +209,8 @@ def train(
         resume_from: a verified checkpoint to continue from, or None to start at step 0.
         allow_changed: fingerprint keys that may differ on resume.
         dist: the data-parallel state from `ckptlab.train.distributed.setup`.
+        initial_optimizer_state: AdamW state to start from when not resuming (continued
+            pre-training from another run's checkpoint keeps its moments unless reset).
     """
     import torch
     import torch.nn.functional as F
@@ -220,6 +223,8 @@ def train(
     optimizer = make_optimizer(model, config)
     global_batch = config.micro_batch_size * config.grad_accum_steps * dist.world_size
 
+    if initial_optimizer_state is not None and resume_from is None:
+        optimizer.load_state_dict(initial_optimizer_state)
     if resume_from is not None:
         state = torch.load(resume_from / ckpt.TRAINING_STATE, map_location="cpu", weights_only=False)
         check_fingerprints(state.get("fingerprints", {}), fingerprints, allow_changed, resume_from)
