@@ -40,6 +40,7 @@ VERBS: dict[str, tuple[str, str, str, str]] = {
         "pretrain",
         "Pre-train a causal LM from scratch, keeping intermediate checkpoints; resumable.",
     ),
+    "cpt": ("ckptlab.cpt", "CptConfig", "cpt", "Continue pre-training any checkpoint: staged blends, LR re-warm/decay, replay; resumable."),
 }
 
 

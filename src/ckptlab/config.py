@@ -60,7 +60,8 @@ def _describe(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (Union, types.UnionType):
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return " or ".join(_describe(a) for a in inner) + " or null"
+        optional = len(inner) < len(typing.get_args(tp))
+        return " or ".join(_describe(a) for a in inner) + (" or null" if optional else "")
     if origin is list:
         (item,) = typing.get_args(tp) or (Any,)
         return f"a list of {_describe(item)}"

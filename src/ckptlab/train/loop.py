@@ -198,6 +198,7 @@ def train(
     dist: Any,
     log: Callable[[str], None] = print,
     initial_optimizer_state: dict[str, Any] | None = None,
+    step_fields: Callable[[int], dict[str, Any]] | None = None,
 ) -> LoopResult:
     """Train `model` in place; checkpoints and metrics go to `run` (a RunDir).
 
@@ -211,6 +212,7 @@ def train(
         dist: the data-parallel state from `ckptlab.train.distributed.setup`.
         initial_optimizer_state: AdamW state to start from when not resuming (continued
             pre-training from another run's checkpoint keeps its moments unless reset).
+        step_fields: extra fields for the metrics line of each 0-based step (e.g. which blend).
     """
     import torch
     import torch.nn.functional as F
@@ -367,6 +369,8 @@ def train(
                 last_loss = mean_loss
                 record = {"step": step, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm,
                           "tokens_seen": tokens_seen, "tokens_per_s": counts[1].item() / elapsed}
+                if step_fields is not None:
+                    record.update(step_fields(step - 1))
                 # Kept checkpoints always get a validation loss: they are what users compare later.
                 if config.val_every and (step % config.val_every == 0 or step == config.max_steps or step in kept):
                     last_val[step] = record["val_loss"] = validate()

@@ -12,7 +12,7 @@ from typing import Literal
 
 from ckptlab.errors import ConfigError
 
-ScheduleName = Literal["cosine", "linear", "constant", "wsd"]
+ScheduleName = Literal["cosine", "linear", "constant", "wsd", "infinite"]
 
 
 @dataclass
@@ -20,25 +20,33 @@ class ScheduleConfig:
     """How the learning rate moves with the optimizer step."""
 
     name: ScheduleName = "cosine"
-    """cosine: warm-up then cosine decay to min_lr; linear: warm-up then linear decay to min_lr; constant: warm-up then flat; wsd: warm-up, stable at lr, then a linear decay over the last decay_steps steps."""
+    """cosine: warm-up then cosine decay to min_lr; linear: warm-up then linear decay to min_lr; constant: warm-up then flat; wsd: warm-up, stable at lr, then a linear decay over the last decay_steps steps; infinite (Ibrahim et al. 2024): warm-up, cosine cooldown from lr to constant_lr over cooldown_steps, constant, then a linear anneal to min_lr over the last decay_steps steps."""
     lr: float = 3e-4
     """Peak learning rate, reached at the end of the warm-up."""
     min_lr: float = 3e-5
-    """Final learning rate of the decay (cosine, linear, wsd)."""
+    """Final learning rate of the decay (cosine, linear, wsd, infinite)."""
     warmup_steps: int = 0
     """Linear warm-up from warmup_start_lr to lr over this many steps."""
     warmup_fraction: float = 0.0
     """Warm-up as a fraction of the total steps; used when warmup_steps is 0 (e.g. 0.03)."""
     warmup_start_lr: float = 0.0
-    """Learning rate at step 0 of the warm-up."""
+    """Learning rate the warm-up starts from (continued pre-training re-warms from here)."""
     decay_steps: int = 0
-    """wsd only: length of the final decay phase (0 = the last 20% of the steps)."""
+    """wsd and infinite: length of the final decay (anneal) phase (0 = the last 20% of the steps)."""
+    cooldown_steps: int = 0
+    """infinite only: steps of the cosine cooldown from lr to constant_lr right after the warm-up (0 = drop at once)."""
+    constant_lr: float = 0.0
+    """infinite only: the learning rate held between the cooldown and the final anneal (must be > 0)."""
 
     def __post_init__(self) -> None:
         if self.lr < 0 or self.min_lr < 0 or self.warmup_start_lr < 0:
             raise ConfigError("schedule: lr, min_lr and warmup_start_lr must be ≥ 0")
-        if self.warmup_steps < 0 or self.decay_steps < 0:
-            raise ConfigError("schedule: warmup_steps and decay_steps must be ≥ 0")
+        if self.warmup_steps < 0 or self.decay_steps < 0 or self.cooldown_steps < 0:
+            raise ConfigError("schedule: warmup_steps, decay_steps and cooldown_steps must be ≥ 0")
+        if self.constant_lr < 0:
+            raise ConfigError(f"schedule.constant_lr: expected a number ≥ 0, got {self.constant_lr}")
+        if self.name == "infinite" and self.constant_lr <= 0:
+            raise ConfigError("schedule.constant_lr: the infinite schedule needs the constant learning rate (> 0)")
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise ConfigError(f"schedule.warmup_fraction: expected 0 ≤ x < 1, got {self.warmup_fraction}")
 
@@ -57,11 +65,62 @@ def lr_at(step: int, schedule: ScheduleConfig, total_steps: int) -> float:
             return schedule.lr
         progress = min(1.0, (step - decay_start + 1) / max(1, total_steps - decay_start))
         return schedule.lr + (schedule.min_lr - schedule.lr) * progress
+    if schedule.name == "infinite":
+        return _infinite(step, schedule, total_steps, warmup)
     span = max(1, total_steps - warmup - 1)
     progress = min(1.0, (step - warmup) / span)
     if schedule.name == "linear":
         return schedule.lr + (schedule.min_lr - schedule.lr) * progress
     return schedule.min_lr + 0.5 * (schedule.lr - schedule.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def _infinite(step: int, schedule: ScheduleConfig, total_steps: int, warmup: int) -> float:
+    # Ibrahim et al. 2024: the constant phase can go on for any number of steps, and any of its
+    # steps can be annealed from, so continuing later needs no re-warming; this run anneals at its end.
+    decay = schedule.decay_steps or max(1, int(round(0.2 * total_steps)))
+    anneal_start = max(warmup, total_steps - decay)
+    cooldown_end = min(warmup + schedule.cooldown_steps, anneal_start)
+    if step < cooldown_end:
+        progress = (step - warmup + 1) / schedule.cooldown_steps
+        return schedule.constant_lr + 0.5 * (schedule.lr - schedule.constant_lr) * (1 + math.cos(math.pi * progress))
+    if step < anneal_start:
+        return schedule.constant_lr
+    progress = min(1.0, (step - anneal_start + 1) / max(1, total_steps - anneal_start))
+    return schedule.constant_lr + (schedule.min_lr - schedule.constant_lr) * progress
+
+
+def reuse_schedule(start_lr: float, decay_to_fraction: float = 0.01) -> ScheduleConfig:
+    """The continued-pretraining schedule of Parmar et al. 2024 (*Reuse, Don't Retrain*).
+
+    Starts at `start_lr` (the pre-training run's minimum learning rate) with no warm-up and
+    cosine-decays to `start_lr * decay_to_fraction` at the last step.
+    """
+    if start_lr <= 0:
+        raise ConfigError(f"reuse schedule: the starting learning rate must be > 0, got {start_lr}")
+    if not 0 <= decay_to_fraction <= 1:
+        raise ConfigError(f"reuse.decay_to_fraction: expected 0 ≤ x ≤ 1, got {decay_to_fraction}")
+    return ScheduleConfig(name="cosine", lr=start_lr, min_lr=start_lr * decay_to_fraction, warmup_steps=0)
+
+
+def peak_lr(schedule: ScheduleConfig, total_steps: int) -> float:
+    """The largest learning rate of the run."""
+    return max(lr_at(step, schedule, total_steps) for step in range(total_steps))
+
+
+def first_step_at_or_below(schedule: ScheduleConfig, total_steps: int, threshold: float) -> int | None:
+    """The first 0-based step whose learning rate is ≤ `threshold` after the schedule has been above it.
+
+    Steps of a warm-up that starts below the threshold do not count: a blend switch meant for the
+    decay must not fire at step 0 of a re-warming. None when the rate never falls to the threshold.
+    """
+    warms_up = (schedule.warmup_steps or int(round(schedule.warmup_fraction * total_steps))) > 0
+    risen = False
+    for step in range(total_steps):
+        rate = lr_at(step, schedule, total_steps)
+        if rate <= threshold and (risen or not warms_up):
+            return step
+        risen = risen or rate > threshold
+    return None
 
 
 @dataclass

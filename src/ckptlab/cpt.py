@@ -1,0 +1,503 @@
+"""`ckptlab cpt`: continue pre-training any checkpoint on blends of prepared data, with replay.
+
+Example (`configs/cpt_domain_reuse_replay.yaml` opens with the command that runs it):
+
+    ckptlab prepare --sources domain.txt --out data/domain --tokenizer runs/tiny/checkpoints/step-00000200
+    ckptlab cpt --init_from runs/tiny/checkpoints/step-00000200 --out runs/cpt \\
+        --blend data/domain --replay data/general --replay_fraction 0.25 --recipe reuse
+
+The data are a staged mixture (`ckptlab.data.mixture`): `blend` before the switch step and
+`second_blend` from it on, with `replay_fraction` of every batch read from `replay`. The switch is
+a step, the first step whose LR is at or below `switch_at_lr`, or (recipe reuse) the first step at
+or below `reuse.switch_at_lr_fraction` of the peak LR. It runs on the one training loop
+(`ckptlab.train.loop.train`); `--resume` continues exactly as pre-training does. Each metrics line
+names the blend its step read, and `run.json` records the switch step under `cpt`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ckptlab.errors import ConfigError, UserError
+from ckptlab.train.loop import TrainConfig
+from ckptlab.train.run_dir import RunDir
+from ckptlab.train.schedules import KeepConfig
+
+CHANGEABLE_ON_RESUME = ("data", "tokenizer", "model", "batch")
+BLEND_NAMES = ("blend", "second_blend")
+
+
+@dataclass
+class BlendSource:
+    """One weighted source of a blend."""
+
+    data: str = ""
+    """Prepared data directory (`ckptlab prepare --tokenizer MODEL`); its train split is read."""
+    weight: float = 1.0
+    """Relative weight within the blend (a blend's weights share out what replay leaves)."""
+
+
+@dataclass
+class ReuseConfig:
+    """Constants of the *Reuse, Don't Retrain* recipe (Parmar et al. 2024)."""
+
+    start_lr: float | None = None
+    """Starting (= peak) LR, no warm-up; null reads train.schedule.min_lr of the ckptlab run that wrote init_from."""
+    decay_to_fraction: float = 0.01
+    """Cosine-decay to this fraction of the starting LR at the last step."""
+    switch_at_lr_fraction: float = 0.2
+    """Switch to second_blend at the first step whose LR is at or below this fraction of the peak."""
+
+
+@dataclass
+class CptConfig:
+    """Continued pre-training from an existing checkpoint."""
+
+    init_from: str = ""
+    """Model to continue: a ckptlab checkpoint or run directory, an HF directory, a hub id[@revision], or a .gguf file."""
+    out: str = "runs/cpt"
+    """Run directory: config.yaml, metrics.jsonl, run.json and checkpoints/ go here."""
+    blend: list[BlendSource | str] = field(default_factory=list)
+    """Sources read before the switch: a list of {data, weight}, or DIR[=WEIGHT],DIR[=WEIGHT] on the command line."""
+    second_blend: list[BlendSource | str] = field(default_factory=list)
+    """Sources read from the switch on (same forms as blend); empty = no switch."""
+    switch_step: int | None = None
+    """Switch after this many optimizer steps: steps 1..switch_step (as metrics.jsonl counts) read blend, later ones second_blend."""
+    switch_at_lr: float | None = None
+    """Switch at the first step whose LR is at or below this value (after any warm-up has risen above it)."""
+    replay: str = ""
+    """Prepared directory of the original pre-training data, replayed in every blend to limit forgetting."""
+    replay_fraction: float = 0.0
+    """Share of every batch's samples read from replay (e.g. 0.01-0.05 for mild shifts, 0.25 for strong ones)."""
+    recipe: Literal["none", "reuse"] = "none"
+    """none: train.schedule as given; reuse: Parmar et al. 2024's schedule (replaces train.schedule) and blend switch."""
+    reuse: ReuseConfig = field(default_factory=ReuseConfig)
+    """Constants of recipe reuse."""
+    reset_optimizer: bool = False
+    """Start AdamW with fresh moments; by default a ckptlab checkpoint's optimizer state is carried over."""
+    context_length: int | None = None
+    """Tokens per training sample; null = the model's max_position_embeddings."""
+    validate_on: str = ""
+    """Prepared directory whose val split gives the validation loss; empty = the first source of the last blend."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation, schedule, precision and bookkeeping."""
+    keep: KeepConfig = field(default_factory=KeepConfig)
+    """Which steps keep a checkpoint for fine-tuning and evaluation later."""
+    resume: bool = False
+    """Continue from the newest complete checkpoint in `out` (starts from init_from if there is none)."""
+    allow_changed: list[str] = field(default_factory=list)
+    """On resume, accept these changes since the checkpoint: data, tokenizer, model, batch."""
+
+    def __post_init__(self) -> None:
+        self.blend = _parse_blend(self.blend, "blend")
+        self.second_blend = _parse_blend(self.second_blend, "second_blend")
+        unknown = sorted(set(self.allow_changed) - set(CHANGEABLE_ON_RESUME))
+        if unknown:
+            raise ConfigError(f"allow_changed: unknown item '{unknown[0]}' (expected any of {', '.join(CHANGEABLE_ON_RESUME)})")
+        if not (0.0 <= self.replay_fraction < 1.0):
+            raise ConfigError(f"replay_fraction: expected 0 ≤ x < 1, got {self.replay_fraction}")
+        if self.replay_fraction > 0 and not self.replay:
+            raise ConfigError("replay_fraction: set, but no replay data; give the pre-training data with --replay")
+        if self.replay and self.replay_fraction == 0:
+            raise ConfigError("replay: given, but replay_fraction is 0; set --replay_fraction (e.g. 0.05)")
+        if self.switch_step is not None and self.switch_at_lr is not None:
+            raise ConfigError("switch_step and switch_at_lr: give one of them, not both")
+        if self.switch_step is not None and not 0 <= self.switch_step <= self.train.max_steps:
+            raise ConfigError(f"switch_step: expected 0 ≤ step ≤ train.max_steps ({self.train.max_steps}), got {self.switch_step}")
+        if self.switch_at_lr is not None and self.switch_at_lr < 0:
+            raise ConfigError(f"switch_at_lr: expected a learning rate ≥ 0, got {self.switch_at_lr}")
+        has_switch = self.switch_step is not None or self.switch_at_lr is not None
+        if has_switch and not self.second_blend:
+            raise ConfigError("switch_step/switch_at_lr: given, but there is no second_blend to switch to")
+        if self.second_blend and not has_switch and self.recipe != "reuse":
+            raise ConfigError("second_blend: say when to switch with switch_step or switch_at_lr (or use --recipe reuse)")
+        if self.reuse.start_lr is not None and self.reuse.start_lr <= 0:
+            raise ConfigError(f"reuse.start_lr: expected a learning rate > 0, got {self.reuse.start_lr}")
+        for name in ("decay_to_fraction", "switch_at_lr_fraction"):
+            value = getattr(self.reuse, name)
+            if not 0.0 < value <= 1.0:
+                raise ConfigError(f"reuse.{name}: expected 0 < x ≤ 1, got {value}")
+        if self.context_length is not None and self.context_length < 1:
+            raise ConfigError(f"context_length: expected a positive integer, got {self.context_length}")
+
+
+def _parse_blend(items: list[Any], key: str) -> list[BlendSource]:
+    """Blend entries as BlendSource; `DIR=WEIGHT,DIR` strings (the command-line form) are split here."""
+    parsed: list[BlendSource] = []
+    for item in items:
+        if isinstance(item, BlendSource):
+            parsed.append(item)
+            continue
+        for part in filter(None, (p.strip() for p in str(item).split(","))):
+            data, eq, weight = part.rpartition("=") if "=" in part else (part, "", "1")
+            try:
+                parsed.append(BlendSource(data=data, weight=float(weight)))
+            except ValueError:
+                raise ConfigError(f"{key}: '{part}' is not DIR or DIR=WEIGHT (WEIGHT a number)") from None
+    for i, source in enumerate(parsed):
+        if not source.data:
+            raise ConfigError(f"{key}[{i}].data: expected a prepared data directory")
+        if not math.isfinite(source.weight) or source.weight < 0:
+            raise ConfigError(f"{key}[{i}].weight: expected a finite number ≥ 0, got {source.weight}")
+    if parsed and sum(s.weight for s in parsed) <= 0:
+        raise ConfigError(f"{key}: weights sum to {sum(s.weight for s in parsed)}; expected a positive sum")
+    return parsed
+
+
+def cpt(config: CptConfig) -> int:
+    """Run (or resume) continued pre-training as configured; returns the process exit code."""
+    if not config.init_from:
+        raise UserError("cpt: give the model to continue with --init_from (a checkpoint, HF directory or hub id)")
+    if not config.blend:
+        raise UserError("cpt: give the data to continue on with --blend (prepared directories, see `ckptlab prepare`)")
+    import os
+
+    from ckptlab.data.shards import read_manifest
+    from ckptlab.errors import DataError
+    from ckptlab.train import checkpoint as ckpt
+
+    # Checks that need neither torch nor the model come first, so a mistyped path fails at once.
+    main_process = os.environ.get("RANK", "0") == "0"
+    say = print if main_process else (lambda *a, **k: None)
+    init = _resolve_init(config.init_from)
+    _apply_recipe(config, init, say)
+    switch_step = _switch_step(config)
+    for key, data in _data_keys(config):
+        try:
+            read_manifest(data)
+        except DataError as error:
+            raise DataError(f"{key}: {error}") from None
+    run = CptRunDir(config.out)
+    if not config.resume and (ckpt.list_step_dirs(run.checkpoints) or run.metrics.exists()):
+        raise UserError(f"{run.root}: already holds a run; pass --resume to continue it, or choose another --out")
+
+    import torch
+
+    from ckptlab import config as configlib
+    from ckptlab.model import count_parameters, load_model, load_tokenizer, save_model_dir, shape_fingerprint
+    from ckptlab.train import distributed
+    from ckptlab.train.loop import check_fingerprints, train
+    from ckptlab.train.schedules import kept_steps, lr_at
+
+    torch.set_flush_denormal(True)
+    dist = distributed.setup(config.train.device)
+    try:
+        global_batch = config.train.micro_batch_size * config.train.grad_accum_steps * dist.world_size
+        resume_from = None
+        if config.resume:
+            ckpt.remove_stale_temporaries(run.checkpoints)
+            resume_from = ckpt.latest_complete(run.checkpoints)
+            if resume_from is None:
+                say(f"no complete checkpoint in {run.checkpoints}; starting from {init.source}")
+        tokenizer = load_tokenizer(init.source)
+        model_config = _model_config(init.source)
+        max_positions = getattr(model_config, "max_position_embeddings", None)
+        context = config.context_length or max_positions
+        if context is None:
+            raise ConfigError(f"context_length: {init.source} does not say its maximum length; give --context_length")
+        if max_positions is not None and context > max_positions:
+            raise UserError(f"context_length {context} is longer than the model allows (max_position_embeddings {max_positions})")
+        data = _open_data(config, context, tokenizer, model_config, switch_step, global_batch, init.source)
+
+        fingerprints = {"data": data.fingerprint, "tokenizer": tokenizer_identity(tokenizer),
+                        "model": shape_fingerprint(model_config)}
+        initial_optimizer_state, optimizer_note = None, "fresh (reset_optimizer)"
+        if resume_from is not None:
+            from transformers import AutoModelForCausalLM
+
+            saved = ckpt.read_manifest(resume_from)
+            check_fingerprints(saved.get("fingerprints", {}), fingerprints, config.allow_changed, resume_from)
+            model = AutoModelForCausalLM.from_pretrained(resume_from, dtype=torch.float32)
+            optimizer_note = run.read_run_manifest().get("cpt", {}).get("optimizer_state", "restored on resume")
+            if dist.is_main:
+                run.truncate_metrics(saved["step"])
+        else:
+            model = load_model(init.source)
+            if not config.reset_optimizer:
+                initial_optimizer_state, optimizer_note = _carried_optimizer_state(init, model, config.train)
+        model.to(dist.device)
+        torch.manual_seed(config.train.seed)
+        run.record = {
+            "init_from": config.init_from, "init_checkpoint": init.source, "recipe": config.recipe,
+            "switch_step": switch_step, "switch_sample": data.switch_sample,
+            "blends": data.stages,
+            "replay": config.replay or None, "replay_fraction": config.replay_fraction,
+            "optimizer_state": optimizer_note,
+        }
+        if dist.is_main:
+            run.save_config(configlib.to_dict(config))
+        kept = kept_steps(config.keep, config.train.max_steps)
+        say(
+            f"cpt: {count_parameters(model):,} parameters from {init.source}, context {context}, global batch "
+            f"{global_batch}, {config.train.max_steps} steps on {dist.device} (x{dist.world_size}); optimizer state "
+            f"{optimizer_note}"
+        )
+        for stage in data.stages:
+            mix = ", ".join(f"{s['data']}{' (replay)' if s.get('replay') else ''} {s['share']:.3f}" for s in stage["sources"])
+            say(f"  steps {stage['first_step']}-{stage['last_step']}: {stage['name']}: {mix}")
+        say(f"run manifest: {run.manifest}")
+        result = train(
+            model=model,
+            save_model=lambda folder: save_model_dir(model, tokenizer, folder),
+            train_data=data.train,
+            val_data=data.val,
+            config=config.train,
+            lr_at=lambda step: lr_at(step, config.train.schedule, config.train.max_steps),
+            kept=kept,
+            run=run,
+            fingerprints=fingerprints,
+            resume_from=resume_from,
+            allow_changed=config.allow_changed,
+            dist=dist,
+            log=say,
+            initial_optimizer_state=initial_optimizer_state,
+            step_fields=lambda s: {"blend": BLEND_NAMES[int(switch_step is not None and s >= switch_step)]},
+        )
+        say(f"{result.status} at step {result.step} (loss {result.last_loss}); checkpoints listed in {run.manifest}")
+        return 0
+    finally:
+        distributed.teardown(dist)
+
+
+@dataclass
+class _Init:
+    source: str
+    """What `load_model` reads: a checkpoint directory, HF directory, hub id or .gguf file."""
+    checkpoint: Path | None
+    """The ckptlab checkpoint directory, when the source is one."""
+    run_config: Path | None
+    """config.yaml of the ckptlab run that wrote the checkpoint, when there is one."""
+
+
+def _resolve_init(init_from: str) -> _Init:
+    """A ckptlab run directory resolves to its newest listed checkpoint; checkpoints are verified."""
+    from ckptlab.train import checkpoint as ckpt
+    from ckptlab.train.run_dir import RunDir
+
+    path = Path(init_from).expanduser()
+    if path.is_dir() and (path / "run.json").is_file() and not (path / ckpt.MANIFEST).is_file():
+        entries = RunDir(path).read_run_manifest().get("checkpoints", [])
+        if not entries:
+            raise UserError(f"init_from {init_from}: the run lists no complete checkpoint in run.json")
+        path = path / max(entries, key=lambda c: c["step"])["path"]
+    if not (path.is_dir() and (path / ckpt.MANIFEST).is_file()):
+        from ckptlab.model import parse_source
+
+        parse_source(init_from)  # a missing path fails here, before torch is imported
+        return _Init(source=init_from, checkpoint=None, run_config=None)
+    ckpt.verify_checkpoint(path)
+    run_config = path.parent.parent / "config.yaml"
+    is_run = path.parent.name == "checkpoints" and run_config.is_file()
+    return _Init(source=str(path), checkpoint=path, run_config=run_config if is_run else None)
+
+
+def _apply_recipe(config: CptConfig, init: _Init, say: Any) -> None:
+    """recipe reuse: replace train.schedule by Parmar et al.'s, starting at the pre-training run's min LR."""
+    if config.recipe != "reuse":
+        return
+    from ckptlab.config import read_yaml
+    from ckptlab.train.schedules import ScheduleConfig, reuse_schedule
+
+    start = config.reuse.start_lr
+    if start is None and init.run_config is not None:
+        train = read_yaml(init.run_config).get("train")
+        start = ((train or {}).get("schedule") or {}).get("min_lr") if isinstance(train, dict) else None
+        if not isinstance(start, (int, float)) or start <= 0:
+            raise ConfigError(f"reuse.start_lr: {init.run_config} has no positive train.schedule.min_lr; give --reuse.start_lr")
+        say(f"recipe reuse: starting at the pre-training run's min LR {start:g} ({init.run_config})")
+    if start is None:
+        raise ConfigError(
+            f"reuse.start_lr: {config.init_from} is not a checkpoint of a ckptlab run; give the pre-training "
+            "run's minimum learning rate with --reuse.start_lr"
+        )
+    if config.train.schedule != ScheduleConfig():
+        say("recipe reuse: train.schedule is replaced by the recipe's schedule")
+    config.train.schedule = reuse_schedule(float(start), config.reuse.decay_to_fraction)
+
+
+def _switch_step(config: CptConfig) -> int | None:
+    """The first step that reads second_blend, or None without one."""
+    from ckptlab.train.schedules import first_step_at_or_below, peak_lr
+
+    if not config.second_blend:
+        return None
+    if config.switch_step is not None:
+        return config.switch_step
+    steps, schedule = config.train.max_steps, config.train.schedule
+    if config.switch_at_lr is not None:
+        threshold, key = config.switch_at_lr, "switch_at_lr"
+    else:
+        threshold, key = config.reuse.switch_at_lr_fraction * peak_lr(schedule, steps), "reuse.switch_at_lr_fraction"
+    step = first_step_at_or_below(schedule, steps, threshold)
+    if step is None:
+        raise ConfigError(f"{key}: the LR does not fall to {threshold:g} within train.max_steps ({steps}); the blend would never switch")
+    return step
+
+
+def _model_config(source: str) -> Any:
+    """The model's HF config without loading its weights (a .gguf file is read whole)."""
+    from ckptlab.model import hub_snapshot, load_model, parse_source
+
+    parsed = parse_source(source)
+    if parsed.kind == "gguf":
+        return load_model(source).config
+    from transformers import AutoConfig
+
+    directory = parsed.path if parsed.kind == "directory" else hub_snapshot(parsed.repo_id, parsed.revision)
+    if not (Path(directory) / "config.json").is_file():
+        raise UserError(f"init_from {source}: {directory} has no config.json (not an HF model directory)")
+    return AutoConfig.from_pretrained(directory)
+
+
+def tokenizer_identity(tokenizer: Any) -> str:
+    """A short hash of what decides tokenization (vocabulary, merges, normalisation, special tokens).
+
+    Padding and truncation settings are left out: they change when a tokenizer is saved by another
+    tool but do not change a single token id.
+    """
+    import hashlib
+    import json
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("padding", None)
+        spec.pop("truncation", None)
+    else:
+        spec = {"vocab": sorted(tokenizer.get_vocab().items())}
+    spec["special"] = sorted(tokenizer.all_special_tokens)
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _data_keys(config: CptConfig) -> list[tuple[str, str]]:
+    """(config key, directory) of every prepared data directory the run reads."""
+    blends = [config.blend] + ([config.second_blend] if config.second_blend else [])
+    keyed = [(f"{BLEND_NAMES[b]}[{i}].data", s.data) for b, blend in enumerate(blends) for i, s in enumerate(blend)]
+    if config.replay:
+        keyed.append(("replay", config.replay))
+    if config.validate_on:
+        keyed.append(("validate_on", config.validate_on))
+    return keyed
+
+
+@dataclass
+class _Data:
+    train: Any
+    val: Any
+    fingerprint: str
+    switch_sample: int | None
+    stages: list[dict[str, Any]]
+
+
+def _open_data(config: CptConfig, context: int, tokenizer: Any, model_config: Any, switch_step: int | None,
+               global_batch: int, init_source: str) -> _Data:
+    """The sources, their tokenizers checked against the model's, the mixture and the batch sources."""
+    import hashlib
+    import json
+
+    from ckptlab.data.mixture import Mixture
+    from ckptlab.data.tokenizer import load_tokenizer as load_data_tokenizer
+    from ckptlab.data.windows import TokenWindows
+    from ckptlab.errors import DataError
+    from ckptlab.train.batches import MixtureBatches, WindowBatches
+
+    blends = [config.blend] + ([config.second_blend] if config.second_blend else [])
+    keyed = [(key, data) for key, data in _data_keys(config) if key != "validate_on"]
+    model_identity = tokenizer_identity(tokenizer)
+    paths: list[Path] = []  # one source per distinct directory: its position runs on through every use
+    windows: list[Any] = []
+    for key, data in keyed:
+        path = Path(data).expanduser().resolve()
+        if path in paths:
+            continue
+        try:
+            source = TokenWindows(path, "train", context, config.train.seed)
+        except DataError as error:
+            raise DataError(f"{key}: {error}") from None
+        if tokenizer_identity(load_data_tokenizer(path / "tokenizer")) != model_identity:
+            raise UserError(
+                f"{key}: {data} was prepared with another tokenizer than the model's ({init_source}); "
+                f"prepare it with `ckptlab prepare --tokenizer {init_source} ...`"
+            )
+        if int(source.manifest["vocab_size"]) > int(model_config.vocab_size):
+            raise UserError(f"{key}: {data} has a vocabulary of {source.manifest['vocab_size']}, the model only {model_config.vocab_size}")
+        paths.append(path)
+        windows.append(source)
+
+    def weights(blend: list[BlendSource]) -> list[float]:
+        row = [0.0] * len(paths)
+        for s in blend:
+            row[paths.index(Path(s.data).expanduser().resolve())] += s.weight
+        return row
+
+    replay_source = paths.index(Path(config.replay).expanduser().resolve()) if config.replay else None
+    switch_sample = None if switch_step is None else switch_step * global_batch
+    mixture = Mixture([weights(b) for b in blends], [] if switch_sample is None else [switch_sample],
+                      replay_source=replay_source, replay_fraction=config.replay_fraction)
+    # Steps as metrics.jsonl counts them (1-based): the first switch_step steps read `blend`.
+    stages = []
+    bounds = [0] + ([switch_step] if switch_step is not None else []) + [config.train.max_steps]
+    for b, blend in enumerate(blends):
+        total, rest = sum(s.weight for s in blend), 1.0 - config.replay_fraction
+        shares = [{"data": s.data, "weight": s.weight, "share": rest * s.weight / total} for s in blend]
+        if config.replay:
+            shares.append({"data": config.replay, "weight": None, "share": config.replay_fraction, "replay": True})
+        if bounds[b + 1] > bounds[b]:
+            stages.append({"name": BLEND_NAMES[b], "first_step": bounds[b] + 1, "last_step": bounds[b + 1],
+                           "sources": shares})
+    key = json.dumps({"sources": [w.fingerprint for w in windows], "blends": [weights(b) for b in blends],
+                      "switch_sample": switch_sample, "replay_source": replay_source,
+                      "replay_fraction": config.replay_fraction})
+    val = None
+    val_dir = Path(config.validate_on or blends[-1][0].data)
+    if config.train.val_every:
+        try:
+            val_windows = TokenWindows(val_dir, "val", context, seed=0)
+        except DataError as error:
+            if config.validate_on:
+                raise DataError(f"validate_on: {error}") from None
+            val_windows = None  # the default source has no held-out split long enough: no validation
+        val = WindowBatches(val_windows) if val_windows is not None else None
+    return _Data(train=MixtureBatches(mixture, windows, pad_id=tokenizer.pad_token_id or 0), val=val,
+                 fingerprint=hashlib.sha256(key.encode()).hexdigest()[:16], switch_sample=switch_sample,
+                 stages=stages)
+
+
+def _carried_optimizer_state(init: _Init, model: Any, train_config: TrainConfig) -> tuple[dict[str, Any] | None, str]:
+    """The AdamW state of a ckptlab checkpoint, with this run's hyperparameters (betas, eps, decay)."""
+    import torch
+
+    from ckptlab.errors import CheckpointError
+    from ckptlab.train.checkpoint import TRAINING_STATE
+    from ckptlab.train.loop import make_optimizer
+
+    if init.checkpoint is None or not (init.checkpoint / TRAINING_STATE).is_file():
+        return None, "fresh (init_from has no optimizer state)"
+    saved = torch.load(init.checkpoint / TRAINING_STATE, map_location="cpu", weights_only=False)["optimizer"]
+    fresh = make_optimizer(model, train_config)
+    fresh_groups = fresh.state_dict()["param_groups"]
+    if [len(g["params"]) for g in saved["param_groups"]] != [len(g["params"]) for g in fresh_groups]:
+        raise CheckpointError(f"{init.checkpoint}: its optimizer state does not match the model's parameters; pass --reset_optimizer")
+    params = [p for group in fresh.param_groups for p in group["params"]]
+    ids = [i for group in saved["param_groups"] for i in group["params"]]
+    for param, index in zip(params, ids):
+        moment = saved["state"].get(index, {}).get("exp_avg")
+        if moment is not None and tuple(moment.shape) != tuple(param.shape):
+            raise CheckpointError(f"{init.checkpoint}: its optimizer state does not match the model's parameter shapes; pass --reset_optimizer")
+    # The saved groups carry the pre-training run's betas, eps and weight decay; this run's own win.
+    groups = [{**fresh_group, "params": saved_group["params"]} for fresh_group, saved_group in zip(fresh_groups, saved["param_groups"])]
+    return {"state": saved["state"], "param_groups": groups}, f"carried over from {init.checkpoint}"
+
+
+class CptRunDir(RunDir):
+    """A run directory whose run.json also records, under `cpt`, the init model, blends and switch step."""
+
+    def __init__(self, root: str | Path) -> None:
+        super().__init__(root)
+        self.record: dict[str, Any] = {}
+
+    def write_run_manifest(self, manifest: dict[str, Any]) -> None:
+        super().write_run_manifest({**manifest, "cpt": self.record})
