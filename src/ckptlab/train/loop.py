@@ -168,7 +168,7 @@ def make_optimizer(model: Any, config: TrainConfig) -> Any:
         {"params": no_decay, "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(
-        groups, lr=config.schedule.lr, betas=(config.beta1, config.beta2), eps=config.eps
+        groups, lr=config.schedule.lr, betas=(config.beta1, config.beta2), eps=config.eps, fused=True
     )
 
 
@@ -245,9 +245,15 @@ def train(
         forward_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    if config.compile:
-        forward_model = torch.compile(forward_model)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+
+    def summed_loss(input_ids: Any, attention_mask: Any, labels: Any) -> Any:
+        with autocast:
+            logits = forward_model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+
+    # Compiling the loss with the forward lets inductor fuse the upcast and log-softmax into the graph.
+    loss_fn = torch.compile(summed_loss) if config.compile else summed_loss
     params = [p for p in model.parameters() if p.requires_grad]
     fault = _fault_injection()
     manifest = run.read_run_manifest() if resume_from is not None else {"checkpoints": []}
@@ -345,9 +351,7 @@ def train(
                     if dist.enabled and m < len(micro_batches) - 1:
                         sync = forward_model.no_sync() if hasattr(forward_model, "no_sync") else sync
                     with sync:
-                        with autocast:
-                            logits = forward_model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
-                        loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=-100, reduction="sum")
+                        loss = loss_fn(batch["input_ids"], batch.get("attention_mask"), batch["labels"])
                         # DDP averages gradients over processes; scale so the result is the global mean.
                         (loss * (dist.world_size / max(targets, 1.0))).backward()
                     loss_sum += loss.detach()
