@@ -41,6 +41,13 @@ VERBS: dict[str, tuple[str, str, str, str]] = {
         "Pre-train a causal LM from scratch, keeping intermediate checkpoints; resumable.",
     ),
     "cpt": ("ckptlab.cpt", "CptConfig", "cpt", "Continue pre-training any checkpoint: staged blends, LR re-warm/decay, replay; resumable."),
+    "finetune": ("ckptlab.finetune", "FinetuneConfig", "finetune", "Fine-tune a checkpoint on a task or instruction data: full or LoRA, prompt-masked, replay; resumable."),
+    "evaluate": (
+        "ckptlab.evaluate",
+        "EvaluateConfig",
+        "evaluate",
+        "Evaluate models × tasks × templates × shots: cached by model content, with bootstrap CIs.",
+    ),
 }
 
 

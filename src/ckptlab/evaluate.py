@@ -1,0 +1,213 @@
+"""`ckptlab evaluate`: every model × task × template × shots, cached by model content, with 95% CIs.
+
+Examples:
+
+    ckptlab evaluate --model runs/tiny --tasks rte,sst2 --templates all --shots 0,4
+    ckptlab evaluate --model SmolLM2-135M-Instruct.Q4_1.gguf --tasks sst2 --limit 64
+    ckptlab evaluate --model runs/tiny --tasks world/tasks --export results/all.csv
+
+`--model` is a checkpoint, a run directory (its kept checkpoints, see `--checkpoints`), an HF
+directory, a `.gguf` file or `org/name@revision`. `--tasks` names shipped tasks (rte, mrpc, sst2,
+cola, wnli, mr, subj, mpqa; `shipped` for all), task YAML files, or folders of them (a world's
+`tasks/`). Every task file and data row is checked before any model loads. Results go to the SQLite
+store; an identical re-run is answered from it without loading the model.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from ckptlab.errors import ConfigError, UserError
+
+if TYPE_CHECKING:
+    from ckptlab.evaluation.models import ModelRef
+    from ckptlab.evaluation.runner import Unit, UnitResult
+
+
+@dataclass
+class EvaluateConfig:
+    """Evaluate models on tasks under several prompt templates and shot counts."""
+
+    model: list[str] = field(default_factory=list)
+    """Models (comma-separated): checkpoint dirs, run dirs, HF dirs, .gguf files, or org/name@revision."""
+    tasks: list[str] = field(default_factory=list)
+    """Tasks (comma-separated): shipped names (rte, sst2, ...; `shipped` = all), task YAML files, or folders of them."""
+    task_dirs: list[str] = field(default_factory=list)
+    """Extra folders searched when a task is given by name (e.g. a world's tasks/ folder)."""
+    templates: list[str] = field(default_factory=lambda: ["all"])
+    """Template names to evaluate (comma-separated), or `all`."""
+    shots: list[str] = field(default_factory=list)
+    """Numbers of few-shot demonstrations (comma-separated, e.g. 0,4); empty uses each task's fewshot.shots."""
+    limit: int | None = None
+    """Score only the first N examples of each task's scored split (null = all)."""
+    split: str | None = None
+    """Score this split instead of each task's eval_split (it must not be the few-shot split for k > 0)."""
+    batch_size: int = 16
+    """Examples per forward pass (8-32 is fastest on CPU); recorded with the results."""
+    store: str = "results/ckptlab.sqlite"
+    """SQLite results store: metric rows, per-example rows (the cache) and models."""
+    checkpoints: Literal["kept", "all", "latest"] = "kept"
+    """For a run directory: evaluate its kept checkpoints, all listed ones, or only the latest."""
+    bootstrap: int = 1000
+    """Bootstrap resamples for the 95% confidence intervals (0 = no intervals)."""
+    bootstrap_seed: int = 0
+    """Seed of the bootstrap resampling."""
+    fewshot_seed: int | None = None
+    """Seed choosing the few-shot demonstrations (null = each task's fewshot.seed)."""
+    length_normalized: bool = False
+    """Also report accuracy_norm: choices ranked by log-likelihood per character."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Weights and activations; fp32 keeps scores independent of batch composition."""
+    device: str = "auto"
+    """cpu, cuda, cuda:1, ... or auto (cuda when available)."""
+    export: str | None = None
+    """After evaluating, write every metric row of the store to this .csv (or .parquet) file."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"config key 'batch_size': expected a positive integer, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"config key 'limit': expected a positive integer or null, got {self.limit}")
+        if self.bootstrap < 0:
+            raise ConfigError(f"config key 'bootstrap': expected 0 or more resamples, got {self.bootstrap}")
+        for value in self.shots:
+            if not str(value).strip().isdigit():
+                raise ConfigError(f"config key 'shots': expected numbers like 0,4, got {value!r}")
+
+
+def _plan_units(config: EvaluateConfig, say: Callable[[str], None]) -> list[Unit]:
+    """Read, check and expand every task into units (before any model loads)."""
+    from ckptlab.evaluation.runner import Unit
+    from ckptlab.evaluation.tasks import find_task_files, load_task_data, read_task_file
+
+    units = []
+    for path in find_task_files(config.tasks, config.task_dirs):
+        spec = read_task_file(path)
+        data = load_task_data(spec, config.split)
+        names = list(spec.templates) if config.templates in ([], ["all"]) else config.templates
+        unknown = [n for n in names if n not in spec.templates]
+        if unknown:
+            raise UserError(f"task {spec.name} ({path}): no template '{unknown[0]}' (templates: {', '.join(spec.templates)})")
+        shots = [int(s) for s in config.shots] if config.shots else spec.fewshot_shots
+        seed = spec.fewshot_seed if config.fewshot_seed is None else config.fewshot_seed
+        examples = data.examples[: config.limit] if config.limit else data.examples
+        for k in sorted(set(shots)):
+            if k > 0 and data.fewshot_unavailable:
+                say(f"note: task {spec.name}: skipping {k}-shot ({data.fewshot_unavailable})")
+                continue
+            units.extend(Unit(data, name, k, seed, examples) for name in names)
+    if not units:
+        raise UserError("nothing to evaluate (every task × shots combination was skipped)")
+    return units
+
+
+def _interval(value: float, low: float | None, high: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if low is None or math.isnan(low):
+        return f"{value:.4f}"
+    return f"{value:.4f} [{low:.4f}, {high:.4f}]"
+
+
+def _print_results(label: str, results: list[UnitResult], sensitivity: list[dict[str, Any]]) -> None:
+    print(f"\n== {label}")
+    rows = [("task", "template", "shots", "n", "metrics: value [95% CI]", "scored", "cached", "ex/s")]
+    for result in results:
+        unit = result.unit
+        speed = f"{result.scored / result.seconds:.1f}" if result.scored and result.seconds > 0 else "-"
+        values = "; ".join(f"{r['metric']} {_interval(r['value'], r['ci_low'], r['ci_high'])}" for r in result.metric_rows)
+        n = str(result.metric_rows[0]["n"]) if result.metric_rows else "0"
+        rows.append((unit.task.spec.name, unit.template, str(unit.shots), n, values, str(result.scored),
+                     str(result.cached), speed))
+    _table(rows)
+    if not sensitivity:
+        return
+    print("\nprompt sensitivity across templates (spread = best - worst; agreement = share of examples "
+          "on which every template predicts the same)")
+    table = [("task", "shots", "metric", "spread", "std", "worst", "agreement")]
+    by_key: dict = {}
+    for row in sensitivity:
+        stats = by_key.setdefault((row["task"], row["shots"]), {})
+        if row["metric"] == "agreement":
+            stats["agreement"] = row["value"]
+        else:
+            metric, stat = row["metric"].rsplit(":", 1)
+            stats.setdefault(metric, {})[stat] = row["value"]
+    for (task, shots), stats in by_key.items():
+        agree = stats.pop("agreement", math.nan)
+        for metric, values in stats.items():
+            table.append((task, str(shots), metric, f"{values['spread']:.4f}", f"{values['std']:.4f}",
+                          f"{values['worst']:.4f}", f"{agree:.3f}"))
+    _table(table)
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def evaluate(config: EvaluateConfig) -> int:
+    """Evaluate as configured; returns the process exit code."""
+    from ckptlab.evaluation.models import content_hash, model_fingerprint, resolve_models
+    from ckptlab.evaluation.store import ResultStore, check_export_path, export
+
+    if not config.model:
+        raise UserError("evaluate: give the model(s) with --model (a checkpoint, run, HF dir, .gguf or org/name@rev)")
+    if not config.tasks:
+        raise UserError("evaluate: give the task(s) with --tasks (e.g. --tasks rte,sst2 or a task YAML)")
+    if config.export:
+        check_export_path(config.export)
+    say = functools.partial(print, flush=True)  # progress shows up in logs as it happens
+    units = _plan_units(config, say)  # every task and data row is checked here, before any model loads
+    refs = resolve_models(config.model, config.checkpoints)
+    store = ResultStore(config.store)
+    started = time.perf_counter()
+    try:
+        from ckptlab.evaluation.runner import Evaluator
+
+        evaluator = Evaluator(store, config.batch_size, config.bootstrap, config.bootstrap_seed,
+                              config.length_normalized, say=say)
+        total_scored = total_cached = 0
+        for ref in refs:
+            content = content_hash(ref, store.file_sha256)
+            model_fp = model_fingerprint(content, config.dtype)
+            store.add_model({"model_fp": model_fp, "content_hash": content, "kind": ref.kind, "source": ref.source,
+                             "label": ref.label, "run": ref.run, "step": ref.step, "tokens_seen": ref.tokens_seen,
+                             "dtype": config.dtype})
+            meta = {"model_source": ref.source, "model_label": ref.label}
+
+            def load(ref: ModelRef = ref) -> tuple[Any, Any]:
+                return _load(ref.source, config.dtype, config.device, say)
+
+            results, sensitivity = evaluator.run_model(model_fp, meta, units, load)
+            _print_results(f"{ref.label} (model {model_fp})", results, sensitivity)
+            total_scored += sum(r.scored for r in results)
+            total_cached += sum(r.cached for r in results)
+        print(f"\n{len(refs)} model(s), {len(units)} unit(s): {total_scored} examples scored, {total_cached} from the "
+              f"store, in {time.perf_counter() - started:.1f} s; results in {store.path}")
+        if config.export:
+            for path in export(store, config.export):
+                print(f"exported {path}")
+    finally:
+        store.close()
+    return 0
+
+
+def _load(source: str, dtype: str, device: str, say: Callable[[str], None]) -> tuple[Any, Any]:
+    import torch
+
+    from ckptlab.model import load_model, load_tokenizer
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    started = time.perf_counter()
+    model = load_model(source, dtype=dtype).to(device).eval()
+    tokenizer = load_tokenizer(source)
+    say(f"loaded {source} on {device} ({dtype}) in {time.perf_counter() - started:.1f} s")
+    return model, tokenizer

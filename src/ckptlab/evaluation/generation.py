@@ -1,0 +1,49 @@
+"""Greedy generation in left-padded batches with the KV cache (Hugging Face `generate`), fp32.
+
+Each batch stops early once every row has produced a stop string (or the end-of-text token);
+the decoded text is then cut at the first stop string and stripped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ckptlab.evaluation.scoring import model_max_length
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """The text before the first occurrence of any stop string, stripped."""
+    end = len(text)
+    for marker in stop:
+        if marker:
+            at = text.find(marker)
+            if at != -1:
+                end = min(end, at)
+    return text[:end].strip()
+
+
+def generate_batch(model: Any, tokenizer: Any, contexts: Sequence[list[int]], max_new_tokens: int,
+                   stop: Sequence[str], pad_id: int) -> list[str]:
+    """Greedy continuations of tokenized prompts (one batch), cut at the stop strings."""
+    import torch
+    from transformers import GenerationConfig
+
+    device = next(model.parameters()).device
+    room = max(1, model_max_length(model) - max_new_tokens)
+    contexts = [c[-room:] for c in contexts]
+    width = max(len(c) for c in contexts)
+    ids = torch.full((len(contexts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(contexts), width), dtype=torch.long)
+    for i, context in enumerate(contexts):
+        ids[i, width - len(context):] = torch.tensor(context, dtype=torch.long)
+        mask[i, width - len(context):] = 1
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else model.config.eos_token_id
+    config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
+                              pad_token_id=pad_id, eos_token_id=eos,
+                              stop_strings=[s for s in stop if s] or None)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
+                             tokenizer=tokenizer if config.stop_strings else None)
+    texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    return [cut_at_stop(text, stop) for text in texts]

@@ -1,0 +1,126 @@
+"""Which models an evaluation covers, and each model's content fingerprint.
+
+`--model` takes a checkpoint directory, a run directory (its checkpoints listed in `run.json`), an
+HF model directory, a `.gguf` file or a hub id `org/name@revision`. The fingerprint hashes what
+decides the model's outputs — weights, config and tokenizer files — never the path: a kept
+checkpoint's `checkpoint.json` already holds every file's SHA-256, other directories and GGUF
+files are hashed (once per file version, remembered in the results store).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ckptlab.errors import UserError
+
+# Files of a checkpoint directory that do not change the model's outputs.
+NOT_MODEL_FILES = {"training_state.pt", "checkpoint.json"}
+CHECKPOINT_MODES = ("kept", "all", "latest")
+
+
+@dataclass
+class ModelRef:
+    """One model to evaluate."""
+
+    source: str
+    """What `ckptlab.model.load_model` is given."""
+    label: str
+    """A short human name: `RUN/step-00001000`, the directory name, or the hub id."""
+    kind: str
+    """checkpoint, directory, gguf or hub."""
+    run: str | None = None
+    step: int | None = None
+    tokens_seen: int | None = None
+
+
+def _checkpoint_ref(path: Path) -> ModelRef:
+    from ckptlab.train.checkpoint import verify_checkpoint
+
+    manifest = verify_checkpoint(path, deep=False)
+    run = path.parent.parent if path.parent.name == "checkpoints" else None
+    label = f"{run.name}/{path.name}" if run else path.name
+    return ModelRef(str(path), label, "checkpoint", run=str(run) if run else None,
+                    step=int(manifest["step"]), tokens_seen=manifest.get("tokens_seen"))
+
+
+def resolve_models(sources: list[str], checkpoints: str = "kept") -> list[ModelRef]:
+    """Expand `--model` values into models (a run directory into its checkpoints).
+
+    Raises:
+        UserError: a source that is not a model, a run without the requested checkpoints.
+    """
+    from ckptlab.model import parse_source
+    from ckptlab.train.run_dir import RunDir
+
+    if checkpoints not in CHECKPOINT_MODES:
+        raise UserError(f"--checkpoints {checkpoints}: expected one of {', '.join(CHECKPOINT_MODES)}")
+    refs: list[ModelRef] = []
+    for source in sources:
+        path = Path(source).expanduser()
+        if path.is_dir() and (path / "run.json").is_file():
+            run = RunDir(path)
+            listed = run.read_run_manifest().get("checkpoints", [])
+            chosen = {"kept": [c for c in listed if c.get("kept")], "all": listed,
+                      "latest": sorted(listed, key=lambda c: c["step"])[-1:]}[checkpoints]
+            if not chosen:
+                raise UserError(f"--model {source}: run.json lists no {checkpoints} checkpoints")
+            refs.extend(_checkpoint_ref(run.root / c["path"]) for c in sorted(chosen, key=lambda c: c["step"]))
+        elif path.is_dir() and (path / "checkpoint.json").is_file():
+            refs.append(_checkpoint_ref(path))
+        else:
+            parsed = parse_source(source)
+            if parsed.kind == "directory":
+                refs.append(ModelRef(str(path), path.name, "directory"))
+            elif parsed.kind == "gguf":
+                refs.append(ModelRef(str(path), path.stem, "gguf"))
+            else:
+                refs.append(ModelRef(source, source, "hub"))
+    return refs
+
+
+def _sha256_file(path: Path) -> str:
+    from ckptlab.train.checkpoint import sha256_file
+
+    return sha256_file(path)
+
+
+def _directory_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*")
+                  if p.is_file() and p.name not in NOT_MODEL_FILES
+                  and not any(part.startswith(".") for part in p.relative_to(directory).parts))
+
+
+def content_hash(ref: ModelRef, file_sha256: Any = None) -> str:
+    """SHA-256 over (file name, file SHA-256) of everything that decides the model's outputs.
+
+    `file_sha256(path, compute)` may memoise per-file hashes (the results store does).
+    """
+    memo = file_sha256 or (lambda path, compute: compute(path))
+    if ref.kind == "checkpoint":
+        from ckptlab.train.checkpoint import read_manifest
+
+        files = read_manifest(Path(ref.source))["files"]
+        listing = {name: entry["sha256"] for name, entry in files.items() if Path(name).name not in NOT_MODEL_FILES}
+    elif ref.kind == "gguf":
+        path = Path(ref.source)
+        listing = {"model.gguf": memo(path.resolve(), _sha256_file)}  # the name does not matter
+    else:
+        if ref.kind == "hub":
+            from ckptlab.model import hub_snapshot, parse_source
+
+            parsed = parse_source(ref.source)
+            ref.source = hub_snapshot(parsed.repo_id or "", parsed.revision)
+        directory = Path(ref.source)
+        listing = {p.relative_to(directory).as_posix(): memo(p.resolve(), _sha256_file) for p in _directory_files(directory)}
+    if not listing:
+        raise UserError(f"--model {ref.source}: no model files to fingerprint")
+    return hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
+
+
+def model_fingerprint(content: str, dtype: str = "float32") -> str:
+    """The model key of the cache: content hash, plus the dtype when it is not fp32."""
+    return content[:16] + ("" if dtype == "float32" else f"-{dtype}")

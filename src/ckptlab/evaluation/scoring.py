@@ -1,0 +1,158 @@
+"""Log-likelihood scoring of label words: batched, left-padded, logits only where the answer is.
+
+For each example the prompt (context) is run once, left-padded within its batch, with
+`position_ids = attention_mask.cumsum(-1) - 1` so that padding does not shift positions, and
+`logits_to_keep=1`: the last position's next-token distribution scores the first token of every
+choice. Choices longer than one token continue from the prompt's KV cache (selected per choice row),
+so the shared prompt is never recomputed per choice. `score_full` is the plain alternative (one
+sequence per example × choice, logits kept for the answer positions only); it is the reference the
+tests and benchmarks compare against.
+
+Continuation tokens follow lm-evaluation-harness: tokenize context + delimiter + choice and take
+the tokens after the context's own tokens (falling back to tokenizing delimiter + choice alone when
+the context's tokens are not a prefix). fp32 throughout; the same batch plan gives bit-identical
+scores run after run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Request:
+    """One example to score: the prompt's tokens and each choice's continuation tokens."""
+
+    context: list[int]
+    continuations: list[list[int]]
+
+
+def model_max_length(model: Any, default: int = 2048) -> int:
+    """The longest sequence the model takes (its position table), or `default`."""
+    config = model.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return default
+
+
+def encode_requests(tokenizer: Any, prompts: Sequence[str], choices: Sequence[Sequence[str]],
+                    delimiter: str = " ") -> list[Request]:
+    """Tokenize prompts and their choices (no special tokens added)."""
+    contexts = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    joined = [prompt + delimiter + choice for prompt, options in zip(prompts, choices) for choice in options]
+    wholes = tokenizer(joined, add_special_tokens=False)["input_ids"] if joined else []
+    requests, at = [], 0
+    for context, options in zip(contexts, choices):
+        continuations = []
+        for choice in options:
+            whole = wholes[at]
+            at += 1
+            if len(whole) > len(context) and whole[: len(context)] == context:
+                continuations.append(list(whole[len(context):]))
+            else:
+                continuations.append(list(tokenizer(delimiter + choice, add_special_tokens=False)["input_ids"]))
+            if not continuations[-1]:
+                raise ValueError(f"choice {choice!r} tokenizes to nothing")
+        requests.append(Request(list(context), continuations))
+    return requests
+
+
+def truncate(context: list[int], longest_continuation: int, max_length: int) -> list[int]:
+    """Drop tokens from the left of the context so that context + continuation fits the model."""
+    room = max(1, max_length - longest_continuation)
+    return context[-room:] if len(context) > room else context
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: Any) -> tuple[Any, Any, Any]:
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), positions.to(device)
+
+
+def score_shared(model: Any, requests: Sequence[Request], pad_id: int, max_length: int | None = None) -> list[list[float]]:
+    """Log-likelihood of every continuation of every request; the prompt runs once per request."""
+    import torch
+
+    device = next(model.parameters()).device
+    max_length = max_length or model_max_length(model)
+    contexts = [truncate(r.context, max(len(c) for c in r.continuations), max_length) for r in requests]
+    ids, mask, positions = _left_pad(contexts, pad_id, device)
+    rows = [(i, j) for i, r in enumerate(requests) for j, c in enumerate(r.continuations) if len(c) > 1]
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=bool(rows), logits_to_keep=1)
+        first = torch.log_softmax(out.logits[:, -1, :].double(), dim=-1)
+        scores = [[first[i, c[0]].item() for c in r.continuations] for i, r in enumerate(requests)]
+        if not rows:
+            return scores
+        cache = out.past_key_values
+        index = torch.tensor([i for i, _ in rows], device=device)
+        cache.batch_select_indices(index)
+        tails = [requests[i].continuations[j][:-1] for i, j in rows]
+        width = max(len(t) for t in tails)
+        tail_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        tail_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, tail in enumerate(tails):
+            tail_ids[r, : len(tail)] = torch.tensor(tail, dtype=torch.long)
+            tail_mask[r, : len(tail)] = 1
+        tail_mask = tail_mask.to(device)
+        full_mask = torch.cat([mask[index], tail_mask], dim=1)
+        tail_positions = mask[index].sum(-1, keepdim=True) + torch.arange(width, device=device)
+        out = model(input_ids=tail_ids.to(device), attention_mask=full_mask, position_ids=tail_positions,
+                    past_key_values=cache, use_cache=False)
+        logprobs = torch.log_softmax(out.logits.double(), dim=-1)
+        for r, (i, j) in enumerate(rows):
+            targets = torch.tensor(requests[i].continuations[j][1:], device=device)
+            rest = logprobs[r, torch.arange(len(targets), device=device), targets].sum().item()
+            scores[i][j] += rest
+    return scores
+
+
+def score_full(model: Any, requests: Sequence[Request], pad_id: int, max_length: int | None = None) -> list[list[float]]:
+    """Log-likelihoods with one left-padded sequence per (request, choice): the reference scorer."""
+    import torch
+
+    device = next(model.parameters()).device
+    max_length = max_length or model_max_length(model)
+    sequences, owners = [], []
+    for i, r in enumerate(requests):
+        context = truncate(r.context, max(len(c) for c in r.continuations), max_length)
+        for j, continuation in enumerate(r.continuations):
+            sequences.append(context + continuation)
+            owners.append((i, j, continuation))
+    ids, mask, positions = _left_pad(sequences, pad_id, device)
+    keep = max(len(c) for _, _, c in owners) + 1
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+        logprobs = torch.log_softmax(logits.double(), dim=-1)
+    scores: list[list[float]] = [[0.0] * len(r.continuations) for r in requests]
+    for row, (i, j, continuation) in enumerate(owners):
+        m = len(continuation)
+        # Kept positions are the last `keep`; position keep-1-m .. keep-2 predict the m answer tokens.
+        steps = torch.arange(keep - 1 - m, keep - 1, device=device)
+        targets = torch.tensor(continuation, device=device)
+        scores[i][j] = logprobs[row, steps, targets].sum().item()
+    return scores
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches, longest first (less padding); a pure function of its inputs.
+
+    The plan depends only on the lengths and the batch size, so a resumed evaluation re-forms
+    exactly the batches an uninterrupted one would, and scores come out bit-identical.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+SCORERS: dict[str, Callable[..., list[list[float]]]] = {"shared": score_shared, "full": score_full}
