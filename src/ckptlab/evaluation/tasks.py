@@ -150,8 +150,7 @@ def find_task_files(names: list[str], task_dirs: list[str] | None = None) -> lis
                 raise UserError(f"--tasks {name}: not a task file, a folder, or a shipped task "
                                 f"(shipped: {', '.join(sorted(shipped))}; add --task_dirs to find others by name)")
             found.append(hits[0])
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    return unique
+    return list(dict.fromkeys(p.resolve() for p in found))
 
 
 def _line_map(text: str) -> dict[str, int]:
@@ -190,16 +189,13 @@ def read_task_file(path: Path, data_dir: Path | None = None) -> TaskSpec:
     return parse_task(raw, path, _line_map(text), data_dir if data_dir is not None else default_data_dir())
 
 
-def _fail(spec_name: str, path: Path, lines: dict[str, int], key: str, message: str, template: str | None = None) -> TaskError:
-    return TaskError(f"{where(spec_name, template, path, lines.get(key) or lines.get(key.split('.')[0]))}: {message}")
-
-
 def parse_task(raw: dict[str, Any], path: Path, lines: dict[str, int], data_dir: Path | None) -> TaskSpec:
     """Build a TaskSpec from a task file's mapping, checking every key."""
     name = str(raw.get("task") or path.stem)
 
     def fail(key: str, message: str, template: str | None = None) -> TaskError:
-        return _fail(name, path, lines, key, message, template)
+        line = lines.get(key) or lines.get(key.split(".")[0])  # the key's line in the task file
+        return TaskError(f"{where(name, template, path, line)}: {message}")
 
     unknown = sorted(set(raw) - KNOWN_KEYS)
     if unknown:
