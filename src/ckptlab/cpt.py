@@ -157,7 +157,6 @@ def cpt(config: CptConfig) -> int:
 
     from ckptlab.data.shards import read_manifest
     from ckptlab.errors import DataError
-    from ckptlab.train import checkpoint as ckpt
 
     # Checks that need neither torch nor the model come first, so a mistyped path fails at once.
     main_process = os.environ.get("RANK", "0") == "0"
@@ -171,27 +170,21 @@ def cpt(config: CptConfig) -> int:
         except DataError as error:
             raise DataError(f"{key}: {error}") from None
     run = CptRunDir(config.out)
-    if not config.resume and (ckpt.list_step_dirs(run.checkpoints) or run.metrics.exists()):
-        raise UserError(f"{run.root}: already holds a run; pass --resume to continue it, or choose another --out")
+    run.refuse_unless_resuming(config.resume)
 
     import torch
 
     from ckptlab import config as configlib
     from ckptlab.model import count_parameters, load_model, load_tokenizer, save_model_dir, shape_fingerprint
     from ckptlab.train import distributed
-    from ckptlab.train.loop import check_fingerprints, train
+    from ckptlab.train.loop import train
     from ckptlab.train.schedules import kept_steps, lr_at
 
     torch.set_flush_denormal(True)
     dist = distributed.setup(config.train.device)
     try:
         global_batch = config.train.micro_batch_size * config.train.grad_accum_steps * dist.world_size
-        resume_from = None
-        if config.resume:
-            ckpt.remove_stale_temporaries(run.checkpoints)
-            resume_from = ckpt.latest_complete(run.checkpoints)
-            if resume_from is None:
-                say(f"no complete checkpoint in {run.checkpoints}; starting from {init.source}")
+        resume_from = run.resume_point(init.source, say) if config.resume else None
         tokenizer = load_tokenizer(init.source)
         model_config = _model_config(init.source)
         max_positions = getattr(model_config, "max_position_embeddings", None)
@@ -208,12 +201,9 @@ def cpt(config: CptConfig) -> int:
         if resume_from is not None:
             from transformers import AutoModelForCausalLM
 
-            saved = ckpt.read_manifest(resume_from)
-            check_fingerprints(saved.get("fingerprints", {}), fingerprints, config.allow_changed, resume_from)
+            run.accept_resume(resume_from, fingerprints, config.allow_changed, dist.is_main)
             model = AutoModelForCausalLM.from_pretrained(resume_from, dtype=torch.float32)
             optimizer_note = run.read_run_manifest().get("cpt", {}).get("optimizer_state", "restored on resume")
-            if dist.is_main:
-                run.truncate_metrics(saved["step"])
         else:
             model = load_model(init.source)
             if not config.reset_optimizer:

@@ -163,7 +163,6 @@ def finetune(config: FinetuneConfig) -> int:
     import os
 
     from ckptlab.cpt import _resolve_init
-    from ckptlab.train import checkpoint as ckpt
 
     # Checks that need neither torch nor the model come first, so a mistyped path fails at once.
     main_process = os.environ.get("RANK", "0") == "0"
@@ -179,8 +178,7 @@ def finetune(config: FinetuneConfig) -> int:
         except DataError as error:
             raise DataError(f"replay: {error}") from None
     run = FinetuneRunDir(config.out)
-    if not config.resume and (ckpt.list_step_dirs(run.checkpoints) or run.metrics.exists()):
-        raise UserError(f"{run.root}: already holds a run; pass --resume to continue it, or choose another --out")
+    run.refuse_unless_resuming(config.resume)
 
     import torch
 
@@ -188,7 +186,7 @@ def finetune(config: FinetuneConfig) -> int:
     from ckptlab.cpt import _model_config, tokenizer_identity
     from ckptlab.model import count_parameters, load_tokenizer, shape_fingerprint
     from ckptlab.train import distributed
-    from ckptlab.train.loop import check_fingerprints, train
+    from ckptlab.train.loop import train
     from ckptlab.train.schedules import kept_steps, lr_at
 
     torch.set_flush_denormal(True)
@@ -209,22 +207,14 @@ def finetune(config: FinetuneConfig) -> int:
 
         fingerprints = {"data": data.fingerprint, "tokenizer": tokenizer_identity(tokenizer),
                         "model": shape_fingerprint(model_config), "method": config.method}
-        resume_from = None
-        if config.resume:
-            ckpt.remove_stale_temporaries(run.checkpoints)
-            resume_from = ckpt.latest_complete(run.checkpoints)
-            if resume_from is None:
-                say(f"no complete checkpoint in {run.checkpoints}; starting from {init.source}")
+        resume_from = run.resume_point(init.source, say) if config.resume else None
         if config.method == "lora":
             from ckptlab.lora import base_identity
 
             fingerprints["init"] = base_identity(init.source, init.checkpoint)
         model, targets, save_model = _make_model(config, init, tokenizer, resume_from, fingerprints)
         if resume_from is not None:
-            saved = ckpt.read_manifest(resume_from)
-            check_fingerprints(saved.get("fingerprints", {}), fingerprints, config.allow_changed, resume_from)
-            if dist.is_main:
-                run.truncate_metrics(saved["step"])
+            run.accept_resume(resume_from, fingerprints, config.allow_changed, dist.is_main)
         model.to(dist.device)
         run.record = {
             "init_from": config.init_from, "init_checkpoint": init.source, "method": config.method,

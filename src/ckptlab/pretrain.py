@@ -60,10 +60,9 @@ def pretrain(config: PretrainConfig) -> int:
     from ckptlab.data.tokenizer import load_tokenizer, tokenizer_fingerprint
     from ckptlab.data.windows import TokenWindows
     from ckptlab.model import build_hf_config, build_model, count_parameters, save_model_dir, shape_fingerprint
-    from ckptlab.train import checkpoint as ckpt
     from ckptlab.train import distributed
     from ckptlab.train.batches import WindowBatches
-    from ckptlab.train.loop import check_fingerprints, train
+    from ckptlab.train.loop import train
     from ckptlab.train.run_dir import RunDir
     from ckptlab.train.schedules import kept_steps, lr_at
 
@@ -82,14 +81,8 @@ def pretrain(config: PretrainConfig) -> int:
             val_windows = TokenWindows(data_dir, "val", context, seed=0)
 
         run = RunDir(config.out)
-        resume_from = None
-        if config.resume:
-            ckpt.remove_stale_temporaries(run.checkpoints)
-            resume_from = ckpt.latest_complete(run.checkpoints)
-            if resume_from is None:
-                say(f"no complete checkpoint in {run.checkpoints}; starting from step 0")
-        elif ckpt.list_step_dirs(run.checkpoints) or run.metrics.exists():
-            raise UserError(f"{run.root}: already holds a run; pass --resume to continue it, or choose another --out")
+        run.refuse_unless_resuming(config.resume)
+        resume_from = run.resume_point("step 0", say) if config.resume else None
 
         token_ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)
@@ -110,11 +103,8 @@ def pretrain(config: PretrainConfig) -> int:
         if resume_from is not None:
             from transformers import AutoModelForCausalLM
 
-            saved = ckpt.read_manifest(resume_from)
-            check_fingerprints(saved.get("fingerprints", {}), fingerprints, config.allow_changed, resume_from)
+            run.accept_resume(resume_from, fingerprints, config.allow_changed, dist.is_main)
             model = AutoModelForCausalLM.from_pretrained(resume_from, dtype=torch.float32)
-            if dist.is_main:
-                run.truncate_metrics(saved["step"])
         else:
             torch.manual_seed(config.train.seed)
             model = build_model(config.model, vocab_size=manifest["vocab_size"], **token_ids)

@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from ckptlab.errors import CheckpointError
-from ckptlab.train.checkpoint import atomic_write_text
+from ckptlab.errors import CheckpointError, UserError
+from ckptlab.train.checkpoint import atomic_write_text, latest_complete, list_step_dirs, remove_stale_temporaries
 
 RUN_MANIFEST = "run.json"
 
@@ -33,6 +33,29 @@ class RunDir:
         self.metrics = self.root / "metrics.jsonl"
         self.manifest = self.root / RUN_MANIFEST
         self.config = self.root / "config.yaml"
+
+    def refuse_unless_resuming(self, resume: bool) -> None:
+        """A new run over an existing one would mix two histories in one directory: refuse it."""
+        if not resume and (list_step_dirs(self.checkpoints) or self.metrics.exists()):
+            raise UserError(f"{self.root}: already holds a run; pass --resume to continue it, or choose another --out")
+
+    def resume_point(self, starting_from: str, say: Any = print) -> Path | None:
+        """The newest complete checkpoint (broken ones are named and skipped), or None to start afresh."""
+        remove_stale_temporaries(self.checkpoints)
+        latest = latest_complete(self.checkpoints)
+        if latest is None:
+            say(f"no complete checkpoint in {self.checkpoints}; starting from {starting_from}")
+        return latest
+
+    def accept_resume(self, checkpoint: Path, fingerprints: dict[str, str], allow_changed: Any, is_main: bool) -> None:
+        """Check `checkpoint` was trained on what this run asks for; drop metrics logged after it."""
+        from ckptlab.train.checkpoint import read_manifest
+        from ckptlab.train.loop import check_fingerprints
+
+        saved = read_manifest(checkpoint)
+        check_fingerprints(saved.get("fingerprints", {}), fingerprints, allow_changed, checkpoint)
+        if is_main:
+            self.truncate_metrics(saved["step"])
 
     def save_config(self, config: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
