@@ -244,6 +244,12 @@ def _parse_cli_value(raw: str, tp: Any) -> Any:
     return value
 
 
+def _is_list(tp: Any) -> bool:
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return any(_is_list(a) for a in typing.get_args(tp))
+    return typing.get_origin(tp) is list
+
+
 def parse_overrides(cls: type, argv: list[str]) -> tuple[list[str], dict[str, Any]]:
     """Split argv into config files (`--config F`) and a tree of dotted overrides."""
     files: list[str] = []
@@ -264,6 +270,18 @@ def parse_overrides(cls: type, argv: list[str]) -> tuple[list[str], dict[str, An
             i += 1
             continue
         tp = _leaf_type(cls, key)
+        values = []
+        while not eq and i + 1 + len(values) < len(argv) and not argv[i + 1 + len(values)].startswith("--"):
+            values.append(argv[i + 1 + len(values)])
+        if len(values) > 1 and _is_list(tp):
+            # A list written shell-style: `--tasks rte sst2` (as well as `--tasks rte,sst2`).
+            items: list[Any] = []
+            for value in values:
+                parsed = _parse_cli_value(value, tp)
+                items.extend(parsed if isinstance(parsed, list) else [parsed])
+            _set_dotted(tree, key, items)
+            i += 1 + len(values)
+            continue
         if eq:
             raw = inline
         elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):

@@ -96,3 +96,13 @@ def test_help_lists_every_leaf_with_its_docstring():
 def test_round_trip_through_to_dict():
     cfg = configlib.load(Outer, ["--inner.steps", "[3]"])
     assert configlib.build(Outer, configlib.to_dict(cfg)) == cfg
+
+
+def test_lists_written_shell_style_or_with_commas():
+    assert configlib.load(Inner, ["--steps", "1", "2", "4"]).steps == [1, 2, 4]
+    assert configlib.load(Inner, ["--steps", "[1,2]"]).steps == [1, 2]
+    assert configlib.load(Inner, ["--steps", "8"]).steps == [8]
+    with pytest.raises(ConfigError, match=r"config key 'steps\[1\]': expected an integer"):
+        configlib.load(Inner, ["--steps", "1", "x"])
+    with pytest.raises(ConfigError, match="unexpected argument 'extra'"):
+        configlib.load(Outer, ["--count", "1", "extra"])
