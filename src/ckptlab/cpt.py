@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ckptlab.errors import ConfigError, UserError
-from ckptlab.train.loop import TrainConfig
+from ckptlab.train.loop import TrainConfig, check_allow_changed
 from ckptlab.train.run_dir import RunDir
 from ckptlab.train.schedules import KeepConfig
 
-CHANGEABLE_ON_RESUME = ("data", "tokenizer", "model", "batch")
 BLEND_NAMES = ("blend", "second_blend")
 
 
@@ -94,9 +93,7 @@ class CptConfig:
     def __post_init__(self) -> None:
         self.blend = _parse_blend(self.blend, "blend")
         self.second_blend = _parse_blend(self.second_blend, "second_blend")
-        unknown = sorted(set(self.allow_changed) - set(CHANGEABLE_ON_RESUME))
-        if unknown:
-            raise ConfigError(f"allow_changed: unknown item '{unknown[0]}' (expected any of {', '.join(CHANGEABLE_ON_RESUME)})")
+        check_allow_changed(self.allow_changed)
         if not (0.0 <= self.replay_fraction < 1.0):
             raise ConfigError(f"replay_fraction: expected 0 ≤ x < 1, got {self.replay_fraction}")
         if self.replay_fraction > 0 and not self.replay:

@@ -23,11 +23,10 @@ from typing import Any, Literal
 
 from ckptlab.errors import ConfigError, UserError
 from ckptlab.lora import LoraConfig
-from ckptlab.train.loop import TrainConfig
+from ckptlab.train.loop import TrainConfig, check_allow_changed
 from ckptlab.train.run_dir import RunDir
 from ckptlab.train.schedules import KeepConfig, ScheduleConfig, ScheduleName
 
-CHANGEABLE_ON_RESUME = ("data", "tokenizer", "model", "batch")
 # The config layer resolves the inherited annotations of TrainConfig, ScheduleConfig and KeepConfig
 # in this module's namespace: Literal, ScheduleConfig and ScheduleName must stay imported here.
 
@@ -131,9 +130,7 @@ class FinetuneConfig:
     """On resume, accept these changes since the checkpoint: data, tokenizer, model, batch."""
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.allow_changed) - set(CHANGEABLE_ON_RESUME))
-        if unknown:
-            raise ConfigError(f"allow_changed: unknown item '{unknown[0]}' (expected any of {', '.join(CHANGEABLE_ON_RESUME)})")
+        check_allow_changed(self.allow_changed)
         if self.task and self.data:
             raise ConfigError("task and data: give one of them (a task, or an instruction JSONL file), not both")
         if self.val_data and not self.data:

@@ -16,10 +16,9 @@ from pathlib import Path
 
 from ckptlab.errors import UserError
 from ckptlab.model import ModelConfig
-from ckptlab.train.loop import TrainConfig
+from ckptlab.train.loop import TrainConfig, check_allow_changed
 from ckptlab.train.schedules import KeepConfig
 
-CHANGEABLE_ON_RESUME = ("data", "tokenizer", "model", "batch")
 
 
 @dataclass
@@ -42,11 +41,7 @@ class PretrainConfig:
     """On resume, accept these changes since the checkpoint: data, tokenizer, model, batch."""
 
     def __post_init__(self) -> None:
-        from ckptlab.errors import ConfigError
-
-        unknown = sorted(set(self.allow_changed) - set(CHANGEABLE_ON_RESUME))
-        if unknown:
-            raise ConfigError(f"allow_changed: unknown item '{unknown[0]}' (expected any of {', '.join(CHANGEABLE_ON_RESUME)})")
+        check_allow_changed(self.allow_changed)
 
 
 def pretrain(config: PretrainConfig) -> int:

@@ -172,6 +172,16 @@ def make_optimizer(model: Any, config: TrainConfig) -> Any:
     )
 
 
+CHANGEABLE_ON_RESUME = ("data", "tokenizer", "model", "batch")
+
+
+def check_allow_changed(items: Sequence[str]) -> None:
+    """The `allow_changed` key of every training verb names only changes a resume can check."""
+    unknown = sorted(set(items) - set(CHANGEABLE_ON_RESUME))
+    if unknown:
+        raise ConfigError(f"allow_changed: unknown item '{unknown[0]}' (expected any of {', '.join(CHANGEABLE_ON_RESUME)})")
+
+
 def check_fingerprints(saved: dict[str, str], current: dict[str, str], allow: Sequence[str], where: Path) -> None:
     """Refuse to resume onto different data, tokenizer or model shape unless that change is allowed."""
     for key, value in current.items():
