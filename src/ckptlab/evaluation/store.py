@@ -14,6 +14,13 @@ Tables:
   prediction, scores (JSON), gold, correct, batch_size, created.
 - `models`: model_fp, content_hash, kind, source, label, run, step, tokens_seen, dtype, created.
 - `file_hashes`: a memo of SHA-256 by (path, size, mtime) so large weight files are hashed once.
+- `sweep_models`: what each model evaluated by a sweep *is* in the study's terms (written by
+  `ckptlab sweep`, read by `ckptlab report`): model_fp, sweep, job_id, role (`base` | `finetuned` |
+  `cpt`), checkpoint (the base checkpoint's label, e.g. `step-00000200` or a hub revision), step and
+  tokens_seen of that base checkpoint (pre-training progress), finetune (the sweep's name for the
+  fine-tuning or cpt run; null for a base model), finetune_task (the task or data trained on), method
+  (full, lora, ...), variant (free label, e.g. `replay=0.1`), parent_fp (the model it was trained
+  from; null for a base model), compute (JSON: tokens, flops, wall_s, trainable_params, ...).
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ METRIC_COLUMNS = ("model_fp", "model_source", "model_label", "task", "task_fp", 
 EXAMPLE_COLUMNS = ("model_fp", "task_fp", "template", "shots", "seed", "example_id", "task", "example_index",
                    "prediction", "scores", "gold", "correct", "batch_size", "created")
 MODEL_COLUMNS = ("model_fp", "content_hash", "kind", "source", "label", "run", "step", "tokens_seen", "dtype", "created")
+SWEEP_MODEL_COLUMNS = ("model_fp", "sweep", "job_id", "role", "checkpoint", "step", "tokens_seen", "finetune",
+                       "finetune_task", "method", "variant", "parent_fp", "compute", "created")
+TABLES = ("metrics", "examples", "models", "sweep_models")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS metrics (
@@ -50,6 +60,10 @@ CREATE TABLE IF NOT EXISTS examples (
 CREATE TABLE IF NOT EXISTS models (
   model_fp TEXT PRIMARY KEY, content_hash TEXT, kind TEXT, source TEXT, label TEXT, run TEXT, step INTEGER,
   tokens_seen INTEGER, dtype TEXT, created TEXT);
+CREATE TABLE IF NOT EXISTS sweep_models (
+  model_fp TEXT NOT NULL, sweep TEXT NOT NULL, job_id TEXT, role TEXT NOT NULL, checkpoint TEXT, step INTEGER,
+  tokens_seen INTEGER, finetune TEXT, finetune_task TEXT, method TEXT, variant TEXT, parent_fp TEXT, compute TEXT,
+  created TEXT, PRIMARY KEY (sweep, model_fp));
 CREATE TABLE IF NOT EXISTS file_hashes (
   path TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL,
   PRIMARY KEY (path, size, mtime_ns));
@@ -120,8 +134,26 @@ class ResultStore:
         with self.db:
             self.db.execute(f"INSERT OR REPLACE INTO models VALUES ({', '.join('?' * len(MODEL_COLUMNS))})", values)
 
+    def add_sweep_model(self, row: dict[str, Any]) -> None:
+        """Record (or replace) what a model evaluated by a sweep is; `compute` may be a dict (stored as JSON)."""
+        row = {**row, "created": now()}
+        if isinstance(row.get("compute"), dict):
+            row["compute"] = json.dumps(row["compute"], sort_keys=True)
+        values = tuple(row.get(c) for c in SWEEP_MODEL_COLUMNS)
+        with self.db:
+            self.db.execute(f"INSERT OR REPLACE INTO sweep_models VALUES ({', '.join('?' * len(SWEEP_MODEL_COLUMNS))})",
+                            values)
+
+    def sweep_models(self, sweep: str | None = None) -> list[dict[str, Any]]:
+        """The sweep_models rows (of one sweep, or all), `compute` decoded, ordered by role, step, finetune."""
+        rows = [r for r in self.rows("sweep_models", order="role, step, finetune, method, variant")
+                if sweep is None or r["sweep"] == sweep]
+        for row in rows:
+            row["compute"] = json.loads(row["compute"]) if row["compute"] else {}
+        return rows
+
     def rows(self, table: str, order: str = "") -> list[dict[str, Any]]:
-        if table not in ("metrics", "examples", "models"):
+        if table not in TABLES:
             raise ValueError(table)
         cursor = self.db.execute(f"SELECT * FROM {table}" + (f" ORDER BY {order}" if order else ""))
         names = [d[0] for d in cursor.description]
