@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ckptlab.errors import ConfigError, UserError
+from ckptlab.init_model import InitModel, read_model_config, resolve_init, tokenizer_identity
 from ckptlab.train.loop import TrainConfig, check_allow_changed
 from ckptlab.train.run_dir import RunDir
 from ckptlab.train.schedules import KeepConfig
@@ -158,7 +159,7 @@ def cpt(config: CptConfig) -> int:
     # Checks that need neither torch nor the model come first, so a mistyped path fails at once.
     main_process = os.environ.get("RANK", "0") == "0"
     say = print if main_process else (lambda *a, **k: None)
-    init = _resolve_init(config.init_from)
+    init = resolve_init(config.init_from)
     _apply_recipe(config, init, say)
     switch_step = _switch_step(config)
     for key, data in _data_keys(config):
@@ -183,7 +184,7 @@ def cpt(config: CptConfig) -> int:
         global_batch = config.train.micro_batch_size * config.train.grad_accum_steps * dist.world_size
         resume_from = run.resume_point(init.source, say) if config.resume else None
         tokenizer = load_tokenizer(init.source)
-        model_config = _model_config(init.source)
+        model_config = read_model_config(init.source)
         max_positions = getattr(model_config, "max_position_embeddings", None)
         context = config.context_length or max_positions
         if context is None:
@@ -249,39 +250,7 @@ def cpt(config: CptConfig) -> int:
         distributed.teardown(dist)
 
 
-@dataclass
-class _Init:
-    source: str
-    """What `load_model` reads: a checkpoint directory, HF directory, hub id or .gguf file."""
-    checkpoint: Path | None
-    """The ckptlab checkpoint directory, when the source is one."""
-    run_config: Path | None
-    """config.yaml of the ckptlab run that wrote the checkpoint, when there is one."""
-
-
-def _resolve_init(init_from: str) -> _Init:
-    """A ckptlab run directory resolves to its newest listed checkpoint; checkpoints are verified."""
-    from ckptlab.train import checkpoint as ckpt
-    from ckptlab.train.run_dir import RunDir
-
-    path = Path(init_from).expanduser()
-    if path.is_dir() and (path / "run.json").is_file() and not (path / ckpt.MANIFEST).is_file():
-        entries = RunDir(path).read_run_manifest().get("checkpoints", [])
-        if not entries:
-            raise UserError(f"init_from {init_from}: the run lists no complete checkpoint in run.json")
-        path = path / max(entries, key=lambda c: c["step"])["path"]
-    if not (path.is_dir() and (path / ckpt.MANIFEST).is_file()):
-        from ckptlab.model import parse_source
-
-        parse_source(init_from)  # a missing path fails here, before torch is imported
-        return _Init(source=init_from, checkpoint=None, run_config=None)
-    ckpt.verify_checkpoint(path)
-    run_config = path.parent.parent / "config.yaml"
-    is_run = path.parent.name == "checkpoints" and run_config.is_file()
-    return _Init(source=str(path), checkpoint=path, run_config=run_config if is_run else None)
-
-
-def _apply_recipe(config: CptConfig, init: _Init, say: Any) -> None:
+def _apply_recipe(config: CptConfig, init: InitModel, say: Any) -> None:
     """recipe reuse: replace train.schedule by Parmar et al.'s, starting at the pre-training run's min LR."""
     if config.recipe != "reuse":
         return
@@ -322,41 +291,6 @@ def _switch_step(config: CptConfig) -> int | None:
     if step is None:
         raise ConfigError(f"{key}: the LR does not fall to {threshold:g} within train.max_steps ({steps}); the blend would never switch")
     return step
-
-
-def _model_config(source: str) -> Any:
-    """The model's HF config without loading its weights (a .gguf file is read whole)."""
-    from ckptlab.model import hub_snapshot, load_model, parse_source
-
-    parsed = parse_source(source)
-    if parsed.kind == "gguf":
-        return load_model(source).config
-    from transformers import AutoConfig
-
-    directory = parsed.path if parsed.kind == "directory" else hub_snapshot(parsed.repo_id, parsed.revision)
-    if not (Path(directory) / "config.json").is_file():
-        raise UserError(f"init_from {source}: {directory} has no config.json (not an HF model directory)")
-    return AutoConfig.from_pretrained(directory)
-
-
-def tokenizer_identity(tokenizer: Any) -> str:
-    """A short hash of what decides tokenization (vocabulary, merges, normalisation, special tokens).
-
-    Padding and truncation settings are left out: they change when a tokenizer is saved by another
-    tool but do not change a single token id.
-    """
-    import hashlib
-    import json
-
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        spec = json.loads(backend.to_str())
-        spec.pop("padding", None)
-        spec.pop("truncation", None)
-    else:
-        spec = {"vocab": sorted(tokenizer.get_vocab().items())}
-    spec["special"] = sorted(tokenizer.all_special_tokens)
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _data_keys(config: CptConfig) -> list[tuple[str, str]]:
@@ -453,7 +387,7 @@ def _open_data(config: CptConfig, context: int, tokenizer: Any, model_config: An
                  stages=stages)
 
 
-def _carried_optimizer_state(init: _Init, model: Any, train_config: TrainConfig) -> tuple[dict[str, Any] | None, str]:
+def _carried_optimizer_state(init: InitModel, model: Any, train_config: TrainConfig) -> tuple[dict[str, Any] | None, str]:
     """The AdamW state of a ckptlab checkpoint, with this run's hyperparameters (betas, eps, decay)."""
     import torch
 

@@ -159,12 +159,12 @@ def finetune(config: FinetuneConfig) -> int:
         raise UserError("finetune: give what to train on: --task NAME|TASK.yaml, or --data FILE.jsonl (instruction records)")
     import os
 
-    from ckptlab.cpt import _resolve_init
+    from ckptlab.init_model import resolve_init
 
     # Checks that need neither torch nor the model come first, so a mistyped path fails at once.
     main_process = os.environ.get("RANK", "0") == "0"
     say = print if main_process else (lambda *a, **k: None)
-    init = _resolve_init(config.init_from)
+    init = resolve_init(config.init_from)
     source = _open_source(config)
     if config.replay:
         from ckptlab.data.shards import read_manifest
@@ -180,7 +180,7 @@ def finetune(config: FinetuneConfig) -> int:
     import torch
 
     from ckptlab import config as configlib
-    from ckptlab.cpt import _model_config, tokenizer_identity
+    from ckptlab.init_model import read_model_config, tokenizer_identity
     from ckptlab.model import count_parameters, load_tokenizer, shape_fingerprint
     from ckptlab.train import distributed
     from ckptlab.train.loop import train
@@ -190,7 +190,7 @@ def finetune(config: FinetuneConfig) -> int:
     dist = distributed.setup(config.train.device)
     try:
         tokenizer = load_tokenizer(init.source)
-        model_config = _model_config(init.source)
+        model_config = read_model_config(init.source)
         max_positions = getattr(model_config, "max_position_embeddings", None)
         max_length = config.max_length or max_positions
         if max_length is None:
@@ -447,7 +447,7 @@ def _build_data(config: FinetuneConfig, source: _Source, tokenizer: Any, model_c
 
 def _open_replay(config: FinetuneConfig, tokenizer: Any, model_config: Any, max_length: int) -> tuple[Any, Any, dict[str, Any]]:
     """The replay windows (checked against the model's tokenizer) and the mixture SFT | replay."""
-    from ckptlab.cpt import tokenizer_identity
+    from ckptlab.init_model import tokenizer_identity
     from ckptlab.data.mixture import Mixture
     from ckptlab.data.tokenizer import load_tokenizer as load_data_tokenizer
     from ckptlab.data.windows import TokenWindows
