@@ -48,6 +48,12 @@ VERBS: dict[str, tuple[str, str, str, str]] = {
         "evaluate",
         "Evaluate models × tasks × templates × shots: cached by model content, with bootstrap CIs.",
     ),
+    "sweep": (
+        "ckptlab.sweep",
+        "SweepConfig",
+        "sweep",
+        "Checkpoints × fine-tunes × cpt × evaluations as one resumable job graph, local or on Ray; `sweep status`.",
+    ),
 }
 
 
@@ -82,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     config_cls = getattr(module, config_name)
     from ckptlab import config as configlib
 
+    if rest and not rest[0].startswith("-") and "command" in getattr(config_cls, "__dataclass_fields__", {}):
+        rest = ["--command", *rest]  # `ckptlab sweep status ...`: a leading word is the verb's command
     if any(a in ("-h", "--help") for a in rest):
         sys.stdout.write(configlib.format_help(config_cls, f"ckptlab {verb}", summary))
         return 0

@@ -1,0 +1,206 @@
+"""Run one job of a sweep, in this process, by calling the verb's own function with its config.
+
+`run_job` is what both executors call (the Ray executor in a worker process). It marks the job
+running, sends everything the job prints to its `log.txt`, and ends with `done.json` (written last,
+atomically) or `failed.json` holding a one-line reason. Training verbs always run with `resume`, so
+a job interrupted by a kill continues from its newest checkpoint; evaluations continue from the
+store's per-example cache. Only a job stopped by SIGTERM/SIGINT (the loop checkpoints and returns)
+writes neither marker: it raises `JobStopped` and the sweep stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+import os
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ckptlab import config as configlib
+from ckptlab.errors import TrainingDiverged, UserError
+from ckptlab.sweeps import state
+from ckptlab.sweeps.spec import VERB_CONFIGS, verb_class
+
+STORE = "results.sqlite"
+
+
+class JobStopped(Exception):
+    """A training job stopped before its last step (SIGTERM/SIGINT); it resumes on the next run."""
+
+
+@contextlib.contextmanager
+def _captured(log: Path, cwd: str) -> Iterator[None]:
+    """Print into the job's log, in the directory the sweep was planned from (relative paths)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    previous = os.getcwd()
+    with open(log, "a", encoding="utf-8", buffering=1) as handle:
+        with contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
+            os.chdir(cwd)
+            try:
+                yield
+            finally:
+                os.chdir(previous)
+
+
+def run_job(job: Any, out: str) -> dict[str, Any]:
+    """Run `job` to completion (or failure); returns {status, wall_s, reason?}. Raises JobStopped."""
+    # Hugging Face would draw a progress bar for every weight load; the sweep draws its own.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    directory = state.job_dir(Path(out), job)
+    state.clear_marker(directory, "failed")
+    state.write_marker(directory, "running", {"pid": os.getpid(), "started": state.now(), "job": job.id})
+    started = time.perf_counter()
+    reason = None
+    try:
+        with _captured(directory / "log.txt", job.cwd or os.getcwd()):
+            print(f"== {job.kind} {job.name} (job {job.id})", flush=True)
+            try:
+                record = RUNNERS[job.kind](job, Path(out), directory)
+            except (JobStopped, KeyboardInterrupt):
+                raise
+            except (UserError, TrainingDiverged) as error:
+                reason = " ".join(str(error).split())
+            except Exception as error:  # noqa: BLE001 - a job's crash must not stop independent jobs
+                traceback.print_exc()
+                reason = f"{type(error).__name__}: {' '.join(str(error).split())}"
+            if reason is not None:
+                print(f"failed: {reason}", flush=True)
+    finally:
+        state.clear_marker(directory, "running")
+    wall = round(time.perf_counter() - started, 3)
+    if reason is not None:
+        state.write_marker(directory, "failed", {"job": job.id, "reason": reason, "wall_s": wall, "at": state.now()})
+        return {"status": "failed", "reason": reason, "wall_s": wall}
+    state.write_marker(directory, "done", {"job": job.id, "kind": job.kind, "name": job.name, "wall_s": wall,
+                                           "at": state.now(), **record})
+    return {"status": "done", "wall_s": wall}
+
+
+# --- models: where they are ---------------------------------------------------------------
+
+
+def run_dir(out: Path, producer: str) -> Path:
+    return out / "jobs" / producer / "run"
+
+
+def final_checkpoint(run: Path) -> Path:
+    """The model a training run ends with: `final` of a fine-tune, else its newest checkpoint."""
+    from ckptlab.train.run_dir import RunDir
+
+    manifest = RunDir(run).read_run_manifest()
+    final = (manifest.get("final") or {}).get("model")
+    if final is None:
+        entries = manifest.get("checkpoints") or []
+        if not entries:
+            raise UserError(f"{run}: the run lists no checkpoint")
+        final = max(entries, key=lambda c: c["step"])["path"]
+    return run / final
+
+
+def model_source(model: dict[str, Any], out: Path) -> str:
+    """Where a sweep model loads from: its source, or the final checkpoint of the job that made it."""
+    if model.get("source"):
+        return str(model["source"])
+    return str(final_checkpoint(run_dir(out, model["producer"])))
+
+
+# --- training jobs ------------------------------------------------------------------------
+
+
+def _train(job: Any, out: Path, directory: Path) -> dict[str, Any]:
+    from ckptlab.train.run_dir import RunDir
+
+    values = copy.deepcopy(job.values)
+    values.update(out=str(directory / "run"), resume=True)
+    if job.kind != "pretrain":
+        values["init_from"] = model_source(job.model, out)
+    config = configlib.build(verb_class(job.kind), values)
+    config.train.progress = False  # the sweep shows one progress line per job instead
+    module, _, _ = VERB_CONFIGS[job.kind]
+    getattr(importlib.import_module(module), job.kind)(config)
+    manifest = RunDir(directory / "run").read_run_manifest()
+    if manifest.get("status") != "complete":
+        raise JobStopped(f"{job.kind} {job.name} stopped at step {manifest.get('latest_step')}; it resumes next time")
+    return {"model": str(final_checkpoint(directory / "run").relative_to(out))}
+
+
+# --- evaluation jobs ----------------------------------------------------------------------
+
+
+def _model_fp(source: str, dtype: str, store: Any) -> tuple[Any, str, str]:
+    """(model ref, content hash, evaluation fingerprint) as `ckptlab evaluate` computes them."""
+    from ckptlab.evaluation.models import content_hash, model_fingerprint, resolve_models
+
+    (ref,) = resolve_models([source], "latest")
+    content = content_hash(ref, store.file_sha256)
+    return ref, content, model_fingerprint(content, dtype)
+
+
+def _shown(source: str, out: Path) -> str:
+    """A path inside the sweep directory relative to it, so that two copies of a sweep agree."""
+    try:
+        return str(Path(source).resolve().relative_to(out.resolve()))
+    except ValueError:
+        return source
+
+
+def _compute(model: dict[str, Any], out: Path) -> dict[str, Any] | None:
+    """What training the model cost: the run's own `compute` record, completed from what it lists."""
+    if not model.get("producer"):
+        return None
+    from ckptlab.train.run_dir import RunDir
+
+    manifest = RunDir(run_dir(out, model["producer"])).read_run_manifest()
+    compute = dict(manifest.get("compute") or {})
+    entries = manifest.get("checkpoints") or []
+    if entries:
+        compute.setdefault("tokens", max(entries, key=lambda c: c["step"]).get("tokens_seen"))
+    done = state.read_marker(out / "jobs" / model["producer"], "done") or {}
+    if done.get("wall_s") is not None:
+        compute.setdefault("wall_s", done["wall_s"])
+    return compute
+
+
+def _evaluate(job: Any, out: Path, directory: Path) -> dict[str, Any]:
+    from ckptlab.evaluate import EvaluateConfig, _load, _plan_units
+    from ckptlab.evaluation.runner import Evaluator
+    from ckptlab.evaluation.store import ResultStore
+
+    model = job.model
+    source = model_source(model, out)
+    config = configlib.build(EvaluateConfig, {**copy.deepcopy(job.values), "model": [source], "store": str(out / STORE)})
+    units = _plan_units(config, print)
+    store = ResultStore(config.store)
+    try:
+        ref, content, model_fp = _model_fp(source, config.dtype, store)
+        store.add_model({"model_fp": model_fp, "content_hash": content, "kind": ref.kind, "source": ref.source,
+                         "label": model["key"], "run": ref.run, "step": ref.step, "tokens_seen": ref.tokens_seen,
+                         "dtype": config.dtype})
+        evaluator = Evaluator(store, config.batch_size, config.bootstrap, config.bootstrap_seed,
+                              config.length_normalized, say=print)
+        meta = {"model_source": _shown(source, out), "model_label": model["key"]}
+        evaluator.run_model(model_fp, meta, units, lambda: _load(ref.source, config.dtype, config.device, print))
+        base = model.get("base") or model
+        step, tokens = base.get("step"), base.get("tokens_seen")
+        if step is None and base.get("producer"):  # a model pre-trained by the sweep itself
+            base_ref = ref if base is model else _model_fp(model_source(base, out), config.dtype, store)[0]
+            step, tokens = base_ref.step, base_ref.tokens_seen
+        parent = model.get("parent")
+        store.add_sweep_model({
+            "model_fp": model_fp, "sweep": job.sweep, "job_id": job.id, "role": model["role"],
+            "checkpoint": model.get("checkpoint"), "step": step, "tokens_seen": tokens,
+            "finetune": model.get("finetune"), "finetune_task": model.get("finetune_task"),
+            "method": model.get("method"), "variant": model.get("variant"),
+            "parent_fp": _model_fp(model_source(parent, out), config.dtype, store)[2] if parent else None,
+            "compute": _compute(model, out),
+        })
+    finally:
+        store.close()
+    return {"model_fp": model_fp}
+
+
+RUNNERS = {"pretrain": _train, "finetune": _train, "cpt": _train, "evaluate": _evaluate}

@@ -1,0 +1,253 @@
+"""The sweep spec: the sections of a sweep YAML checked and turned into typed entries.
+
+Every training entry's `config` is a mapping of the verb's own config keys (dotted keys allowed,
+`train.schedule.lr: 1e-3`), optionally on top of `preset` YAML files (e.g. `configs/finetune_world_nli.yaml`),
+and is built into the verb's config dataclass here, so a mistyped key or value fails before any
+job runs, with one line naming the entry and the key. Keys the sweep sets itself (`init_from`,
+`out`, `resume`; `model`, `store` for evaluation) are refused.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ckptlab import config as configlib
+from ckptlab.errors import ConfigError, UserError
+
+# kind -> (module, config class, keys the sweep sets itself)
+VERB_CONFIGS = {
+    "pretrain": ("ckptlab.pretrain", "PretrainConfig", ("out", "resume")),
+    "finetune": ("ckptlab.finetune", "FinetuneConfig", ("init_from", "out", "resume")),
+    "cpt": ("ckptlab.cpt", "CptConfig", ("init_from", "out", "resume")),
+    "evaluate": ("ckptlab.evaluate", "EvaluateConfig", ("model", "store", "export", "checkpoints")),
+}
+ENTRY_KEYS = {"name", "config", "preset", "variant", "from", "resources"}
+RESOURCE_KEYS = {"num_cpus", "num_gpus"}
+DEFAULT_RESOURCES = {"num_cpus": 1, "num_gpus": 0}
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class BaseCheckpoint:
+    """A model the sweep starts from: a kept checkpoint, an HF directory, or a hub revision."""
+
+    label: str
+    """How results name it: the checkpoint directory (`step-00000200`) or the hub revision."""
+    source: str
+    """What `load_model` is given."""
+    kind: str
+    """checkpoint, directory or hub."""
+    step: int | None = None
+    tokens_seen: int | None = None
+
+
+@dataclass
+class TrainEntry:
+    """One pretrain, finetune or cpt entry of the sweep."""
+
+    kind: str
+    name: str
+    values: dict[str, Any]
+    """The verb's config keys (nested), without the ones the sweep sets."""
+    config: Any
+    """The verb's config dataclass built from `values` (the keys the sweep sets left at defaults)."""
+    variant: str | None = None
+    bases: list[str] | None = None
+    """Labels of the models to start from; None = every checkpoint of the `checkpoints` section."""
+    resources: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Spec:
+    """A checked sweep."""
+
+    name: str
+    out: Path
+    checkpoints: list[BaseCheckpoint]
+    pretrain: list[TrainEntry]
+    finetunes: list[TrainEntry]
+    cpt: list[TrainEntry]
+    evaluate: dict[str, Any] | None
+    """EvaluateConfig keys (nested) for every model, or None for no evaluation."""
+    evaluate_config: Any
+    resources: dict[str, dict[str, float]]
+    """Per job kind: num_cpus, num_gpus (the Ray executor reserves them)."""
+
+
+def nested(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """`{"train.lr": 1}` → `{"train": {"lr": 1}}`, merged with any nested mappings given."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping of config keys")
+    tree: dict[str, Any] = {}
+    for key, value in values.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{where}: config keys are strings, got {key!r}")
+        if isinstance(value, dict):
+            value = nested(value, f"{where}.{key}")
+        update: dict[str, Any] = {}
+        configlib._set_dotted(update, key, value)
+        tree = configlib._merge(tree, update)
+    return tree
+
+
+def verb_class(kind: str) -> type:
+    import importlib
+
+    module, name, _ = VERB_CONFIGS[kind]
+    return getattr(importlib.import_module(module), name)
+
+
+def build_verb_config(kind: str, values: dict[str, Any], where: str) -> Any:
+    """The verb's config dataclass from sweep values, errors naming `where` and the key."""
+    reserved = [k for k in VERB_CONFIGS[kind][2] if k in values]
+    if reserved:
+        raise ConfigError(f"{where}.{reserved[0]}: set by the sweep for every job; leave it out")
+    try:
+        return configlib.build(verb_class(kind), values)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
+
+
+def _resources(value: Any, where: str) -> dict[str, float]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping with num_cpus and/or num_gpus")
+    for key, amount in value.items():
+        if key not in RESOURCE_KEYS:
+            raise ConfigError(f"unknown key '{where}.{key}' (known: {', '.join(sorted(RESOURCE_KEYS))})")
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
+            raise ConfigError(f"{where}.{key}: expected a number ≥ 0, got {amount!r}")
+    return dict(value)
+
+
+def _train_entry(kind: str, section: str, index: int, raw: Any, names: set[str]) -> TrainEntry:
+    where = f"{section}[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping with name and config")
+    unknown = sorted(set(raw) - ENTRY_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown key '{where}.{unknown[0]}' (known: {', '.join(sorted(ENTRY_KEYS))})")
+    name = str(raw.get("name") or "")
+    if not NAME.match(name):
+        raise ConfigError(f"{where}.name: expected a short name (letters, digits, . _ -), got {name!r}")
+    if name in names:
+        raise ConfigError(f"{where}.name: '{name}' is used by another entry")
+    names.add(name)
+    where = f"{section}[{index}] ({name})"
+    values: dict[str, Any] = {}
+    presets = raw.get("preset") or []
+    for preset in [presets] if isinstance(presets, str) else presets:
+        values = configlib._merge(values, nested(configlib.read_yaml(preset), f"{where}.preset {preset}"))
+    values = configlib._merge(values, nested(raw.get("config") or {}, f"{where}.config"))
+    config = build_verb_config(kind, values, f"{where}.config")
+    bases = raw.get("from")
+    if bases is not None:
+        bases = [bases] if isinstance(bases, str) else bases
+        if kind == "pretrain" or not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+            raise ConfigError(f"{where}.from: expected a list of checkpoint labels to start from")
+    variant = raw.get("variant")
+    return TrainEntry(kind, name, values, config, None if variant is None else str(variant), bases,
+                      _resources(raw.get("resources"), f"{where}.resources"))
+
+
+def _checkpoints(raw: Any) -> list[BaseCheckpoint]:
+    from ckptlab.evaluation.models import resolve_models
+    from ckptlab.model import parse_source
+
+    if not isinstance(raw, list):
+        raise ConfigError("checkpoints: expected a list of {run, steps}, {path} or {hub, revisions} entries")
+    found: list[BaseCheckpoint] = []
+    for i, item in enumerate(raw):
+        where = f"checkpoints[{i}]"
+        if isinstance(item, str):
+            item = {"path": item}
+        if not isinstance(item, dict) or len({"run", "path", "hub"} & set(item)) != 1:
+            raise ConfigError(f"{where}: expected one of run: RUN_DIR, path: CHECKPOINT_DIR, hub: org/name")
+        allowed = {"run": {"run", "steps", "prefix"}, "path": {"path", "label"}, "hub": {"hub", "revisions"}}
+        kind = next(k for k in ("run", "path", "hub") if k in item)
+        unknown = sorted(set(item) - allowed[kind])
+        if unknown:
+            raise ConfigError(f"unknown key '{where}.{unknown[0]}' (with {kind}: {', '.join(sorted(allowed[kind]))})")
+        try:
+            if kind == "run":
+                found.extend(_run_checkpoints(item, where, resolve_models))
+            elif kind == "path":
+                (ref,) = resolve_models([str(item["path"])], "latest")
+                label = str(item.get("label") or Path(ref.source).name)
+                found.append(BaseCheckpoint(label, ref.source, ref.kind, ref.step, ref.tokens_seen))
+            else:
+                revisions = item.get("revisions") or [None]
+                for revision in [revisions] if isinstance(revisions, str) else revisions:
+                    source = f"{item['hub']}@{revision}" if revision else str(item["hub"])
+                    parse_source(source)
+                    step = re.fullmatch(r"step(\d+)", str(revision or ""))
+                    found.append(BaseCheckpoint(str(revision or item["hub"]), source, "hub",
+                                                int(step.group(1)) if step else None))
+        except UserError as error:
+            raise ConfigError(f"{where}: {error}") from None
+    labels = [c.label for c in found]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise ConfigError(f"checkpoints: two checkpoints are labelled '{twice[0]}'; give runs a prefix: (or paths a label:)")
+    return found
+
+
+def _run_checkpoints(item: dict[str, Any], where: str, resolve_models: Any) -> list[BaseCheckpoint]:
+    run = Path(str(item["run"])).expanduser()
+    if not (run / "run.json").is_file():
+        raise ConfigError(f"{where}.run: {run} is not a run directory (no run.json)")
+    refs = resolve_models([str(run)], "kept")
+    steps = item.get("steps")
+    if steps is not None:
+        steps = [steps] if isinstance(steps, int) else steps
+        if not isinstance(steps, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in steps):
+            raise ConfigError(f"{where}.steps: expected a list of step numbers")
+        kept = {r.step: r for r in refs}
+        missing = [s for s in steps if s not in kept]
+        if missing:
+            raise ConfigError(f"{where}.steps: {run} kept no checkpoint at step {missing[0]} "
+                              f"(kept: {', '.join(str(s) for s in sorted(kept))})")
+        refs = [kept[s] for s in sorted(set(steps))]
+    prefix = str(item.get("prefix") or "")
+    return [BaseCheckpoint(prefix + Path(r.source).name, r.source, r.kind, r.step, r.tokens_seen) for r in refs]
+
+
+def build_spec(config: Any) -> Spec:
+    """Check a SweepConfig's sections and build the spec (every verb config validated here)."""
+    out = Path(config.out)
+    name = config.name or out.name
+    if not NAME.match(name):
+        raise ConfigError(f"name: expected a short name (letters, digits, . _ -), got {name!r}")
+    checkpoints = _checkpoints(config.checkpoints)
+    names: set[str] = set()
+    sections = {}
+    for section, kind in (("pretrain", "pretrain"), ("finetunes", "finetune"), ("cpt", "cpt")):
+        raw = getattr(config, section)
+        sections[section] = [_train_entry(kind, section, i, item, names) for i, item in enumerate(raw)]
+    labels = {c.label for c in checkpoints} | {e.name for e in sections["pretrain"]}
+    for entry in sections["finetunes"] + sections["cpt"]:
+        unknown = [b for b in entry.bases or [] if b not in labels]
+        if unknown:
+            raise ConfigError(f"{entry.kind} {entry.name}.from: no checkpoint or pretrain entry '{unknown[0]}' "
+                              f"(labels: {', '.join(sorted(labels))})")
+    if not checkpoints and not sections["pretrain"]:
+        raise ConfigError("checkpoints: the sweep names no checkpoint to start from (and no pretrain entry)")
+    evaluate, evaluate_config = None, None
+    if config.evaluate:
+        evaluate = nested(config.evaluate, "evaluate")
+        evaluate_config = build_verb_config("evaluate", evaluate, "evaluate")
+        if not evaluate_config.tasks:
+            raise ConfigError("evaluate.tasks: name the tasks to evaluate every model on")
+    resources = {}
+    for kind in VERB_CONFIGS:
+        given = (config.resources or {}).get(kind)
+        resources[kind] = {**DEFAULT_RESOURCES, **_resources(given, f"resources.{kind}")}
+    unknown = sorted(set(config.resources or {}) - set(VERB_CONFIGS))
+    if unknown:
+        raise ConfigError(f"unknown key 'resources.{unknown[0]}' (job kinds: {', '.join(VERB_CONFIGS)})")
+    return Spec(name, out, checkpoints, sections["pretrain"], sections["finetunes"], sections["cpt"], evaluate,
+                evaluate_config, resources)
