@@ -219,7 +219,8 @@ def cpt(config: CptConfig) -> int:
             run.save_config(configlib.to_dict(config))
         kept = kept_steps(config.keep, config.train.max_steps)
         say(
-            f"cpt: {count_parameters(model):,} parameters from {init.source}, context {context}, global batch "
+            f"cpt: {count_parameters(model, trainable_only=True):,} of {count_parameters(model):,} parameters train, from "
+            f"{init.source}, context {context}, global batch "
             f"{global_batch}, {config.train.max_steps} steps on {dist.device} (x{dist.world_size}); optimizer state "
             f"{optimizer_note}"
         )

@@ -109,7 +109,8 @@ def pretrain(config: PretrainConfig) -> int:
         kept = kept_steps(config.keep, config.train.max_steps)
         global_batch = config.train.micro_batch_size * config.train.grad_accum_steps * dist.world_size
         say(
-            f"pretrain: {count_parameters(model):,} parameters, {len(train_windows):,} windows of {context} tokens, "
+            f"pretrain: {count_parameters(model, trainable_only=True):,} of {count_parameters(model):,} parameters train, "
+            f"{len(train_windows):,} windows of {context} tokens, "
             f"global batch {global_batch}, {config.train.max_steps} steps on {dist.device} "
             f"(x{dist.world_size}), {len(kept)} kept checkpoints"
         )

@@ -80,6 +80,9 @@ def test_reuse_recipe_schedule_and_lower_domain_validation_loss(base, plain):
     assert {row["blend"] for row in rows} == {"blend"}
     val = {c["step"]: c["val_loss"] for c in manifest["checkpoints"] if c["kept"]}
     assert set(val) == {0, 8} and val[8] < val[0]  # validation on the domain corpus's held-out split
+    compute = manifest["compute"]  # sequences of context 32: flops = 6·N·tokens + 6·n_layer·32·d_model·tokens
+    assert compute["tokens"] == rows[-1]["tokens_seen"] == 8 * 8 * 32 and compute["trainable_params"] == compute["total_params"]
+    assert compute["flops"] == 6 * compute["tokens"] * (compute["matmul_params"] + compute["n_layer"] * 32 * compute["d_model"])
 
 
 def test_blend_switch_happens_at_exactly_the_configured_step(plain, switched):
@@ -112,6 +115,8 @@ def test_killed_and_resumed_across_the_switch_is_bitwise_identical(base, switche
     assert max(int(p.name[5:]) for p in (run / "checkpoints").glob("step-*")) == 2  # resumes before the switch
     cpt(base, run, "--second_blend", str(base.general), "--switch_step", "3", "--resume")
     assert records(run) == records(switched)  # same samples (so same replay share) and same losses, bit for bit
+    resumed, whole = (json.loads((r / "run.json").read_text())["compute"] for r in (run, switched))
+    assert [resumed[k] for k in ("tokens", "target_tokens", "flops")] == [whole[k] for k in ("tokens", "target_tokens", "flops")]
 
 
 def test_optimizer_state_is_carried_over_unless_reset(base, plain, tmp_path):

@@ -71,6 +71,8 @@ class TrainConfig:
     """Show a progress bar with loss, tokens/s and ETA (on stderr)."""
     tensorboard: bool = False
     """Also write TensorBoard scalars under RUN/tensorboard (needs the tensorboard package)."""
+    device_power_w: float | None = None
+    """Power drawn per device (watts) for the energy estimate in run.json's compute record; null = 65 on CPU, 700 on CUDA."""
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "micro_batch_size", "grad_accum_steps"):
@@ -83,6 +85,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name}: expected an integer ≥ 0, got {getattr(self, name)}")
         if self.grad_clip < 0 or self.weight_decay < 0:
             raise ConfigError("train.grad_clip and train.weight_decay must be ≥ 0")
+        if self.device_power_w is not None and not (math.isfinite(self.device_power_w) and self.device_power_w >= 0):
+            raise ConfigError(f"train.device_power_w: expected watts ≥ 0, got {self.device_power_w}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"train.device: expected auto, cpu or cuda, got {self.device!r}")
 
@@ -228,12 +232,14 @@ def train(
     import torch.nn.functional as F
 
     from ckptlab.train import checkpoint as ckpt
+    from ckptlab.train.compute import ComputeMeter
 
     torch.set_flush_denormal(True)  # denormal gradients made CPU steps 10x slower
     device = dist.device
     step, samples_seen, tokens_seen = 0, 0, 0
     optimizer = make_optimizer(model, config)
     global_batch = config.micro_batch_size * config.grad_accum_steps * dist.world_size
+    meter = ComputeMeter(model, device, dist.world_size, config.device_power_w)
 
     if initial_optimizer_state is not None and resume_from is None:
         optimizer.load_state_dict(initial_optimizer_state)
@@ -248,6 +254,8 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         step, samples_seen, tokens_seen = state["step"], state["samples_seen"], state["tokens_seen"]
+        if "compute" in state:
+            meter.load_state(state["compute"])
         log(f"resuming from {resume_from} (step {step})")
 
     forward_model = model
@@ -285,6 +293,7 @@ def train(
                         "optimizer": optimizer.state_dict(),
                         "rng": rng_state(),
                         "fingerprints": fingerprints,
+                        "compute": meter.state(),
                     },
                     folder / ckpt.TRAINING_STATE,
                 )
@@ -301,6 +310,7 @@ def train(
             stale = [c for c in entries if not c["kept"] and c not in newest]
             manifest["checkpoints"] = [c for c in entries if c not in stale]
             manifest["latest_step"] = at_step
+            manifest["compute"] = meter.record()
             run.write_run_manifest(manifest)
             for old in stale:
                 shutil.rmtree(run.root / old["path"], ignore_errors=True)
@@ -346,7 +356,9 @@ def train(
                 ]
                 counts = torch.tensor(
                     [sum(int((b["labels"] != -100).sum()) for b in micro_batches),
-                     sum(int(b["input_ids"].numel()) for b in micro_batches)],
+                     sum(int(b["input_ids"].numel()) for b in micro_batches),
+                     # Σ b·T²: the attention term of the FLOP count (train/compute.py).
+                     sum(int(b["input_ids"].numel()) * int(b["input_ids"].shape[-1]) for b in micro_batches)],
                     # Counted on the CPU: only a multi-process run needs them on the device (NCCL).
                     dtype=torch.float64, device=device if dist.enabled else "cpu",
                 )
@@ -379,6 +391,7 @@ def train(
                 step += 1
                 samples_seen += global_batch
                 tokens_seen += int(counts[1].item())
+                meter.add(int(counts[1].item()), int(targets), int(counts[2].item()))
                 elapsed = time.perf_counter() - started
                 last_loss = mean_loss
                 record = {"step": step, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm,
@@ -406,7 +419,7 @@ def train(
                     break
     except TrainingDiverged:
         if dist.is_main:
-            manifest.update(status="diverged")
+            manifest.update(status="diverged", compute=meter.record())
             run.write_run_manifest(manifest)
         raise
     finally:
@@ -415,7 +428,7 @@ def train(
             metrics.close()
         if writer is not None:
             writer.close()
-    manifest.update(status=status)
+    manifest.update(status=status, compute=meter.record())
     if dist.is_main:
         run.write_run_manifest(manifest)
     return LoopResult(step=step, status=status, last_loss=last_loss, checkpoints=manifest["checkpoints"])
