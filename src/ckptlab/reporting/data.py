@@ -1,0 +1,230 @@
+"""Load a sweep's results store into plain Python: models, scores, per-example item values.
+
+The store's `sweep_models` rows say what each model is (base checkpoint, fine-tuned model, cpt
+model); its `metrics` rows give each (model, task, template, shots) score with a 95% interval; its
+`examples` rows give the per-example values (`correct`, or the ROUGE-L in `scores`) that the paired
+bootstraps resample. One shot count is analysed (the smallest present unless asked), and per task
+one task fingerprint and few-shot seed (the most common), so every model is compared on the same items.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ckptlab.errors import UserError
+from ckptlab.evaluation.metrics import MEAN_METRICS, item_values
+from ckptlab.evaluation.store import ResultStore
+
+ROLES = ("base", "finetuned", "cpt")
+
+
+@dataclass
+class SweepModel:
+    """One evaluated model in the study's terms (a `sweep_models` row)."""
+
+    model_fp: str
+    role: str
+    checkpoint: str
+    step: int | None
+    tokens_seen: int | None
+    finetune: str | None
+    finetune_task: str | None
+    method: str | None
+    variant: str | None
+    parent_fp: str | None
+    compute: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        if self.role == "base":
+            return self.checkpoint
+        extra = ", ".join(x for x in (self.method, self.variant) if x)
+        return f"{self.finetune or self.finetune_task} @ {self.checkpoint}" + (f" ({extra})" if extra else "")
+
+
+@dataclass
+class Score:
+    """A metric row: value and its 95% interval over examples, n examples."""
+
+    value: float
+    ci_low: float
+    ci_high: float
+    n: int
+
+
+@dataclass
+class SweepData:
+    """Everything the report reads from the store, keyed by model fingerprint and task name."""
+
+    store_path: Path
+    models: dict[str, SweepModel]
+    tasks: list[str]
+    templates: dict[str, list[str]]
+    metric: dict[str, str]
+    """Primary metric per task (accuracy for classification, rouge_l for generation)."""
+    shots: int
+    scores: dict[tuple[str, str, str], Score]
+    """(model_fp, task, template) → the primary metric's row."""
+    sensitivity: dict[tuple[str, str, str], float]
+    """(model_fp, task, statistic) → template `*` rows of the primary metric (spread, std, worst, agreement)."""
+    items: dict[tuple[str, str, str], dict[str, float]]
+    """(model_fp, task, template) → example id → item value of the primary metric."""
+    chance: dict[str, float | None]
+    """Per task, the larger of uniform guessing and always answering the most common gold label (None: generation)."""
+    warnings: list[str] = field(default_factory=list)
+
+    def steps(self) -> list[int]:
+        return sorted({m.step for m in self.models.values() if m.step is not None})
+
+
+def store_path_of(sweep: str | None, store: str | None) -> Path:
+    """The results store of a sweep directory (or the one given); a one-line error when there is none."""
+    if store:
+        path = Path(store)
+        if not path.is_file():
+            raise UserError(f"{path}: results store not found")
+        return path
+    if not sweep:
+        raise UserError("no sweep given: ckptlab report SWEEP_DIR (or --store RESULTS.sqlite)")
+    folder = Path(sweep)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: sweep directory not found")
+    path = folder / "results.sqlite"
+    if not path.is_file():
+        raise UserError(f"{path}: no results store in the sweep directory (expected the output of `ckptlab sweep`)")
+    return path
+
+
+def _most_common(values: list[Any]) -> Any:
+    # Ties go to the smallest value, so the choice does not depend on row order.
+    counts = Counter(values)
+    best = max(counts.values())
+    return min(v for v, c in counts.items() if c == best)
+
+
+def _primary_metric(metrics_present: set[str], override: str | None) -> str | None:
+    if override:
+        return override
+    for name in ("accuracy", "rouge_l", "exact_match", "accuracy_norm"):
+        if name in metrics_present:
+            return name
+    return None
+
+
+def load(store_path: Path, sweep: str | None = None, shots: int | None = None,
+         metric_overrides: dict[str, str] | None = None) -> SweepData:
+    """Read the store at `store_path` (the models of one sweep name, or of all)."""
+    store = ResultStore(store_path)
+    try:
+        return _load(store, store_path, sweep, shots, metric_overrides or {})
+    finally:
+        store.close()
+
+
+def _load(store: ResultStore, path: Path, sweep: str | None, shots: int | None,
+          overrides: dict[str, str]) -> SweepData:
+    rows = store.sweep_models(sweep)
+    metric_rows = store.rows("metrics")
+    if not rows:
+        if not metric_rows:
+            raise UserError(f"{path}: the results store is empty (no evaluated models)")
+        which = f" of sweep '{sweep}'" if sweep else ""
+        raise UserError(f"{path}: no sweep_models rows{which}: the store does not say which models are base, "
+                        "fine-tuned or cpt (it was not written by `ckptlab sweep`)")
+    warnings: list[str] = []
+    models: dict[str, SweepModel] = {}
+    for r in rows:
+        if r["role"] not in ROLES:
+            warnings.append(f"model {r['model_fp'][:12]}: unknown role '{r['role']}', ignored")
+            continue
+        models[r["model_fp"]] = SweepModel(
+            model_fp=r["model_fp"], role=r["role"], checkpoint=str(r["checkpoint"] or f"step-{r['step']}"),
+            step=r["step"], tokens_seen=r["tokens_seen"], finetune=r["finetune"], finetune_task=r["finetune_task"],
+            method=r["method"], variant=r["variant"], parent_fp=r["parent_fp"], compute=r["compute"])
+    metric_rows = [r for r in metric_rows if r["model_fp"] in models]
+    if not metric_rows:
+        raise UserError(f"{path}: no metric rows for the sweep's {len(models)} models (nothing was evaluated)")
+    shots = min(r["shots"] for r in metric_rows) if shots is None else shots
+    metric_rows = [r for r in metric_rows if r["shots"] == shots]
+    if not metric_rows:
+        raise UserError(f"{path}: no results with shots={shots}")
+    # One (task fingerprint, few-shot seed) per task: the most common, so every model sees the same items.
+    unit_of = {task: _most_common([(r["task_fp"], r["seed"]) for r in metric_rows if r["task"] == task])
+               for task in sorted({r["task"] for r in metric_rows})}
+    for task, unit in unit_of.items():
+        others = {(r["task_fp"], r["seed"]) for r in metric_rows if r["task"] == task} - {unit}
+        if others:
+            warnings.append(f"task {task}: {len(others) + 1} versions or few-shot seeds in the store; "
+                            f"using the most common ({unit[0][:12]}, seed {unit[1]})")
+    metric_rows = [r for r in metric_rows if (r["task_fp"], r["seed"]) == unit_of[r["task"]]]
+    metric = {}
+    for task in unit_of:
+        present = {r["metric"] for r in metric_rows if r["task"] == task and r["template"] != "*"}
+        chosen = _primary_metric(present, overrides.get(task))
+        if chosen is None or chosen not in MEAN_METRICS:
+            warnings.append(f"task {task}: no mean-type metric ({', '.join(sorted(present))}); left out")
+            continue
+        metric[task] = chosen
+    tasks = sorted(metric)
+    scores: dict[tuple[str, str, str], Score] = {}
+    sensitivity: dict[tuple[str, str, str], float] = {}
+    for r in sorted(metric_rows, key=lambda r: r["n"]):  # the row over the most examples wins
+        task = r["task"]
+        if task not in metric:
+            continue
+        if r["template"] == "*":
+            name, _, stat = r["metric"].partition(":")
+            if r["metric"] == "agreement":
+                sensitivity[(r["model_fp"], task, "agreement")] = _float(r["value"])
+            elif name == metric[task]:
+                sensitivity[(r["model_fp"], task, stat)] = _float(r["value"])
+        elif r["metric"] == metric[task]:
+            scores[(r["model_fp"], task, r["template"])] = Score(_float(r["value"]), _float(r["ci_low"]),
+                                                                 _float(r["ci_high"]), int(r["n"]))
+    templates = {task: sorted({k[2] for k in scores if k[1] == task}) for task in tasks}
+    items, chance = _items(store, models, unit_of, metric, shots)
+    return SweepData(path, models, tasks, templates, metric, shots, scores, sensitivity, items, chance, warnings)
+
+
+def _float(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _items(store: ResultStore, models: dict[str, SweepModel], unit_of: dict[str, tuple[str, int]],
+           metric: dict[str, str], shots: int) -> tuple[dict[tuple[str, str, str], dict[str, float]], dict[str, float | None]]:
+    """Per-example item values of the primary metric, and each task's chance level."""
+    items: dict[tuple[str, str, str], dict[str, float]] = {}
+    golds: dict[str, dict[str, str]] = {}
+    uniform: dict[str, dict[str, float]] = {}
+    cursor = store.db.execute(
+        "SELECT model_fp, task, task_fp, seed, template, example_id, correct, scores, gold, prediction "
+        "FROM examples WHERE shots=?", (shots,))
+    for model_fp, task, task_fp, seed, template, example_id, correct, scores, gold, prediction in cursor:
+        if model_fp not in models or task not in metric or unit_of[task] != (task_fp, seed):
+            continue
+        name = metric[task]
+        if name == "accuracy":
+            value = float(correct)
+            if task not in uniform or example_id not in uniform[task]:
+                choices = json.loads(scores).get("choices") or []
+                uniform.setdefault(task, {})[example_id] = 1 / len(choices) if choices else math.nan
+        else:
+            row = {"correct": correct, "scores": json.loads(scores), "gold": gold, "prediction": prediction}
+            value = item_values(name, [row])[0]
+        items.setdefault((model_fp, task, template), {})[example_id] = value
+        golds.setdefault(task, {})[example_id] = gold
+    chance: dict[str, float | None] = {}
+    for task in metric:
+        if metric[task] != "accuracy" or task not in golds:
+            chance[task] = None
+            continue
+        labels = Counter(golds[task].values())
+        majority = max(labels.values()) / sum(labels.values())
+        guesses = [v for v in uniform.get(task, {}).values() if not math.isnan(v)]
+        chance[task] = max(majority, sum(guesses) / len(guesses) if guesses else 0.0)
+    return items, chance

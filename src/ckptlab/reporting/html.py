@@ -1,0 +1,102 @@
+"""Render the report as one self-contained HTML file: Jinja2 with autoescape, figures as data URIs."""
+
+from __future__ import annotations
+
+import base64
+import math
+from pathlib import Path
+from typing import Any
+
+from ckptlab.reporting.template import PAGE
+
+
+def fmt(value: Any) -> str:
+    """A table cell: numbers to 3 decimals, NaN and None as a dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def ci(low: float, high: float) -> str:
+    return "–" if math.isnan(low) else f"[{low:+.3f}, {high:+.3f}]"
+
+
+def embedded(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def render(context: dict[str, Any]) -> str:
+    """The page for `context` (see `report.py`); every string from the data is HTML-escaped."""
+    import jinja2
+
+    # autoescape=True escapes every {{ }} value: task names, recipes, warnings, notes are data.
+    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    template = environment.from_string(PAGE)
+    return template.render(fmt=fmt, ci=ci, **context)
+
+
+def draw_figures(study: Any, tables: dict[str, list[dict[str, Any]]], results: list[dict[str, Any]],
+                 folder: Path) -> list[dict[str, Any]]:
+    """Draw every figure the sweep has data for; each with a title, a caption and optional HTML tables."""
+    from ckptlab.reporting import analysis, figures
+
+    drawn = []
+
+    def add(name: str, title: str, caption: str, path: Path, html_tables: list[dict[str, Any]] | None = None) -> None:
+        drawn.append({"name": name, "title": title, "caption": caption, "data": embedded(path), "tables": html_tables or []})
+
+    bases = study.of_role("base")
+    panels = [("base checkpoints", *analysis.heatmap(study, bases))] if bases else []
+    panels += [(f"fine-tuned: {recipe}", *analysis.heatmap(study, models)) for recipe, models in study.recipes().items()]
+    if panels:
+        add("heatmaps", "Checkpoint × eval set", "Score of each model (rows: checkpoints in step order) on each eval "
+            "set, base and fine-tuned (one panel per recipe).", figures.heatmaps(panels, folder / "heatmaps.png"))
+    curves = analysis.curves(study)
+    if curves:
+        add("curves", "Base vs fine-tuned over pre-training", "Score over pre-training steps for every eval set: "
+            "base (dashed) and each fine-tuning recipe, with 95% bands; dotted: chance.",
+            figures.score_curves(curves, study.data.chance, folder / "curves.png"))
+    if tables["gains"]:
+        rho = next(f for f in results if f["id"] == "ii")
+        stat = rho["statistics"][0] if rho["statistics"] else None
+        rho_text = (f"Spearman ρ {fmt(stat['value'])} {ci(stat['ci_low'], stat['ci_high'])}" if stat
+                    else f"finding (ii): {rho['outcome']}")
+        add("gains", "Gain from fine-tuning vs base score", "One point per (fine-tuned model, eval set), with the "
+            "gain's 95% interval. Finding (ii) expects the largest gains where the base is weakest.",
+            figures.gain_scatter(tables["gains"], rho_text, folder / "gains.png"))
+    if tables["forgetting"]:
+        add("forgetting", "Forgetting matrix", "Change vs the base checkpoint per fine-tuning recipe and eval set, "
+            "averaged over checkpoints. Negative = forgotten.", figures.forgetting_matrix(tables["forgetting"],
+                                                                                            folder / "forgetting.png"))
+    series = analysis.sensitivity_series(study)
+    if series:
+        add("sensitivity", "Prompt sensitivity over pre-training", "Template spread (best − worst template), "
+            "averaged over eval sets, for base models and each recipe, with 95% bands.",
+            figures.series_plot(series, "template spread", "Prompt sensitivity", folder / "sensitivity.png"))
+    if tables["cpt"]:
+        summary = [r for r in tables["cpt"] if r["task"].startswith("mean of ")]
+        columns = ["recipe", "variant", "start", "task", "change", "ci_low", "ci_high"]
+        add("cpt", "Continued pre-training", "Change of each cpt model vs its starting checkpoint on domain and "
+            "general eval sets (per-set rows in tables/cpt.csv).", figures.cpt_bars(tables["cpt"], folder / "cpt.png"),
+            [{"columns": columns, "rows": [[r[c] for c in columns] for r in summary]}])
+    return drawn
+
+
+def page(study: Any, config: Any, results: list[dict[str, Any]], drawn: list[dict[str, Any]],
+         csv_files: list[str]) -> str:
+    data = study.data
+    recipes = study.recipes()
+    counts = (f"{len(study.of_role('base'))} base checkpoints, {len(study.of_role('finetuned'))} fine-tuned models "
+              f"({len(recipes)} recipes), {len(study.of_role('cpt'))} cpt models")
+    all_templates = sorted({t for names in data.templates.values() for t in names})
+    template_note = (f"mean over templates ({', '.join(all_templates)})" if config.template == "mean"
+                     else f"template {config.template}")
+    metric_note = " / ".join(sorted(set(data.metric.values()))) or "no metric"
+    return render({"title": config.sweep_name or (config.sweep or str(data.store_path)), "store": str(data.store_path),
+                   "counts": counts, "tasks": data.tasks, "metric_note": metric_note, "shots": data.shots,
+                   "template_note": template_note, "resamples": config.bootstrap, "warnings": data.warnings,
+                   "findings": results, "figures": drawn, "csv_files": csv_files})
