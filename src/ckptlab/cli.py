@@ -48,6 +48,12 @@ VERBS: dict[str, tuple[str, str, str, str]] = {
         "evaluate",
         "Evaluate models × tasks × templates × shots: cached by model content, with bootstrap CIs.",
     ),
+    "report": (
+        "ckptlab.report",
+        "ReportConfig",
+        "report",
+        "Analyse a sweep (ckptlab report SWEEP): heatmaps, gains, forgetting, prompt sensitivity, findings with CIs.",
+    ),
     "sweep": (
         "ckptlab.sweep",
         "SweepConfig",
@@ -93,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in rest):
         sys.stdout.write(configlib.format_help(config_cls, f"ckptlab {verb}", summary))
         return 0
+    positional = getattr(config_cls, "POSITIONAL", None)
+    if positional and rest and not rest[0].startswith("-"):
+        rest = [f"--{positional}", *rest]  # `ckptlab report SWEEP ...` = `ckptlab report --sweep SWEEP ...`
     try:
         config = configlib.load(config_cls, rest)
         result = getattr(module, function_name)(config)

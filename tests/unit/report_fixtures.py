@@ -67,24 +67,26 @@ def _model(store: ResultStore, model_fp: str, tasks: list[str], score: Callable[
 def build_store(path: Path, tasks: list[str], steps: list[int], recipes: dict[str, str],
                 base: Callable[[str, int], float], tuned: Callable[[str, str, int], float],
                 spread: Callable[[str, int], float] = lambda role, step: 0.0, n: int = 150,
-                cpt: dict[str, Callable[[str], float]] | None = None, seed: int = 0) -> Path:
-    """A store at `path`; `recipes` maps a fine-tuning run's name to its task; `cpt` a cpt run to its scores."""
+                cpt: dict[str, Callable[[str], float]] | None = None, seed: int = 0, prefix: str = "") -> Path:
+    """A store at `path`; `recipes` maps a fine-tuning run's name to its task; `cpt` a cpt run to its scores.
+
+    `prefix` starts every model fingerprint, so two sweeps can share one store."""
     rng = random.Random(seed)
     store = ResultStore(path)
     try:
         for step in steps:
             label = f"step-{step:08d}"
             common = {"checkpoint": label, "step": step, "tokens_seen": step * 1000}
-            _model(store, f"base-{step}", tasks, lambda t: base(t, step), spread("base", step), n, rng,
+            _model(store, f"{prefix}base-{step}", tasks, lambda t: base(t, step), spread("base", step), n, rng,
                    role="base", **common)
             for name, task in recipes.items():
-                _model(store, f"ft-{name}-{step}", tasks, lambda t: tuned(name, t, step), spread("finetuned", step),
-                       n, rng, role="finetuned", finetune=name, finetune_task=task, method="full",
-                       parent_fp=f"base-{step}", compute={"tokens": 1000}, **common)
+                _model(store, f"{prefix}ft-{name}-{step}", tasks, lambda t: tuned(name, t, step),
+                       spread("finetuned", step), n, rng, role="finetuned", finetune=name, finetune_task=task,
+                       method="full", parent_fp=f"{prefix}base-{step}", compute={"tokens": 1000}, **common)
         for name, score in (cpt or {}).items():
             step = steps[-1]
-            _model(store, f"cpt-{name}", tasks, score, spread("base", step), n, rng, role="cpt", finetune=name,
-                   method="cpt", parent_fp=f"base-{step}", checkpoint=f"step-{step:08d}", step=step,
+            _model(store, f"{prefix}cpt-{name}", tasks, score, spread("base", step), n, rng, role="cpt", finetune=name,
+                   method="cpt", parent_fp=f"{prefix}base-{step}", checkpoint=f"step-{step:08d}", step=step,
                    tokens_seen=step * 1000)
     finally:
         store.close()

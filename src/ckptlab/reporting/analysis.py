@@ -78,9 +78,9 @@ class Study:
 
 
 def _row_of(study: Study, model: SweepModel) -> dict[str, Any]:
+    recipe = {"finetuned": study.recipe(model), "cpt": model.finetune or ""}.get(model.role, "")
     return {"model_fp": model.model_fp, "role": model.role, "checkpoint": model.checkpoint, "step": model.step,
-            "recipe": study.recipe(model) if model.role == "finetuned" else (model.finetune or "" if model.role == "cpt" else ""),
-            "method": model.method or "", "variant": model.variant or ""}
+            "recipe": recipe, "method": model.method or "", "variant": model.variant or ""}
 
 
 def score_table(study: Study) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from ckptlab.evaluation.metrics import MEAN_METRICS, item_values
 from ckptlab.evaluation.store import ResultStore
 
 ROLES = ("base", "finetuned", "cpt")
+ItemValues = dict[tuple[str, str, str], dict[str, float]]  # (model_fp, task, template) → example id → value
 
 
 @dataclass
@@ -196,9 +197,9 @@ def _float(value: Any) -> float:
 
 
 def _items(store: ResultStore, models: dict[str, SweepModel], unit_of: dict[str, tuple[str, int]],
-           metric: dict[str, str], shots: int) -> tuple[dict[tuple[str, str, str], dict[str, float]], dict[str, float | None]]:
+           metric: dict[str, str], shots: int) -> tuple[ItemValues, dict[str, float | None]]:
     """Per-example item values of the primary metric, and each task's chance level."""
-    items: dict[tuple[str, str, str], dict[str, float]] = {}
+    items: ItemValues = {}
     golds: dict[str, dict[str, str]] = {}
     uniform: dict[str, dict[str, float]] = {}
     cursor = store.db.execute(

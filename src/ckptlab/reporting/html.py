@@ -96,7 +96,13 @@ def page(study: Any, config: Any, results: list[dict[str, Any]], drawn: list[dic
     template_note = (f"mean over templates ({', '.join(all_templates)})" if config.template == "mean"
                      else f"template {config.template}")
     metric_note = " / ".join(sorted(set(data.metric.values()))) or "no metric"
-    return render({"title": config.sweep_name or (config.sweep or str(data.store_path)), "store": str(data.store_path),
-                   "counts": counts, "tasks": data.tasks, "metric_note": metric_note, "shots": data.shots,
+    models = [{"columns": ["recipe", "fine-tuning task", "method", "checkpoints (steps)"],
+               "rows": [[name, str(group[0].finetune_task or ""), group[0].method or "",
+                         ", ".join(str(m.step) for m in group)] for name, group in recipes.items()]
+               + [[f"cpt {m.finetune or ''}", "continued pre-training", m.variant or "", str(m.step)]
+                  for m in study.of_role("cpt")]}]
+    title = config.sweep_name or config.sweep or str(data.store_path)
+    return render({"models": models, "title": title, "store": str(data.store_path), "counts": counts,
+                   "tasks": data.tasks, "metric_note": metric_note, "shots": data.shots,
                    "template_note": template_note, "resamples": config.bootstrap, "warnings": data.warnings,
                    "findings": results, "figures": drawn, "csv_files": csv_files})

@@ -27,10 +27,15 @@ figcaption { color: #555; font-size: 0.85em; }
 </style>
 </head>
 <body>
+{% macro table(t) %}<table><tr>{% for c in t.columns %}<th>{{ c }}</th>{% endfor %}</tr>
+{% for row in t.rows %}<tr>{% for v in row %}
+<td{% if v is number %} class="num"{% endif %}>{{ fmt(v) }}</td>{% endfor %}</tr>{% endfor %}
+</table>{% endmacro %}
 <h1>ckptlab report: {{ title }}</h1>
 <p>Results store <code>{{ store }}</code>: {{ counts }}. Eval sets: {{ tasks | join(", ") }}.
 Scores: {{ metric_note }}, {{ shots }}-shot, {{ template_note }}. Intervals: 95% paired bootstrap over
 examples ({{ resamples }} resamples).</p>
+{% for t in models %}{% if t.rows %}{{ table(t) }}{% endif %}{% endfor %}
 {% if warnings %}<div class="warnings"><p>Notes on the data:</p><ul>
 {% for w in warnings %}<li>{{ w }}</li>{% endfor %}</ul></div>{% endif %}
 
@@ -52,10 +57,7 @@ examples ({{ resamples }} resamples).</p>
 <h2 id="{{ fig.name }}">{{ fig.title }}</h2>
 <figure><img src="data:image/png;base64,{{ fig.data }}" alt="{{ fig.title }}">
 <figcaption>{{ fig.caption }} (<a href="figures/{{ fig.name }}.png">PNG</a>)</figcaption></figure>
-{% for t in fig.tables %}
-<table><tr>{% for c in t.columns %}<th>{{ c }}</th>{% endfor %}</tr>
-{% for row in t.rows %}<tr>{% for v in row %}<td{% if v is number %} class="num"{% endif %}>{{ fmt(v) }}</td>{% endfor %}</tr>{% endfor %}
-</table>{% endfor %}
+{% for t in fig.tables %}{{ table(t) }}{% endfor %}
 {% endfor %}
 
 <h2 id="tables">Tables</h2>
