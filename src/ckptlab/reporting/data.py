@@ -150,7 +150,11 @@ def _load(store: ResultStore, path: Path, sweep: str | None, shots: int | None,
     metric_rows = [r for r in metric_rows if r["model_fp"] in models]
     if not metric_rows:
         raise UserError(f"{path}: no metric rows for the sweep's {len(models)} models (nothing was evaluated)")
-    shots = min(r["shots"] for r in metric_rows) if shots is None else shots
+    evaluated_shots = sorted({r["shots"] for r in metric_rows})
+    shots = evaluated_shots[0] if shots is None else shots
+    if len(evaluated_shots) > 1:
+        warnings.append(f"evaluated with shots {', '.join(map(str, evaluated_shots))}; this report analyses "
+                        f"{shots}-shot results (--shots)")
     metric_rows = [r for r in metric_rows if r["shots"] == shots]
     if not metric_rows:
         raise UserError(f"{path}: no results with shots={shots}")

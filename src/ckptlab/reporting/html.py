@@ -25,6 +25,10 @@ def ci(low: float, high: float) -> str:
     return "–" if math.isnan(low) else f"[{low:+.3f}, {high:+.3f}]"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def embedded(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode("ascii")
 
@@ -90,8 +94,9 @@ def page(study: Any, config: Any, results: list[dict[str, Any]], drawn: list[dic
          csv_files: list[str]) -> str:
     data = study.data
     recipes = study.recipes()
-    counts = (f"{len(study.of_role('base'))} base checkpoints, {len(study.of_role('finetuned'))} fine-tuned models "
-              f"({len(recipes)} recipes), {len(study.of_role('cpt'))} cpt models")
+    counts = (f"{_count(len(study.of_role('base')), 'base checkpoint')}, "
+              f"{_count(len(study.of_role('finetuned')), 'fine-tuned model')} ({_count(len(recipes), 'recipe')}), "
+              f"{_count(len(study.of_role('cpt')), 'cpt model')}")
     all_templates = sorted({t for names in data.templates.values() for t in names})
     template_note = (f"mean over templates ({', '.join(all_templates)})" if config.template == "mean"
                      else f"template {config.template}")
