@@ -24,6 +24,7 @@ from typing import Any, Literal
 from ckptlab.errors import ConfigError, UserError
 from ckptlab.lora import LoraConfig
 from ckptlab.train.loop import TrainConfig, check_allow_changed
+from ckptlab.train.regularisation import EarlyStoppingConfig
 from ckptlab.train.run_dir import RunDir
 from ckptlab.train.schedules import KeepConfig, ScheduleConfig, ScheduleName
 
@@ -102,10 +103,18 @@ class FinetuneConfig:
     """Task split for the validation loss; when the task has no such split, val_fraction of train_split is held out."""
     val_fraction: float = 0.05
     """Share of training examples held out for validation when there is no validation split or file."""
-    method: Literal["full", "lora"] = "full"
-    """full: every weight trains; lora: low-rank adapters through peft, the base weights stay frozen."""
+    method: Literal["full", "lora", "last_k", "head"] = "full"
+    """full: every weight trains; lora: low-rank adapters (peft), the base frozen; last_k: the last `last_k` transformer blocks, the final norm and the LM head; head: the LM head only (a head tied to the input embedding is untied first)."""
+    last_k: int | None = None
+    """Transformer blocks that train with method last_k (the last ones; 1 ≤ last_k ≤ the model's blocks)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA settings (method lora)."""
+    dropout: float | None = None
+    """Dropout probability set on the model for fine-tuning (its attention and hidden dropout; GPT-NeoX, Llama, GPT-2, ...); null keeps the model's own."""
+    anchor_weight: float = 0.0
+    """L2-SP: add anchor_weight · Σ‖θ − θ₀‖² over the trainable weights, θ₀ = init_from's weights (0 = off)."""
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    """Stop when the validation loss stops improving; the best checkpoint becomes the final model."""
     out: str = "runs/finetune"
     """Run directory: config.yaml, metrics.jsonl, run.json and checkpoints/ go here."""
     epochs: float = 3.0
@@ -149,6 +158,18 @@ class FinetuneConfig:
             raise ConfigError("replay_fraction: set, but no replay data; give the pre-training data with --replay")
         if self.replay and self.replay_fraction == 0:
             raise ConfigError("replay: given, but replay_fraction is 0; set --replay_fraction (e.g. 0.1)")
+        if self.last_k is not None and self.last_k < 1:
+            raise ConfigError(f"last_k: expected a positive integer (transformer blocks to train), got {self.last_k}")
+        if self.method == "last_k" and self.last_k is None:
+            raise ConfigError("last_k: method last_k needs the number of blocks to train (--last_k K)")
+        if self.last_k is not None and self.method != "last_k":
+            raise ConfigError(f"last_k: only used with --method last_k (method is {self.method})")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout: expected 0 ≤ x < 1, got {self.dropout}")
+        if not (math.isfinite(self.anchor_weight) and self.anchor_weight >= 0):
+            raise ConfigError(f"anchor_weight: expected a number ≥ 0, got {self.anchor_weight}")
+        if self.anchor_weight > 0 and self.method == "lora":
+            raise ConfigError("anchor_weight: not with method lora (its trainable weights are adapters, not pre-trained weights)")
 
 
 def finetune(config: FinetuneConfig) -> int:
@@ -180,6 +201,7 @@ def finetune(config: FinetuneConfig) -> int:
     import torch
 
     from ckptlab import config as configlib
+    from ckptlab import methods
     from ckptlab.init_model import read_model_config, tokenizer_identity
     from ckptlab.model import count_parameters, load_tokenizer, shape_fingerprint
     from ckptlab.train import distributed
@@ -203,26 +225,33 @@ def finetune(config: FinetuneConfig) -> int:
             data.max_steps, data.val_every, data.val_batches)
 
         fingerprints = {"data": data.fingerprint, "tokenizer": tokenizer_identity(tokenizer),
-                        "model": shape_fingerprint(model_config), "method": config.method}
+                        "model": shape_fingerprint(model_config),
+                        "method": f"last_k={config.last_k}" if config.method == "last_k" else config.method}
         resume_from = run.resume_point(init.source, say) if config.resume else None
-        if config.method == "lora":
+        if config.method == "lora" or config.anchor_weight > 0:
             from ckptlab.lora import base_identity
 
+            # A resumed run rebuilds the base (LoRA) or θ₀ (L2-SP) from init_from: it must not have changed.
             fingerprints["init"] = base_identity(init.source, init.checkpoint)
-        model, targets, save_model = _make_model(config, init, tokenizer, resume_from, fingerprints)
+        model, trains, save_model = methods.make_model(
+            config.method, init_source=init.source, tokenizer=tokenizer, resume_from=resume_from, seed=config.train.seed,
+            last_k=config.last_k, dropout=config.dropout, lora_config=config.lora, fingerprints=fingerprints)
         if resume_from is not None:
             run.accept_resume(resume_from, fingerprints, config.allow_changed, dist.is_main)
         model.to(dist.device)
+        anchor, early = _regularisers(config, model, init.source, resume_from, data)
+        trainable = count_parameters(model, trainable_only=True)
         run.record = {
             "init_from": config.init_from, "init_checkpoint": init.source, "method": config.method,
             "lora": ({"r": config.lora.r, "alpha": config.lora.alpha, "dropout": config.lora.dropout,
-                      "target_modules": targets} if config.method == "lora" else None),
+                      "target_modules": trains["target_modules"]} if config.method == "lora" else None),
+            "trainable": {**trains, "params": trainable, "total_params": count_parameters(model)},
+            "dropout": config.dropout, "anchor_weight": config.anchor_weight,
             **source.describe(config), **data.record,
         }
         if dist.is_main:
             run.save_config(configlib.to_dict(config))
         kept = kept_steps(config.keep, data.max_steps)
-        trainable = count_parameters(model, trainable_only=True)
         say(
             f"finetune ({config.method}): {trainable:,} of {count_parameters(model):,} parameters train, from "
             f"{init.source}; {data.train_count} training sequences ({data.skipped} skipped), {data.val_count} "
@@ -247,11 +276,17 @@ def finetune(config: FinetuneConfig) -> int:
             dist=dist,
             log=say,
             step_fields=data.step_fields,
+            anchor=anchor,
+            early_stopping=early,
         )
         if result.status == "complete" and dist.is_main:
-            entry = next(c for c in result.checkpoints if c["step"] == result.step)
+            # With early stopping the final model is the best checkpoint by validation loss.
+            chosen = result.best_step if result.best_step is not None else result.step
+            entry = next(c for c in result.checkpoints if c["step"] == chosen)
             run.final = {"step": entry["step"], "model": entry["path"], "val_loss": entry.get("val_loss"),
-                         "adapter": f"{entry['path']}/adapter" if config.method == "lora" else None}
+                         "adapter": f"{entry['path']}/adapter" if config.method == "lora" else None,
+                         "selected": "best_val_loss" if result.best_step is not None else "last_step",
+                         "last_step": result.step, "stop_reason": result.stop_reason}
             run.write_run_manifest(run.read_run_manifest())
             say(f"complete at step {result.step} (loss {result.last_loss}); fine-tuned model: {run.root / entry['path']}")
         else:
@@ -259,6 +294,23 @@ def finetune(config: FinetuneConfig) -> int:
         return 0
     finally:
         distributed.teardown(dist)
+
+
+def _regularisers(config: FinetuneConfig, model: Any, init_source: str, resume_from: Path | None, data: Any) -> tuple[Any, Any]:
+    """(L2-SP anchor or None, early stopping or None), as configured."""
+    from ckptlab import methods
+    from ckptlab.train.regularisation import L2SP, EarlyStopping
+
+    anchor = early = None
+    if config.anchor_weight > 0:
+        # θ₀ = init_from's weights: the model itself when starting, reloaded from init_from when resuming.
+        reference = methods.anchor_reference(init_source, config.method) if resume_from is not None else None
+        anchor = L2SP(config.anchor_weight, model, reference)
+    if config.early_stopping.patience is not None:
+        if data.val is None or not data.val_every:
+            raise UserError("early_stopping.patience: needs a validation loss (validation examples and train.val_every > 0)")
+        early = EarlyStopping(config.early_stopping.patience, config.early_stopping.min_delta)
+    return anchor, early
 
 
 # --- what to train on ------------------------------------------------------------------------
@@ -471,38 +523,6 @@ def _open_replay(config: FinetuneConfig, tokenizer: Any, model_config: Any, max_
 
 
 # --- the model ---------------------------------------------------------------------------------
-
-
-def _make_model(config: FinetuneConfig, init: Any, tokenizer: Any, resume_from: Path | None,
-                fingerprints: dict[str, str]) -> tuple[Any, list[str] | str | None, Any]:
-    """(model to train, LoRA target modules, save_model callback)."""
-    import torch
-
-    from ckptlab import lora
-    from ckptlab.errors import CheckpointError
-    from ckptlab.model import load_model, save_model_dir
-
-    if config.method == "full":
-        if resume_from is not None:
-            from transformers import AutoModelForCausalLM
-
-            model = AutoModelForCausalLM.from_pretrained(resume_from, dtype=torch.float32)
-        else:
-            model = load_model(init.source)
-        torch.manual_seed(config.train.seed)
-        return model, None, lambda folder: save_model_dir(model, tokenizer, folder)
-    base = load_model(init.source)
-    targets = lora.resolve_targets(base, config.lora.target_modules)
-    fingerprints["lora"] = f"r={config.lora.r},alpha={config.lora.alpha},dropout={config.lora.dropout},targets={targets}"
-    if resume_from is not None:
-        adapter = resume_from / lora.ADAPTER_DIR
-        if not (adapter / "adapter_config.json").is_file():
-            raise CheckpointError(f"{resume_from}: no LoRA adapter ({lora.ADAPTER_DIR}/) to resume from")
-        model = lora.load_adapter(base, adapter)
-    else:
-        torch.manual_seed(config.train.seed)  # the adapters' A matrices are drawn here
-        model = lora.wrap(base, config.lora, targets)
-    return model, targets, lambda folder: lora.save(model, tokenizer, folder)
 
 
 class FinetuneRunDir(RunDir):

@@ -36,7 +36,7 @@ SIZES: dict[str, dict[str, int]] = {
 # Config attribute names that mean the same thing across architectures; the first one the
 # architecture's config knows is set (GPT-2 calls the feed-forward width `n_inner`).
 _INTERMEDIATE_KEYS = ("intermediate_size", "n_inner", "ffn_dim")
-_DROPOUT_KEYS = ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop",
+DROPOUT_KEYS = ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop",
                  "hidden_dropout_prob", "attention_probs_dropout_prob")
 _DTYPES = ("float32", "bfloat16", "float16")
 # A hub id: `name` or `org/name`, letters, digits, `-`, `_`, `.` (the hub's own rule).
@@ -131,7 +131,7 @@ def build_hf_config(
         if hasattr(default, key):
             kwargs[key] = dims["intermediate_size"]
             break
-    kwargs.update({key: config.dropout for key in _DROPOUT_KEYS if hasattr(default, key)})
+    kwargs.update({key: config.dropout for key in DROPOUT_KEYS if hasattr(default, key)})
     if hasattr(default, "num_key_value_heads"):
         kwargs["num_key_value_heads"] = dims["num_heads"]  # plain multi-head attention
     if config.architecture == "gpt_neox":

@@ -150,6 +150,78 @@ def test_lora_killed_and_resumed_is_bitwise_identical(base, lora_run, tmp_path):
     assert records(run) == records(lora_run)  # adapter, optimizer and dropout RNG restored exactly
 
 
+def changed_weights(model_dir: Path, base) -> set[str]:
+    from safetensors.torch import load_file
+    import torch
+
+    trained, original = load_file(model_dir / "model.safetensors"), load_file(base.checkpoint / "model.safetensors")
+    assert trained.keys() == original.keys()
+    return {name for name in trained if not torch.equal(trained[name], original[name])}
+
+
+def test_last_k_changes_only_the_last_blocks_norm_and_head_and_records_its_cost(base, tmp_path):
+    run = tmp_path / "run"
+    proc = finetune(base, run, "--task", task_file(base), "--method", "last_k", "--last_k", "1", *SHORT)
+    manifest = json.loads((run / "run.json").read_text())
+    trains = manifest["finetune"]["trainable"]
+    assert trains["blocks"] == [1] and trains["untied_head"] is False and trains["final_norm"] is True
+    assert f"finetune (last_k): {trains['params']:,} of {trains['total_params']:,} parameters train" in proc.stdout
+    compute = manifest["compute"]
+    assert (compute["trainable_params"], compute["total_params"]) == (trains["params"], trains["total_params"])
+    assert compute["tokens"] == records(run)[-1]["tokens_seen"] and compute["target_tokens"] > 0
+    assert compute["flops"] >= 6 * compute["matmul_params"] * compute["tokens"] and compute["energy_kwh"] > 0
+    changed = changed_weights(run / manifest["final"]["model"], base)
+    # (GPT-NeoX checkpoints name the head embed_out)
+    assert changed and all(n.startswith(("gpt_neox.layers.1.", "gpt_neox.final_layer_norm.", "embed_out.")) for n in changed)
+
+
+def test_head_changes_only_the_head_and_dropout_is_set(base, tmp_path):
+    run = tmp_path / "run"
+    finetune(base, run, "--task", task_file(base), "--method", "head", "--dropout", "0.2", *SHORT)
+    manifest = json.loads((run / "run.json").read_text())
+    final = run / manifest["final"]["model"]
+    assert changed_weights(final, base) == {"embed_out.weight"}  # the head, as GPT-NeoX checkpoints name it
+    config = json.loads((final / "config.json").read_text())
+    assert config["hidden_dropout"] == config["attention_dropout"] == 0.2 and manifest["finetune"]["dropout"] == 0.2
+
+
+def anchored_args(base) -> tuple[str, ...]:
+    """L2-SP and early stopping watching a validation every step (6 steps, resume checkpoints every 2)."""
+    return ("--task", task_file(base), *SHORT, "--anchor_weight", "5", "--early_stopping.patience", "2",
+            "--train.val_every", "1", "--train.val_batches", "1")
+
+
+@pytest.fixture(scope="module")
+def anchored(base, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("anchored") / "run"
+    finetune(base, run, *anchored_args(base))
+    return run
+
+
+def test_anchor_and_early_stopping_are_recorded_and_the_final_model_is_the_best(anchored):
+    manifest = json.loads((anchored / "run.json").read_text())
+    rows = records(anchored)
+    assert all(r["anchor_penalty"] >= 0 for r in rows) and rows[0]["anchor_penalty"] == 0.0
+    early = manifest["early_stopping"]
+    val = {r["step"]: r["val_loss"] for r in rows}
+    assert early["best_val_loss"] == min(val.values()) and early["best_step"] == min(val, key=val.get)
+    final = manifest["final"]
+    assert final["step"] == early["best_step"] and final["selected"] == "best_val_loss"
+    assert final["stop_reason"] == manifest["stop_reason"] in ("early_stopping", "max_steps")
+    assert [c["step"] for c in manifest["checkpoints"] if c.get("best")] == [early["best_step"]]
+    assert manifest["finetune"]["anchor_weight"] == 5.0
+
+
+def test_anchored_run_killed_and_resumed_is_bitwise_identical(base, anchored, tmp_path):
+    run = tmp_path / "run"
+    killed = finetune(base, run, *anchored_args(base), check=False, CKPTLAB_FAULT="kill:step=3,micro=1")
+    assert killed.returncode == -signal.SIGKILL
+    finetune(base, run, *anchored_args(base), "--resume")  # θ₀ reloaded from init_from
+    assert records(run) == records(anchored)
+    done, whole = (json.loads((r / "run.json").read_text()) for r in (run, anchored))
+    assert done["early_stopping"] == whole["early_stopping"] and done["final"]["step"] == whole["final"]["step"]
+
+
 def test_world_instruction_mixture_works_out_of_the_box(base, tmp_path):
     run = tmp_path / "run"
     proc = finetune(base, run, "--data", str(base.world / "instruct" / "mixture.jsonl"), "--train.max_steps", "3",
@@ -207,6 +279,10 @@ def _broken_task(base, tmp_path: Path, name: str, edit) -> str:
         ("answer_shown", "template bare: the prompt shows the answer field 'label'"),
         ("no_gold", "a generation task needs target_field"),
         ("bad_record", "line 2: expected keys instruction, output (and optional input), or messages"),
+        ("last_k_large", "last_k: expected 1 ≤ k ≤ 2 (the model's transformer blocks), got 3"),
+        ("last_k_zero", "last_k: expected a positive integer (transformer blocks to train), got 0"),
+        ("anchor_negative", "anchor_weight: expected a number ≥ 0, got -0.5"),
+        ("patience_zero", "early_stopping.patience: expected a positive integer (validations without improvement), got 0"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(base, tmp_path, case, expected):
@@ -225,6 +301,10 @@ def test_bad_input_is_one_line_exit_2(base, tmp_path, case, expected):
         "no_gold": ["--task", _broken_task(base, tmp_path, "world_summarization",
                                            lambda t: t.replace("target_field: summary", "target_field: null"))],
         "bad_record": ["--data", str(records_file)],
+        "last_k_large": ["--task", task_file(base), "--method", "last_k", "--last_k", "3"],
+        "last_k_zero": ["--task", task_file(base), "--method", "last_k", "--last_k", "0"],
+        "anchor_negative": ["--task", task_file(base), "--anchor_weight", "-0.5"],
+        "patience_zero": ["--task", task_file(base), "--early_stopping.patience", "0"],
     }[case]
     run = tmp_path / "run"
     proc = finetune(base, run, *extra, "--train.progress", "false", check=False)

@@ -131,14 +131,14 @@ class ComputeMeter:
         return 6.0 * d.matmul_params * self.tokens + 6.0 * d.n_layer * d.d_model * self.token_positions
 
     def record(self) -> dict[str, Any]:
-        wall = self.wall_s()
+        wall = round(self.wall_s(), 3)
         energy_j = self.power_w * self.processes * wall
         return {
             "tokens": self.tokens, "target_tokens": self.target_tokens, "flops": self.flops(),
             "flops_convention": CONVENTION, "matmul_params": self.dims.matmul_params,
             "n_layer": self.dims.n_layer, "d_model": self.dims.d_model,
             "trainable_params": self.dims.trainable_params, "total_params": self.dims.total_params,
-            "wall_s": round(wall, 3), "device": self.device, "processes": self.processes,
+            "wall_s": wall, "device": self.device, "processes": self.processes,
             "device_power_w": self.power_w, "energy_kwh": round(energy_j / 3.6e6, 9),
         }
 

@@ -106,6 +106,9 @@ class LoopResult:
     status: Literal["complete", "stopped"]
     last_loss: float | None
     checkpoints: list[dict[str, Any]]
+    stop_reason: Literal["max_steps", "early_stopping", "signal"] = "max_steps"
+    best_step: int | None = None
+    """The step of the best validation loss, when early stopping watched it."""
 
 
 def _fault_injection() -> dict[str, int]:
@@ -213,6 +216,8 @@ def train(
     log: Callable[[str], None] = print,
     initial_optimizer_state: dict[str, Any] | None = None,
     step_fields: Callable[[int], dict[str, Any]] | None = None,
+    anchor: Any = None,
+    early_stopping: Any = None,
 ) -> LoopResult:
     """Train `model` in place; checkpoints and metrics go to `run` (a RunDir).
 
@@ -227,6 +232,8 @@ def train(
         initial_optimizer_state: AdamW state to start from when not resuming (continued
             pre-training from another run's checkpoint keeps its moments unless reset).
         step_fields: extra fields for the metrics line of each 0-based step (e.g. which blend).
+        anchor: an `L2SP` regulariser whose gradient joins every step's (`train/regularisation.py`).
+        early_stopping: an `EarlyStopping` watching every validation loss; the best checkpoint is kept.
     """
     import torch
     import torch.nn.functional as F
@@ -256,6 +263,8 @@ def train(
         step, samples_seen, tokens_seen = state["step"], state["samples_seen"], state["tokens_seen"]
         if "compute" in state:
             meter.load_state(state["compute"])
+        if early_stopping is not None and state.get("early_stopping") is not None:
+            early_stopping.load_state(state["early_stopping"])
         log(f"resuming from {resume_from} (step {step})")
 
     forward_model = model
@@ -278,9 +287,17 @@ def train(
     manifest.update(status="running", fingerprints=fingerprints, max_steps=config.max_steps)
     writer = _tensorboard(run.root) if (config.tensorboard and dist.is_main) else None
     last_val: dict[int, float] = {}
+    stop_reason = "max_steps"
+
+    def annotate() -> None:
+        manifest.update(compute=meter.record(), stop_reason=stop_reason)
+        if early_stopping is not None:
+            manifest["early_stopping"] = early_stopping.record()
 
     def save_checkpoint(at_step: int) -> None:
-        is_kept = at_step in kept
+        # The best checkpoint so far (early stopping) is kept until a better one replaces it.
+        is_best = early_stopping is not None and early_stopping.best_step == at_step
+        is_kept = at_step in kept or is_best
         if dist.is_main:
             def write(folder: Path) -> None:
                 save_model(folder)
@@ -294,6 +311,7 @@ def train(
                         "rng": rng_state(),
                         "fingerprints": fingerprints,
                         "compute": meter.state(),
+                        "early_stopping": early_stopping.state() if early_stopping is not None else None,
                     },
                     folder / ckpt.TRAINING_STATE,
                 )
@@ -302,6 +320,11 @@ def train(
             path = ckpt.write_checkpoint(run.checkpoints, at_step, write, meta)
             entry = {"step": at_step, "path": str(path.relative_to(run.root)), "kept": is_kept,
                      "tokens_seen": tokens_seen, "val_loss": last_val.get(at_step)}
+            if is_best:
+                entry["best"] = True
+                for old in manifest["checkpoints"]:
+                    if old.pop("best", False):
+                        old["kept"] = old["step"] in kept
             # Superseded resume checkpoints are deleted only after the new one is complete.
             entries = sorted([c for c in manifest["checkpoints"] if c["step"] != at_step] + [entry],
                              key=lambda c: c["step"])
@@ -310,7 +333,7 @@ def train(
             stale = [c for c in entries if not c["kept"] and c not in newest]
             manifest["checkpoints"] = [c for c in entries if c not in stale]
             manifest["latest_step"] = at_step
-            manifest["compute"] = meter.record()
+            annotate()
             run.write_run_manifest(manifest)
             for old in stale:
                 shutil.rmtree(run.root / old["path"], ignore_errors=True)
@@ -342,9 +365,11 @@ def train(
     run.metrics.parent.mkdir(parents=True, exist_ok=True)
     metrics = open(run.metrics, "a", encoding="utf-8") if dist.is_main else None
     status: Literal["complete", "stopped"] = "complete"
+    if early_stopping is not None and early_stopping.stopped_at is not None:
+        stop_reason = "early_stopping"  # resumed from the checkpoint where the run stopped early: nothing left
     try:
         with _StopFlag() as stop:
-            while step < config.max_steps:
+            while step < config.max_steps and stop_reason != "early_stopping":
                 started = time.perf_counter()
                 lr = lr_at(step)
                 for group in optimizer.param_groups:
@@ -384,6 +409,7 @@ def train(
                 if not math.isfinite(mean_loss):
                     optimizer.zero_grad(set_to_none=True)
                     raise TrainingDiverged(f"loss is {mean_loss} at step {step + 1}; stopped without writing a checkpoint")
+                penalty = anchor.add_gradient() if anchor is not None else None
                 max_norm = config.grad_clip if config.grad_clip > 0 else float("inf")
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
                 optimizer.step()
@@ -396,11 +422,15 @@ def train(
                 last_loss = mean_loss
                 record = {"step": step, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm,
                           "tokens_seen": tokens_seen, "tokens_per_s": counts[1].item() / elapsed}
+                if penalty is not None:
+                    record["anchor_penalty"] = penalty
                 if step_fields is not None:
                     record.update(step_fields(step - 1))
                 # Kept checkpoints always get a validation loss: they are what users compare later.
                 if config.val_every and (step % config.val_every == 0 or step == config.max_steps or step in kept):
                     last_val[step] = record["val_loss"] = validate()
+                    if early_stopping is not None and early_stopping.observe(step, last_val[step])[1]:
+                        stop_reason = "early_stopping"
                 if metrics is not None:
                     metrics.write(_json_line(record))
                     metrics.flush()
@@ -411,15 +441,23 @@ def train(
                 progress.update(1)
                 progress.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
                 stopping = _agree_to_stop(stop.requested, dist)
-                if step in kept or (config.save_every and step % config.save_every == 0) or stopping or step == config.max_steps:
+                ending = stopping or step == config.max_steps or stop_reason == "early_stopping"
+                best = early_stopping is not None and early_stopping.best_step == step
+                if step in kept or (config.save_every and step % config.save_every == 0) or ending or best:
                     save_checkpoint(step)
+                if stop_reason == "early_stopping":
+                    log(f"early stopping at step {step}: {early_stopping.patience} validations without a better "
+                        f"val_loss than {early_stopping.best} (step {early_stopping.best_step})")
+                    break
                 if stopping and step < config.max_steps:
-                    status = "stopped"
+                    status, stop_reason = "stopped", "signal"
                     log(f"stop requested: checkpoint written at step {step}; resume with --resume")
                     break
     except TrainingDiverged:
         if dist.is_main:
-            manifest.update(status="diverged", compute=meter.record())
+            stop_reason = "diverged"
+            annotate()
+            manifest.update(status="diverged")
             run.write_run_manifest(manifest)
         raise
     finally:
@@ -428,10 +466,12 @@ def train(
             metrics.close()
         if writer is not None:
             writer.close()
-    manifest.update(status=status, compute=meter.record())
+    annotate()
+    manifest.update(status=status)
     if dist.is_main:
         run.write_run_manifest(manifest)
-    return LoopResult(step=step, status=status, last_loss=last_loss, checkpoints=manifest["checkpoints"])
+    return LoopResult(step=step, status=status, last_loss=last_loss, checkpoints=manifest["checkpoints"],
+                      stop_reason=stop_reason, best_step=early_stopping.best_step if early_stopping is not None else None)
 
 
 def _agree_to_stop(requested: bool, dist: Any) -> bool:
