@@ -48,6 +48,7 @@ def test_findings_json_and_html_agree(written):
     html = (written / "report.html").read_text(encoding="utf-8")
     for finding in found:
         assert finding["claim"] in html and finding["summary"] in html
+    assert "at chance at every checkpoint on 3 of 6 eval sets (finance_nli, world_nli, world_paraphrase)" in html
 
 
 def test_tables_hold_every_model_and_relation(written):

@@ -106,8 +106,14 @@ def page(study: Any, config: Any, results: list[dict[str, Any]], drawn: list[dic
                          ", ".join(str(m.step) for m in group)] for name, group in recipes.items()]
                + [[f"cpt {m.finetune or ''}", "continued pre-training", m.variant or "", str(m.step)]
                   for m in study.of_role("cpt")]}]
+    bases = study.of_role("base")
+    at_chance = [task for task in data.tasks if bases and all(
+        (score := study.score(m, task)) is not None and study.at_chance(task, float(score[0])) for m in bases)]
+    chance_note = (f"The base model is at chance at every checkpoint on {len(at_chance)} of {len(data.tasks)} eval "
+                   f"sets ({', '.join(at_chance)}): on these, base scores cannot tell checkpoints apart."
+                   if at_chance else "")
     title = config.sweep_name or config.sweep or str(data.store_path)
     return render({"models": models, "title": title, "store": str(data.store_path), "counts": counts,
                    "tasks": data.tasks, "metric_note": metric_note, "shots": data.shots,
                    "template_note": template_note, "resamples": config.bootstrap, "warnings": data.warnings,
-                   "findings": results, "figures": drawn, "csv_files": csv_files})
+                   "findings": results, "figures": drawn, "chance_note": chance_note, "csv_files": csv_files})

@@ -35,6 +35,7 @@ figcaption { color: #555; font-size: 0.85em; }
 <p>Results store <code>{{ store }}</code>: {{ counts }}. Eval sets: {{ tasks | join(", ") }}.
 Scores: {{ metric_note }}, {{ shots }}-shot, {{ template_note }}. Intervals: 95% paired bootstrap over
 examples ({{ resamples }} resamples).</p>
+{% if chance_note %}<p>{{ chance_note }}</p>{% endif %}
 {% for t in models %}{% if t.rows %}{{ table(t) }}{% endif %}{% endfor %}
 {% if warnings %}<div class="warnings"><p>Notes on the data:</p><ul>
 {% for w in warnings %}<li>{{ w }}</li>{% endfor %}</ul></div>{% endif %}
