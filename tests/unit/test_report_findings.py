@@ -67,3 +67,15 @@ def test_scoring_one_template_still_measures_the_spread_over_all(replicating):
     found = outcomes(replicating, template="instruction")
     assert found["ii"]["outcome"] == "replicated"
     assert found["iv"]["outcome"] == "replicated"  # the spread is computed over every template, whatever is scored
+
+
+def test_gains_visible_in_the_base_and_calmer_fine_tuned_prompts_do_not_replicate(tmp_path):
+    tasks = ["world_nli", "finance_nli", "world_knowledge"]
+    path = build_store(tmp_path / "results.sqlite", tasks, [10, 100, 1000], {"nli": "world_nli"},
+                       base=lambda task, step: {10: 0.35, 100: 0.5, 1000: 0.65}[step],
+                       tuned=lambda recipe, task, step: {10: 0.35, 100: 0.5, 1000: 0.65}[step] + 0.2,
+                       spread=lambda role, step: 0.3 if role == "base" else 0.0, n=120)
+    found = outcomes(path)
+    assert found["i"]["outcome"] == "not replicated"  # the fine-tuned gain is the base's own
+    assert found["iv"]["outcome"] == "not replicated"  # fine-tuning made the model less sensitive
+    assert found["iii"]["outcome"] == "not replicated"  # every set gains: nothing forgotten
