@@ -1,0 +1,145 @@
+"""Sweep plans: job ids are content hashes (same inputs → same ids; one change → that job and its
+dependents only), spec errors name the key, the lock refuses a second holder. No model is loaded."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ckptlab.errors import ConfigError, UserError
+from ckptlab.sweep import spec_from_dict
+from ckptlab.sweeps.plan import build_plan, dependents
+from ckptlab.sweeps.results import _stable_compute
+from ckptlab.sweeps.state import SweepLock, lock_holder
+
+LABELS = ["yes", "no"]
+
+
+def toy_task(root: Path, name: str, rows: int = 6) -> Path:
+    (root / name).mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        lines = [json.dumps({"id": f"{split}{i}", "text": f"{name} {split} text {i}.", "label": LABELS[i % 2]})
+                 for i in range(rows)]
+        (root / name / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    spec = {"task": name, "version": 1, "type": "classification",
+            "data": {"format": "jsonl", "train": f"{name}/train.jsonl", "test": f"{name}/test.jsonl"},
+            "fields": ["text"], "label_field": "label", "choices": LABELS,
+            "templates": {"plain": "{text}\nAnswer:"}, "metrics": ["accuracy"], "fewshot": {"split": "train"}}
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    return path
+
+
+def fake_model(path: Path, weights: bytes) -> Path:
+    """An HF-looking directory: what the plan hashes (no model is loaded to plan)."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text('{"model_type": "gpt_neox"}', encoding="utf-8")
+    (path / "model.safetensors").write_bytes(weights)
+    return path
+
+
+@pytest.fixture
+def sweep(tmp_path) -> dict:
+    tasks = tmp_path / "tasks"
+    return {
+        "name": "unit", "out": str(tmp_path / "out"),
+        "checkpoints": [{"path": str(fake_model(tmp_path / "a", b"A" * 64)), "label": "early"},
+                        {"path": str(fake_model(tmp_path / "b", b"B" * 64)), "label": "late"}],
+        "finetunes": [{"name": "one", "config": {"task": str(toy_task(tasks, "one")), "train.schedule.lr": 1e-3}},
+                      {"name": "two", "config": {"task": str(toy_task(tasks, "two")), "train.schedule.lr": 1e-3},
+                       "from": ["late"]}],
+        "evaluate": {"tasks": [str(toy_task(tasks, "probe"))], "limit": 4},
+    }
+
+
+def ids(values: dict) -> dict[str, str]:
+    return {job.name + "/" + job.kind: job.id for job in build_plan(spec_from_dict(values)).jobs}
+
+
+def test_same_sweep_same_ids_and_dependencies_first(sweep):
+    plan = build_plan(spec_from_dict(sweep))
+    assert [j.name for j in plan.jobs if j.kind == "finetune"] == ["one@early", "one@late", "two@late"]
+    assert sum(j.kind == "evaluate" for j in plan.jobs) == 2 + 3
+    position = {job.id: i for i, job in enumerate(plan.jobs)}
+    assert all(position[dep] < position[job.id] for job in plan.jobs for dep in job.deps)
+    assert ids(sweep) == ids(json.loads(json.dumps(sweep)))
+
+
+def test_changing_one_learning_rate_changes_that_job_and_its_dependents_only(sweep):
+    before = ids(sweep)
+    sweep["finetunes"][1]["config"]["train.schedule.lr"] = 2e-3
+    after = ids(sweep)
+    changed = sorted(key for key in before if before[key] != after[key])
+    assert changed == ["two@late/evaluate", "two@late/finetune"]
+
+
+def test_defaults_written_out_and_moved_inputs_keep_ids(sweep, tmp_path):
+    before = ids(sweep)
+    sweep["finetunes"][0]["config"]["train.weight_decay"] = 0.0  # the fine-tuning default
+    moved = tmp_path / "moved"
+    shutil.copytree(tmp_path / "a", moved)
+    sweep["checkpoints"][0]["path"] = str(moved)
+    assert ids(sweep) == before
+
+
+def test_changed_inputs_change_ids(sweep, tmp_path):
+    before = ids(sweep)
+    (tmp_path / "a" / "model.safetensors").write_bytes(b"C" * 64)  # other weights at the same path
+    after = ids(sweep)
+    assert sorted(k for k in before if before[k] != after[k]) == [
+        "early/evaluate", "one@early/evaluate", "one@early/finetune"]
+    with open(tmp_path / "tasks" / "probe" / "test.jsonl", "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"id": "extra", "text": "more", "label": "yes"}) + "\n")
+    again = ids(sweep)
+    assert {k for k in after if after[k] != again[k]} == {k for k in after if k.endswith("/evaluate")}
+
+
+def test_failed_jobs_block_their_dependents_transitively(sweep):
+    plan = build_plan(spec_from_dict(sweep))
+    finetune = next(j for j in plan.jobs if j.name == "one@late" and j.kind == "finetune")
+    blocked = dependents(plan, {finetune.id})
+    assert [j.name for j in plan.jobs if j.id in blocked] == ["one@late"]
+    assert all(j.kind == "evaluate" for j in plan.jobs if j.id in blocked)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s["finetunes"][0]["config"].update({"train.lr": 1}), "finetunes[0] (one).config: unknown config key 'train.lr'"),
+    (lambda s: s["finetunes"][0]["config"].update({"init_from": "x"}), "finetunes[0] (one).config.init_from: set by the sweep"),
+    (lambda s: s["finetunes"][0]["config"].update({"method": "qlora"}), "config key 'method'"),
+    (lambda s: s["finetunes"][1].update({"from": ["nope"]}), "finetune two.from: no checkpoint or pretrain entry 'nope'"),
+    (lambda s: s["finetunes"][1].update({"name": "one"}), "finetunes[1].name: 'one' is used by another entry"),
+    (lambda s: s["checkpoints"].append({"path": s["checkpoints"][0]["path"], "label": "late"}), "labelled 'late'"),
+    (lambda s: s["checkpoints"].append({"run": "/no/such/run"}), "checkpoints[2].run: /no/such/run is not a run directory"),
+    (lambda s: s.update({"resources": {"finetune": {"gpus": 1}}}), "unknown key 'resources.finetune.gpus'"),
+    (lambda s: s["evaluate"].update({"store": "x.sqlite"}), "evaluate.store: set by the sweep"),
+])
+def test_spec_errors_name_the_key(sweep, change, message):
+    change(sweep)
+    with pytest.raises(ConfigError, match=None) as error:
+        spec_from_dict(sweep)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_lock_refuses_a_second_holder_and_names_the_pid(tmp_path):
+    import os
+
+    first, second = SweepLock(tmp_path), SweepLock(tmp_path)
+    first.acquire()
+    try:
+        assert lock_holder(tmp_path) == str(os.getpid())
+        with pytest.raises(UserError, match=f"sweep.lock is held by pid {os.getpid()}"):
+            second.acquire()
+    finally:
+        first.release()
+    assert lock_holder(tmp_path) is None
+    second.acquire()
+    second.release()
+
+
+def test_results_table_leaves_out_what_the_clock_decides():
+    compute = {"tokens": 10, "wall_s": 1.5, "tokens_per_s": 7.0, "energy_kwh": 1e-6, "trainable_params": 3}
+    assert json.loads(_stable_compute(compute)) == {"tokens": 10, "trainable_params": 3}
