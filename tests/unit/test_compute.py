@@ -4,33 +4,19 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-import torch
 
 from ckptlab.data import sft
 from ckptlab.errors import ConfigError
-from ckptlab.model import ModelConfig, build_model
 from ckptlab.train import distributed
 from ckptlab.train.compute import forward_flops, model_dims, training_flops
 from ckptlab.train.loop import TrainConfig, train
 from ckptlab.train.run_dir import RunDir
-
-VOCAB = 97
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tiny_models import VOCAB, one_thread, random_rows, tiny_model  # noqa: F401
 
 
 def tiny(architecture: str = "gpt_neox", **overrides):
-    torch.manual_seed(0)
-    return build_model(ModelConfig(architecture=architecture, size="tiny", hidden_size=32, num_heads=2, context_length=32,
-                                   hf_overrides=overrides), vocab_size=VOCAB, bos_token_id=0, eos_token_id=0, pad_token_id=1)
+    return tiny_model(architecture, hf_overrides=overrides)
 
 
 # Hand count of the tiny GPT-NeoX (d 32, 2 blocks, MLP 256, vocabulary 97, untied head):
@@ -59,19 +45,10 @@ def test_a_tied_head_is_still_counted_as_a_matmul():
     assert tied.matmul_params == untied.matmul_params
 
 
-def rows(count: int = 16):
-    rng = np.random.default_rng(0)
-    out = []
-    for _ in range(count):
-        length = int(rng.integers(6, 15))
-        out.append(sft.Tokenized(rng.integers(2, VOCAB, size=length), np.arange(length) >= length - 3))
-    return out
-
-
 def test_every_run_records_tokens_flops_params_time_and_energy(tmp_path):
     model = tiny()
     model.gpt_neox.embed_in.weight.requires_grad_(False)
-    source = sft.SftBatches(rows(), seed=0, pad_id=1)
+    source = sft.SftBatches(random_rows(16, (6, 14), 3), seed=0, pad_id=1)
     config = TrainConfig(max_steps=3, micro_batch_size=2, grad_accum_steps=2, progress=False, val_every=0,
                          save_every=0, device_power_w=100.0)
     run = RunDir(tmp_path / "run")

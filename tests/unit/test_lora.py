@@ -4,34 +4,20 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 
 from ckptlab import lora
 from ckptlab.data import sft
 from ckptlab.errors import UserError
-from ckptlab.model import ModelConfig, build_model
 from ckptlab.train import distributed
 from ckptlab.train.loop import TrainConfig, train
 from ckptlab.train.run_dir import RunDir
-
-VOCAB = 97
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on busy shared cores two threads spin (up to 30x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tiny_models import VOCAB, one_thread, random_rows, tiny_model  # noqa: F401
 
 
 def tiny(architecture: str = "gpt_neox"):
-    torch.manual_seed(0)
-    return build_model(ModelConfig(architecture=architecture, size="tiny", hidden_size=32, num_heads=2, context_length=32),
-                       vocab_size=VOCAB, bos_token_id=0, eos_token_id=0, pad_token_id=1)
+    return tiny_model(architecture)
 
 
 def logits(model, inputs):
@@ -42,12 +28,7 @@ def logits(model, inputs):
 
 def rows(count: int = 16):
     """Sequences of 10-20 tokens whose last 4 tokens are targets."""
-    rng = np.random.default_rng(0)
-    out = []
-    for _ in range(count):
-        length = int(rng.integers(10, 21))
-        out.append(sft.Tokenized(rng.integers(2, VOCAB, size=length), np.arange(length) >= length - 4))
-    return out
+    return random_rows(count, (10, 20), 4)
 
 
 def train_lora(tmp_path, steps=4):

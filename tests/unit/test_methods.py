@@ -4,39 +4,25 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 
 from ckptlab import methods
 from ckptlab.data import sft
 from ckptlab.errors import UserError
-from ckptlab.model import ModelConfig, build_model, count_parameters
+from ckptlab.model import count_parameters
 from ckptlab.train import distributed
 from ckptlab.train.loop import TrainConfig, train
 from ckptlab.train.run_dir import RunDir
-
-VOCAB = 97
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tiny_models import VOCAB, one_thread, random_rows, tiny_model  # noqa: F401
 
 
-def tiny(architecture: str = "gpt_neox", layers: int = 3, **overrides):
-    torch.manual_seed(0)
-    return build_model(ModelConfig(architecture=architecture, size="tiny", hidden_size=32, num_heads=2, num_layers=layers,
-                                   intermediate_size=64, context_length=32, hf_overrides=overrides),
-                       vocab_size=VOCAB, bos_token_id=0, eos_token_id=0, pad_token_id=1)
+def tiny(architecture: str = "gpt_neox", **overrides):
+    return tiny_model(architecture, num_layers=3, intermediate_size=64, hf_overrides=overrides)
 
 
 def fit(model, tmp_path, steps: int = 3) -> None:
-    rng = np.random.default_rng(0)
-    rows = [sft.Tokenized(rng.integers(2, VOCAB, size=12), np.arange(12) >= 8) for _ in range(8)]
+    rows = random_rows(8, (12, 12), 4)
     config = TrainConfig(max_steps=steps, micro_batch_size=4, progress=False, val_every=0, save_every=0, weight_decay=0.1)
     train(model=model, save_model=lambda folder: None, train_data=sft.SftBatches(rows, seed=0, pad_id=1), val_data=None,
           config=config, lr_at=lambda s: 1e-2, kept=[], run=RunDir(tmp_path / "run"), fingerprints={}, resume_from=None,

@@ -5,39 +5,26 @@ from __future__ import annotations
 import copy
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from ckptlab.data import sft
 from ckptlab.errors import ConfigError
-from ckptlab.model import ModelConfig, build_model
 from ckptlab.train import distributed
 from ckptlab.train.loop import TrainConfig, train
 from ckptlab.train.regularisation import L2SP, EarlyStopping, EarlyStoppingConfig
 from ckptlab.train.run_dir import RunDir, read_metrics
+from tiny_models import one_thread, random_rows, tiny_model  # noqa: F401
 
-VOCAB = 97
 LR = 1e-2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny():
-    torch.manual_seed(0)
-    return build_model(ModelConfig(size="tiny", hidden_size=32, num_heads=2, intermediate_size=64, context_length=32),
-                       vocab_size=VOCAB, bos_token_id=0, eos_token_id=0, pad_token_id=1)
+    return tiny_model(intermediate_size=64)
 
 
 def rows(count: int = 16, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    return [sft.Tokenized(rng.integers(2, VOCAB, size=12), np.arange(12) >= 8) for _ in range(count)]
+    return random_rows(count, (12, 12), 4, seed)
 
 
 def fit(model, root, steps: int, *, val: bool = False, kept=(), save_every: int = 0, resume_from=None, **hooks):
@@ -154,3 +141,17 @@ def test_the_loop_stops_at_the_right_step_and_keeps_the_best_checkpoint(tmp_path
 def test_patience_below_one_names_the_key():
     with pytest.raises(ConfigError, match="^early_stopping.patience: expected a positive integer"):
         EarlyStoppingConfig(patience=0)
+
+
+def test_weight_decay_shrinks_trainable_matrices_only(tmp_path):
+    """AdamW's decoupled decay: after one step, decayed − undecayed = −lr·wd·θ₀ on matrices, 0 on biases and norms."""
+    start, plain, decayed = tiny(), tiny(), tiny()
+    for model, wd, name in ((plain, 0.0, "plain"), (decayed, 0.5, "decayed")):
+        config = TrainConfig(max_steps=1, micro_batch_size=4, progress=False, val_every=0, save_every=0, weight_decay=wd)
+        train(model=model, save_model=lambda folder: None, train_data=sft.SftBatches(rows(), seed=0, pad_id=1),
+              val_data=None, config=config, lr_at=lambda s: LR, kept=[], run=RunDir(tmp_path / name), fingerprints={},
+              resume_from=None, allow_changed=[], dist=distributed.Dist())
+    original, undecayed = dict(start.named_parameters()), dict(plain.named_parameters())
+    for name, param in decayed.named_parameters():
+        expected = -LR * 0.5 * original[name] if param.ndim >= 2 and "norm" not in name else torch.zeros_like(param)
+        assert torch.allclose(param - undecayed[name], expected, atol=1e-6), name

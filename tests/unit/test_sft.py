@@ -23,17 +23,10 @@ from ckptlab.train.loop import TrainConfig, train
 from ckptlab.train.run_dir import RunDir, read_metrics
 from ckptlab.train.schedules import ScheduleConfig, lr_at
 
+from tiny_models import one_thread  # noqa: F401
+
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 EOS = 0
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on busy shared cores two threads spin (up to 30x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 WORDS = ["river", "bridge", "baker", "bread", "tower", "bells", "ferry", "boat", "green", "reeds", "maps", "houses"]
