@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import re
 import string
@@ -15,7 +16,7 @@ import pytest
 import yaml
 
 from ckptlab.synthetic import SIZES, TASKS, generate, write_world
-from ckptlab.synthetic.facts import FACT_TYPES, TEMPLATES, Fact, render
+from ckptlab.synthetic.facts import FACT_TYPES, TASK_TEMPLATE_COUNT, TEMPLATES, Fact, render
 from ckptlab.synthetic.templates import CHANGE_PHRASES, QUESTIONS
 
 
@@ -233,3 +234,82 @@ def test_tiny_world_is_fast():
     start = time.perf_counter()
     generate(seed=3, size="tiny")
     assert time.perf_counter() - start < 2.0
+
+
+def task_sentence_pattern() -> re.Pattern:
+    """A regex that matches one sentence worded with a task template (any fact type, any slots)."""
+    alternatives = []
+    for templates in TEMPLATES.values():
+        for template in templates[:TASK_TEMPLATE_COUNT]:
+            literal = re.split(r"\{\w+\}", template)
+            alternatives.append(".+?".join(re.escape(part) for part in literal))
+    return re.compile("(?:" + "|".join(alternatives) + ")")
+
+
+def test_held_out_tasks_word_facts_with_the_task_templates_only(records):
+    sentence = task_sentence_pattern().pattern
+    one_to_three = re.compile(rf"{sentence}(?: {sentence}){{0,2}}")
+    for task, fields in (("world_nli", ("hypothesis",)), ("finance_nli", ("hypothesis",)),
+                         ("world_paraphrase", ("sentence1", "sentence2")),
+                         ("finance_paraphrase", ("sentence1", "sentence2")), ("finance_sentiment", ("sentence",))):
+        for rows in records[task].values():
+            for record in rows:
+                for name in fields:
+                    assert re.fullmatch(sentence, record[name]), (task, name, record[name])
+    for task in ("world_nli", "finance_nli"):
+        for rows in records[task].values():
+            for record in rows:
+                assert one_to_three.fullmatch(record["premise"]), (task, record["premise"])
+
+
+def bag_of_words(text: str) -> list[str]:
+    words = re.findall(r"\w+", text.lower())
+    return words + [f"{a}_{b}" for a, b in zip(words, words[1:])]
+
+
+def naive_bayes_accuracy(train: list[dict], test: list[dict], features) -> float:
+    """Test accuracy of multinomial naive Bayes (add-one smoothing) on `features(record)`."""
+    prior = Counter(r["label"] for r in train)
+    counts = {label: Counter() for label in prior}
+    for record in train:
+        counts[record["label"]].update(features(record))
+    vocabulary = set().union(*counts.values())
+    totals = {label: sum(c.values()) + len(vocabulary) for label, c in counts.items()}
+
+    def score(record: dict, label: str) -> float:
+        return math.log(prior[label]) + sum(math.log((counts[label][w] + 1) / totals[label])
+                                            for w in features(record) if w in vocabulary)
+
+    return sum(max(prior, key=lambda label: score(r, label)) == r["label"] for r in test) / len(test)
+
+
+def test_nli_hypotheses_are_about_the_premise_subject_and_labels_share_premise_lengths(demo_records):
+    for task in ("world_nli", "finance_nli"):
+        rows = [r for split in demo_records[task].values() for r in split]
+        for record in rows:
+            assert record["subject"] in record["premise"] and record["subject"] in record["hypothesis"], record
+        two_facts = {label: [r["premise"].count(r["subject"]) == 2 for r in rows if r["label"] == label]
+                     for label in TASKS[task].choices}
+        shares = [sum(flags) / len(flags) for flags in two_facts.values()]
+        assert max(shares) - min(shares) < 0.1, (task, shares)
+
+
+@pytest.fixture(scope="module")
+def demo_records() -> dict[str, dict[str, list[dict]]]:
+    world = generate(seed=0, size="demo")
+    return {task: {split: [json.loads(line) for line in world.files[f"tasks/{task}/{split}.jsonl"].splitlines()]
+                   for split in ("train", "validation", "test")}
+            for task in ("world_nli", "world_paraphrase", "finance_nli")}
+
+
+def test_surface_features_do_not_give_nli_or_paraphrase_labels_away(demo_records):
+    """A bag-of-words classifier of the hypothesis alone (or of premise and hypothesis as two
+    separate bags, which cannot compare them) stays near chance: the label is in the relation
+    between the two texts, not in the wording of either."""
+    for task, first, second in (("world_nli", "premise", "hypothesis"), ("world_paraphrase", "sentence1", "sentence2")):
+        train, test = demo_records[task]["train"], demo_records[task]["test"]
+        chance = 1 / len(TASKS[task].choices)
+        second_only = naive_bayes_accuracy(train, test, lambda r: bag_of_words(r[second]))
+        two_bags = naive_bayes_accuracy(train, test, lambda r: [f"1:{w}" for w in bag_of_words(r[first])]
+                                        + [f"2:{w}" for w in bag_of_words(r[second])])
+        assert second_only < chance + 0.07 and two_bags < chance + 0.07, (task, second_only, two_bags)

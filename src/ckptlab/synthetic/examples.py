@@ -183,91 +183,89 @@ def multiple_choice(
     return records
 
 
+PREMISE_FACTS = (1, 2)
+"""How many facts a premise states (drawn uniformly, whatever the label). Longer premises add
+distractor sentences that a demo-size model cannot see past in a short fine-tune."""
+
+
 def nli(task: str, pool: Pool, count: int, rng: random.Random) -> list[Record]:
-    """Premise: 2-3 facts of one subject. Entailment restates one of them in other words;
-    contradiction gives one of them another value; neutral states a fact the premise does not
-    (another fact of the subject, true or not, or a fact of a relative the premise names)."""
+    """Premise: one or two functional facts of one subject. The hypothesis is about the same subject.
+    Entailment restates a premise fact in another wording; contradiction states the same kind of
+    fact with another value, also in another wording than the premise's; neutral states a kind of
+    fact the premise does not (true or not, each kind equally often), or, when the premise says
+    where the subject was born (lives) and not where they live (were born), the trap: lives (born)
+    in that same city.
+
+    Surface cues are kept off the label: every label draws premises the same way, hypotheses from
+    the same templates and each kind of fact about equally often; only comparing the hypothesis with
+    the premise tells the label.
+    """
     out = Collector(task, count)
     while not out.full:
         label = NLI_CHOICES[len(out.records) % 3]
         subject = rng.choice(pool.subjects)
-        facts = pool.facts_of(subject)
-        functional = [f for f in facts if f.type in pool.functional]
-        # at most one fact per type (a company's quarterly results are one type)
-        first_of_type = list({f.type: f for f in rng.sample(facts, len(facts))}.values())
-        premise_facts = rng.sample(first_of_type, rng.randint(2, 3))
-        stated = [f for f in premise_facts if f.type in pool.functional]
-        if not stated:
-            continue
-        premise_templates = {f: rng.randrange(len(F.TEMPLATES[f.type])) for f in premise_facts}
-        premise = " ".join(F.render(f, premise_templates[f], rng) for f in premise_facts)
-        if label == "entailment":
-            fact = rng.choice(stated)
-            others = [i for i in range(len(F.TEMPLATES[fact.type])) if i != premise_templates[fact]]
-            hypothesis = F.render(fact, rng.choice(others), rng)
-        elif label == "contradiction":
-            fact = pool.other_value(rng.choice(stated), rng)
-            hypothesis = F.render(fact, rng.randrange(len(F.TEMPLATES[fact.type])), rng)
+        # functional facts, one per type (a company's quarterly results are one type)
+        functional = [f for f in pool.facts_of(subject) if f.type in pool.functional]
+        first_of_type = list({f.type: f for f in rng.sample(functional, len(functional))}.values())
+        premise_facts = rng.sample(first_of_type, rng.randint(*PREMISE_FACTS))
+        wordings = [F.render_for_task(f, rng) for f in premise_facts]
+        premise = " ".join(text for text, _ in wordings)
+        template_of = {f: index for f, (_, index) in zip(premise_facts, wordings)}
+        if label in ("entailment", "contradiction"):
+            stated = rng.choice(premise_facts)
+            fact = stated if label == "entailment" else pool.other_value(stated, rng)
+            hypothesis, _ = F.render_for_task(fact, rng, avoid=template_of[stated])
         else:
             stated_types = {f.type for f in premise_facts}
-            kinds = ["unstated"]
-            relatives = [f.value for f in premise_facts if f.type == "relative"]
-            if relatives:
-                kinds.append("relative")
             # born in C does not tell where one lives, nor the other way round
             places = [f for f in premise_facts if f.type in ("birthplace", "home_city")
                       and ({"birthplace", "home_city"} - stated_types)]
-            if places:
-                kinds.append("same place")
-            kind = rng.choice(kinds)
-            if kind == "relative":
-                fact = rng.choice([f for f in pool.facts_of(relatives[0]) if f.type in pool.functional])
-            elif kind == "same place":
+            if places and rng.random() < 0.5:
                 fact = pool.confusable(rng.choice(places), rng)
             else:
-                # a kind of fact the premise does not state (or another quarter's results), each kind
-                # equally often, so the kind of hypothesis does not give the label away
+                # a kind of fact the premise does not state (or another quarter's results)
                 unstated = [f for f in functional if f not in premise_facts
                             and (f.type not in stated_types or f.type == "results")]
                 fact_type = rng.choice(sorted({f.type for f in unstated}))
                 fact = rng.choice([f for f in unstated if f.type == fact_type])
                 if rng.random() < 0.5:
                     fact = pool.other_value(fact, rng)
-            hypothesis = F.render(fact, rng.randrange(len(F.TEMPLATES[fact.type])), rng)
+            hypothesis, _ = F.render_for_task(fact, rng)
         out.add({"premise": premise, "hypothesis": hypothesis, "label": label, "subject": subject,
                  "fact_type": fact.type}, (premise, hypothesis))
     return out.records
 
 
 def paraphrase(task: str, pool: Pool, count: int, rng: random.Random) -> list[Record]:
-    """Yes: one fact in two wordings. No: a fact and, in another wording, a different fact: half
-    the time the same kind of fact with another value, 30% a fact naming the same entities in
-    another relation (born in C / lives in C; CEO / CFO), 20% another fact of the same subject."""
+    """Yes: one fact in two wordings. No: a fact and, in another wording, a different fact: the same
+    kind of fact with another value, a fact naming the same entities in another relation (born in C /
+    lives in C; sister / wife; CEO / CFO) or another fact of the same subject, weighted 5:3:2 where
+    the kind of fact has such a relation, else 5:2. The first fact's kind is drawn uniformly for
+    either label, so which kinds of fact a pair mentions says nothing about the label."""
     out = Collector(task, count)
     while not out.full:
         label = PARAPHRASE_CHOICES[len(out.records) % 2]
         subject = rng.choice(pool.subjects)
         facts = pool.facts_of(subject)
-        kind = "same" if label == "yes" else rng.choices(["value", "confusable", "other"], weights=[5, 3, 2])[0]
-        if kind == "confusable":
-            pairs = [(f, c) for f in facts if (c := pool.confusable(f, rng)) is not None]
-            if not pairs:
-                continue
-            fact, other = rng.choice(pairs)
+        fact_type = rng.choice(sorted({f.type for f in facts}))  # each kind of fact equally often
+        fact = rng.choice([f for f in facts if f.type == fact_type])
+        confusable = pool.confusable(fact, rng)
+        if label == "yes":
+            other = fact
         else:
-            fact_type = rng.choice(sorted({f.type for f in facts}))  # each kind of fact equally often
-            fact = rng.choice([f for f in facts if f.type == fact_type])
-            if kind == "same":
-                other = fact
-            elif kind == "value":
+            kinds, weights = ["value", "other"], [5, 2]
+            if confusable is not None:
+                kinds, weights = kinds + ["confusable"], weights + [3]
+            kind = rng.choices(kinds, weights=weights)[0]
+            if kind == "value":
                 other = pool.other_value(fact, rng)
+            elif kind == "confusable":
+                other = confusable
             else:
                 other = rng.choice([f for f in facts if f.type != fact.type])
-        first = rng.randrange(len(F.TEMPLATES[fact.type]))
-        second = rng.randrange(len(F.TEMPLATES[other.type]))
-        while other.type == fact.type and second == first:  # always two wordings
-            second = rng.randrange(len(F.TEMPLATES[other.type]))
-        sentence1, sentence2 = F.render(fact, first, rng), F.render(other, second, rng)
+        sentence1, first = F.render_for_task(fact, rng)
+        # always two wordings, so "yes" is never a repeated sentence
+        sentence2, _ = F.render_for_task(other, rng, avoid=first if other.type == fact.type else None)
         if rng.random() < 0.5:
             sentence1, sentence2 = sentence2, sentence1
         out.add({"sentence1": sentence1, "sentence2": sentence2, "label": label, "subject": subject,
@@ -276,20 +274,25 @@ def paraphrase(task: str, pool: Pool, count: int, rng: random.Random) -> list[Re
 
 
 def person_summaries(task: str, people: list[Person], places: Places, count: int, rng: random.Random) -> list[Record]:
-    """A short biography (the person's facts, facts of the employer and the birthplace, and one
-    fact of a relative) and its one-sentence summary."""
+    """A short biography and its one-sentence summary. The biography states the person's five
+    functional facts (so it says where they live as well as where they were born: the summary must
+    pick the birthplace) and one more fact: the relative, the employer's city, the birthplace's
+    country or a fact of the relative. Six sentences keep prompt and summary within a 128-token
+    context."""
     if len(people) < count:
         raise RuntimeError(f"{task}: {len(people)} people, {count} needed")
     by_name = {p.name: p for p in people}
     records = []
     for person in rng.sample(people, count):
-        facts = F.person_facts(person)
-        facts += [Fact("org_city", person.employer, places.org_city[person.employer]),
-                  Fact("city_country", person.birthplace, places.city_country[person.birthplace])]
+        own = F.person_facts(person)
         relative = by_name[person.relatives[0][1]]
-        facts.append(rng.choice([f for f in F.person_facts(relative) if f.type in F.FUNCTIONAL_PERSON_TYPES]))
+        extras = [f for f in own if f.type == "relative"]
+        extras += [Fact("org_city", person.employer, places.org_city[person.employer]),
+                   Fact("city_country", person.birthplace, places.city_country[person.birthplace]),
+                   rng.choice([f for f in F.person_facts(relative) if f.type in F.FUNCTIONAL_PERSON_TYPES])]
+        facts = [f for f in own if f.type in F.FUNCTIONAL_PERSON_TYPES] + [rng.choice(extras)]
         rng.shuffle(facts)
-        document = " ".join(F.render(f, rng.randrange(len(F.TEMPLATES[f.type])), rng) for f in facts)
+        document = " ".join(F.render_for_task(f, rng)[0] for f in facts)
         summary = PERSON_SUMMARY.format(person=person.name, a_profession=article(person.profession),
                                         city=person.birthplace, year=person.birth_year, org=person.employer)
         records.append({"document": document, "summary": summary, "subject": person.name})
@@ -306,7 +309,7 @@ def results_summaries(task: str, companies: list[Company], count: int, rng: rand
     for company, result in rng.sample(reports, count):
         facts = [F.results_fact(company, result)] + rng.sample(F.company_facts(company, with_results=False), 3)
         rng.shuffle(facts)
-        document = " ".join(F.render(f, rng.randrange(len(F.TEMPLATES[f.type])), rng) for f in facts)
+        document = " ".join(F.render_for_task(f, rng)[0] for f in facts)
         summary = RESULTS_SUMMARY[result["direction"]].format(
             company=company.name, pct=f"{result['pct']}%", revenue=result["revenue"], quarter=result["quarter"])
         records.append({"document": document, "summary": summary, "subject": company.name,
@@ -321,8 +324,8 @@ def question_generation(task: str, pool: Pool, count: int, rng: random.Random) -
     while not out.full:
         subject = rng.choice(pool.subjects)
         facts = pool.facts_of(subject)
-        context_facts = rng.sample(facts, rng.randint(2, min(4, len(facts))))
-        context = " ".join(F.render(f, rng.randrange(len(F.TEMPLATES[f.type])), rng) for f in context_facts)
+        context_facts = rng.sample(facts, rng.randint(2, min(3, len(facts))))
+        context = " ".join(F.render_for_task(f, rng)[0] for f in context_facts)
         fact = rng.choice(context_facts)
         if len(re.findall(rf"\b{re.escape(fact.value)}\b", context)) != 1:
             continue
@@ -347,7 +350,7 @@ def sentiment(task: str, companies: list[Company], count: int, rng: random.Rando
     for i in range(count):
         label = SENTIMENT_CHOICES[i % 3]
         fact = by_label[label][i // 3]
-        sentence = F.render(fact, rng.randrange(len(F.TEMPLATES["results"])), rng)
+        sentence, _ = F.render_for_task(fact, rng)
         records.append({"sentence": sentence, "label": label, "subject": fact.subject,
                         "quarter": fact.get("quarter")})
     return records

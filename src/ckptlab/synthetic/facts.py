@@ -33,6 +33,13 @@ FACT_TYPES: dict[str, tuple[str, str, str]] = {
     "results": ("finance", "company", "direction"),
 }
 TEMPLATES: dict[str, list[str]] = {**GENERAL_TEMPLATES, **FINANCE_TEMPLATES}
+# Task records (NLI, paraphrase, summaries, ...) are worded with the first TASK_TEMPLATE_COUNT
+# templates of each type only, the corpora with all of them. A few plain wordings per kind of fact
+# let a ~1M-parameter model learn the task's relation (does the hypothesis restate a premise fact?)
+# from a few hundred examples instead of first learning 22 wordings of every fact; six keep subject-
+# first and value-first sentences, so the comparison is still not a string match. Every label draws
+# from the same templates, so the wording says nothing about the label.
+TASK_TEMPLATE_COUNT = 6
 # Types for which a person or company has exactly one value, so another value contradicts it.
 FUNCTIONAL_PERSON_TYPES = ("birthplace", "home_city", "birth_year", "profession", "employer")
 FUNCTIONAL_COMPANY_TYPES = ("sector", "ceo", "exchange", "founded", "results")
@@ -77,6 +84,18 @@ def render(fact: Fact, template_index: int, rng: random.Random) -> str:
         phrase = rng.choice(CHANGE_PHRASES[fact.value])
         slots["change"] = phrase.format(pct=f"{slots['pct']}%")
     return TEMPLATES[fact.type][template_index].format(**slots)
+
+
+def task_template(fact_type: str, rng: random.Random, avoid: int | None = None) -> int:
+    """A template index for a task record: one of the first TASK_TEMPLATE_COUNT, never `avoid`."""
+    choices = [i for i in range(min(TASK_TEMPLATE_COUNT, len(TEMPLATES[fact_type]))) if i != avoid]
+    return rng.choice(choices)
+
+
+def render_for_task(fact: Fact, rng: random.Random, avoid: int | None = None) -> tuple[str, int]:
+    """`fact` worded with a task template (not `avoid`), and the template's index."""
+    index = task_template(fact.type, rng, avoid)
+    return render(fact, index, rng), index
 
 
 def render_some(fact: Fact, count: int, rng: random.Random) -> list[str]:

@@ -30,6 +30,7 @@ class TaskSpec:
     train_input: str
     """What goes between `### Input:` and `### Output:` in the `train_format` template."""
     version: int = 1
+    """Version 2 of the held-out tasks: worded with the task templates only, shorter premises and documents."""
     label_field: str | None = None
     choices: tuple[str, ...] | None = None
     choices_field: str | None = None
@@ -87,7 +88,7 @@ def _nli(name: str, domain: str, about: str, cross: str | None) -> TaskSpec:
         instruction_text="Does the premise entail the hypothesis? Answer entailment, neutral or contradiction.",
         input_block="Premise: {premise}\nHypothesis: {hypothesis}", answer_cue="Answer:",
         train_input="Premise: {premise} Hypothesis: {hypothesis}",
-        label_field="label", choices=NLI_CHOICES, in_mixture=cross is None, cross_domain_of=cross,
+        label_field="label", choices=NLI_CHOICES, version=2, in_mixture=cross is None, cross_domain_of=cross,
     )
 
 
@@ -99,7 +100,7 @@ def _paraphrase(name: str, domain: str, about: str, cross: str | None) -> TaskSp
         instruction_text="Do the two sentences state the same fact? Answer yes or no.",
         input_block="Sentence 1: {sentence1}\nSentence 2: {sentence2}", answer_cue="Answer:",
         train_input="Sentence 1: {sentence1} Sentence 2: {sentence2}",
-        label_field="label", choices=PARAPHRASE_CHOICES, in_mixture=cross is None, cross_domain_of=cross,
+        label_field="label", choices=PARAPHRASE_CHOICES, version=2, in_mixture=cross is None, cross_domain_of=cross,
     )
 
 
@@ -109,7 +110,7 @@ def _summarization(name: str, domain: str, what: str, cross: str | None) -> Task
         description=f"Summarize {what} in one sentence (generation, scored with ROUGE-L).",
         instruction_text="Summarize the text in one sentence.",
         input_block="Text: {document}", answer_cue="Summary:", train_input="{document}",
-        target_field="summary", max_new_tokens=48, in_mixture=cross is None, cross_domain_of=cross,
+        target_field="summary", max_new_tokens=48, version=2, in_mixture=cross is None, cross_domain_of=cross,
     )
 
 
@@ -132,7 +133,7 @@ TASKS: dict[str, TaskSpec] = {
             description="Question generation: write the question that the answer answers, given the context.",
             instruction_text="Write the question about the context whose answer is given.",
             input_block="Context: {context}\nAnswer: {answer}", answer_cue="Question:",
-            train_input="Context: {context} Answer: {answer}", target_field="question", in_mixture=True,
+            train_input="Context: {context} Answer: {answer}", target_field="question", version=2, in_mixture=True,
         ),
         TaskSpec(
             name="finance_qa", domain="finance", type="classification", fields=("question",),
@@ -148,7 +149,7 @@ TASKS: dict[str, TaskSpec] = {
             "neutral news for the company (as Financial PhraseBank)?",
             instruction_text="Is this financial news positive, negative or neutral for the company?",
             input_block="Text: {sentence}", answer_cue="Answer:", train_input="{sentence}",
-            label_field="label", choices=SENTIMENT_CHOICES,
+            label_field="label", choices=SENTIMENT_CHOICES, version=2,
         ),
         _nli("finance_nli", "finance", "the finance domain", "world_nli"),
         _paraphrase("finance_paraphrase", "finance", "the finance domain", "world_paraphrase"),
