@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -193,4 +194,8 @@ def sweep(config: SweepConfig) -> int:
     except JobStopped as stopped:
         print(f"stopped: {stopped}")
         return 0
+    except KeyboardInterrupt:
+        # What is done stays done and a partial job resumes, so the next run continues from here.
+        print("interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
     return 0 if summary.ok else 1

@@ -179,7 +179,6 @@ def test_bad_sweep_yaml_is_one_line_and_exit_2(tiny, tmp_path, problem, expected
     assert not (tmp_path / "out" / "jobs").exists()
 
 
-@pytest.mark.slow
 def test_ray_executor_gives_the_same_table_as_local(tiny, tmp_path):
     pytest.importorskip("ray")
     out = tmp_path / "ray"

@@ -202,10 +202,17 @@ def job_id(kind: str, config: Any, inputs: dict[str, str], models: list[str]) ->
                            "ckptlab": __version__})
 
 
+def _method(entry: TrainEntry) -> str:
+    if entry.kind == "cpt":
+        return "cpt" if entry.config.recipe == "none" else f"cpt-{entry.config.recipe}"
+    return entry.config.method
+
+
 def _finetune_task(entry: TrainEntry) -> str | None:
+    """What the run trained on: the task's name, an instruction file's stem, cpt's data directories."""
     config = entry.config
-    if entry.kind != "finetune":
-        return None
+    if entry.kind == "cpt":
+        return "+".join(dict.fromkeys(Path(s.data).name for s in list(config.blend) + list(config.second_blend)))
     if config.data:
         return Path(config.data).stem
     path = Path(config.task).expanduser()
@@ -249,7 +256,7 @@ def build_plan(spec: Spec, store: Any = None) -> Plan:
                 key=job.name, role="finetuned" if entry.kind == "finetune" else "cpt", fingerprint=f"job:{job.id}",
                 producer=job.dirname, checkpoint=base.checkpoint, step=base.step, tokens_seen=base.tokens_seen,
                 finetune=entry.name, finetune_task=_finetune_task(entry),
-                method=getattr(entry.config, "method", None) or entry.kind, variant=entry.variant,
+                method=_method(entry), variant=entry.variant,
                 parent=asdict(base), base=asdict(base)))
     task_fps: list[str] = []
     if spec.evaluate is not None:
