@@ -143,3 +143,14 @@ def test_lock_refuses_a_second_holder_and_names_the_pid(tmp_path):
 def test_results_table_leaves_out_what_the_clock_decides():
     compute = {"tokens": 10, "wall_s": 1.5, "tokens_per_s": 7.0, "energy_kwh": 1e-6, "trainable_params": 3}
     assert json.loads(_stable_compute(compute)) == {"tokens": 10, "trainable_params": 3}
+
+
+def test_hub_revisions_are_planned_without_downloading(sweep):
+    sweep["checkpoints"] = [{"hub": "EleutherAI/pythia-70m", "revisions": ["step1000", "step143000"]},
+                            {"hub": "EleutherAI/pythia-160m", "revisions": ["step1000"], "prefix": "160m-"}]
+    sweep["finetunes"] = sweep["finetunes"][:1]
+    plan = build_plan(spec_from_dict(sweep))
+    bases = {j.model["key"]: j.model for j in plan.jobs if j.kind == "evaluate" and j.model["role"] == "base"}
+    assert sorted(bases) == ["160m-step1000", "step1000", "step143000"]
+    assert bases["step143000"]["step"] == 143000
+    assert bases["step1000"]["fingerprint"] == "hub:EleutherAI/pythia-70m@step1000"

@@ -14,6 +14,7 @@ import contextlib
 import copy
 import importlib
 import os
+import shutil
 import time
 import traceback
 from collections.abc import Iterator
@@ -114,18 +115,25 @@ def model_source(model: dict[str, Any], out: Path) -> str:
 def _train(job: Any, out: Path, directory: Path) -> dict[str, Any]:
     from ckptlab.train.run_dir import RunDir
 
+    from ckptlab.train.checkpoint import list_step_dirs
+
+    run = directory / "run"
+    if run.exists() and not list_step_dirs(run / "checkpoints"):
+        # Killed before its first checkpoint: nothing to resume, and the metrics it logged would
+        # stay in front of the new run's.
+        shutil.rmtree(run)
     values = copy.deepcopy(job.values)
-    values.update(out=str(directory / "run"), resume=True)
+    values.update(out=str(run), resume=True)
     if job.kind != "pretrain":
         values["init_from"] = model_source(job.model, out)
     config = configlib.build(verb_class(job.kind), values)
     config.train.progress = False  # the sweep shows one progress line per job instead
     module, _, _ = VERB_CONFIGS[job.kind]
     getattr(importlib.import_module(module), job.kind)(config)
-    manifest = RunDir(directory / "run").read_run_manifest()
+    manifest = RunDir(run).read_run_manifest()
     if manifest.get("status") != "complete":
         raise JobStopped(f"{job.kind} {job.name} stopped at step {manifest.get('latest_step')}; it resumes next time")
-    return {"model": str(final_checkpoint(directory / "run").relative_to(out))}
+    return {"model": str(final_checkpoint(run).relative_to(out))}
 
 
 # --- evaluation jobs ----------------------------------------------------------------------

@@ -167,7 +167,7 @@ def _checkpoints(raw: Any) -> list[BaseCheckpoint]:
             item = {"path": item}
         if not isinstance(item, dict) or len({"run", "path", "hub"} & set(item)) != 1:
             raise ConfigError(f"{where}: expected one of run: RUN_DIR, path: CHECKPOINT_DIR, hub: org/name")
-        allowed = {"run": {"run", "steps", "prefix"}, "path": {"path", "label"}, "hub": {"hub", "revisions"}}
+        allowed = {"run": {"run", "steps", "prefix"}, "path": {"path", "label"}, "hub": {"hub", "revisions", "prefix"}}
         kind = next(k for k in ("run", "path", "hub") if k in item)
         unknown = sorted(set(item) - allowed[kind])
         if unknown:
@@ -185,14 +185,14 @@ def _checkpoints(raw: Any) -> list[BaseCheckpoint]:
                     source = f"{item['hub']}@{revision}" if revision else str(item["hub"])
                     parse_source(source)
                     step = re.fullmatch(r"step(\d+)", str(revision or ""))
-                    found.append(BaseCheckpoint(str(revision or item["hub"]), source, "hub",
-                                                int(step.group(1)) if step else None))
+                    found.append(BaseCheckpoint(str(item.get("prefix") or "") + str(revision or item["hub"]), source,
+                                                "hub", int(step.group(1)) if step else None))
         except UserError as error:
             raise ConfigError(f"{where}: {error}") from None
     labels = [c.label for c in found]
     twice = sorted({label for label in labels if labels.count(label) > 1})
     if twice:
-        raise ConfigError(f"checkpoints: two checkpoints are labelled '{twice[0]}'; give runs a prefix: (or paths a label:)")
+        raise ConfigError(f"checkpoints: two checkpoints are labelled '{twice[0]}'; give runs and hub models a prefix: (paths a label:)")
     return found
 
 
