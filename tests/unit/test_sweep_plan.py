@@ -77,6 +77,13 @@ def test_changing_one_learning_rate_changes_that_job_and_its_dependents_only(swe
     assert changed == ["two@late/evaluate", "two@late/finetune"]
 
 
+def test_a_new_variant_label_re_evaluates_but_does_not_retrain(sweep):
+    before = ids(sweep)
+    sweep["finetunes"][1]["variant"] = "lr=1e-3"
+    after = ids(sweep)
+    assert sorted(key for key in before if before[key] != after[key]) == ["two@late/evaluate"]
+
+
 def test_defaults_written_out_and_moved_inputs_keep_ids(sweep, tmp_path):
     before = ids(sweep)
     sweep["finetunes"][0]["config"]["train.weight_decay"] = 0.0  # the fine-tuning default

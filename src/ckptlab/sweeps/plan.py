@@ -197,9 +197,16 @@ def _normalised(config: Any, inputs: dict[str, str]) -> Any:
     return walk(configlib.to_dict(config))
 
 
-def job_id(kind: str, config: Any, inputs: dict[str, str], models: list[str]) -> str:
+def job_id(kind: str, config: Any, inputs: dict[str, str], models: list[Any]) -> str:
     return canonical_hash({"kind": kind, "config": _normalised(config, inputs), "models": models,
                            "ckptlab": __version__})
+
+
+def _labels(model: Model) -> dict[str, Any]:
+    """What an evaluation writes about its model besides scores (its sweep_models row): relabelling
+    re-runs the evaluation, which finds every score in the store's cache."""
+    names = ("key", "role", "checkpoint", "finetune", "finetune_task", "method", "variant")
+    return {name: getattr(model, name) for name in names}
 
 
 def _method(entry: TrainEntry) -> str:
@@ -259,16 +266,26 @@ def build_plan(spec: Spec, store: Any = None) -> Plan:
                 method=_method(entry), variant=entry.variant,
                 parent=asdict(base), base=asdict(base)))
     task_fps: list[str] = []
+    evaluations: dict[str, Job] = {}
     if spec.evaluate is not None:
         from ckptlab.evaluate import _plan_units
 
         units = _plan_units(spec.evaluate_config, lambda line: None)
         task_fps = sorted({unit.task.fingerprint for unit in units})
         for model in list(bases.values()) + trained:
-            job = Job(job_id("evaluate", spec.evaluate_config, {}, [model.fingerprint] + task_fps), "evaluate",
-                      model.key, spec.evaluate, deps=[producers[model.producer]] if model.producer else [],
-                      model=asdict(model), resources=dict(spec.resources["evaluate"]), sweep=spec.name)
-            jobs.append(job)
+            evaluations[model.producer or model.key] = Job(
+                job_id("evaluate", spec.evaluate_config, {}, [model.fingerprint, _labels(model)] + task_fps), "evaluate",
+                model.key,
+                spec.evaluate, deps=[producers[model.producer]] if model.producer else [], model=asdict(model),
+                resources=dict(spec.resources["evaluate"]), sweep=spec.name)
+    # Base checkpoints are evaluated first and every trained model right after its training, so
+    # results arrive early and a sweep stopped half-way has whole rows of the table.
+    ordered = [evaluations.pop(key) for key in listed if key in evaluations]
+    for job in jobs:
+        ordered.append(job)
+        if job.dirname in evaluations:
+            ordered.append(evaluations.pop(job.dirname))
+    jobs = ordered
     cwd = os.getcwd()
     for job in jobs:
         job.cwd = cwd
