@@ -144,6 +144,20 @@ def test_killed_three_times_then_rerun_gives_the_same_table(tiny, tmp_path):
     assert len(lines) == len(set(lines))
 
 
+def test_killed_mid_training_and_mid_evaluation_resumes_exactly(tiny, tmp_path):
+    out = tmp_path / "faults"
+    config = sweep_yaml(tiny.root, out)
+    # SIGKILL inside the first fine-tune after its step-2 checkpoint, then inside an evaluation
+    # after 20 examples were scored (the fault hooks of the training loop and the evaluation runner).
+    for fault in ("kill:step=3", "kill:examples=20"):
+        proc = run_cli("sweep", "--config", str(config), check=False, CKPTLAB_FAULT=fault)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr
+        if fault.startswith("kill:step"):
+            assert list(out.glob("jobs/finetune-*/run/checkpoints/step-00000002")), "no partial fine-tune"
+    run_cli("sweep", "--config", str(config))
+    assert (out / "results.csv").read_text() == tiny.table
+
+
 def test_second_sweep_on_the_same_directory_refuses_while_the_lock_is_held(tiny, tmp_path):
     from ckptlab.sweeps.state import SweepLock
 

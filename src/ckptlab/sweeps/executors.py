@@ -9,6 +9,8 @@ stop the others; the jobs that need its output are reported blocked.
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -137,6 +139,11 @@ def run_ray(plan: Plan, out: Path, progress: Progress, options: RayOptions) -> O
             ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise UserError(f"ray: cannot start or join the cluster: {' '.join(str(error).split())}") from None
+    previous = None
+    if started_here and threading.current_thread() is threading.main_thread():
+        # SIGTERM would end the process without `ray.shutdown()`, leaving the local cluster's agents
+        # behind; as an exit it runs the `finally` below. (SIGKILL cannot be caught: `ray stop`.)
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     task = ray.remote(run_job)
     schedule, outcome = _Schedule(plan, out), Outcome()
     running: dict[Any, Job] = {}
@@ -169,7 +176,13 @@ def run_ray(plan: Plan, out: Path, progress: Progress, options: RayOptions) -> O
                 ray.cancel(ref, force=True)
         if started_here:
             ray.shutdown()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return outcome
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def execute(plan: Plan, out: Path, executor: str, progress: Progress, ray_options: RayOptions | None = None) -> Outcome:
