@@ -117,6 +117,7 @@ def test_a_failed_finetune_blocks_only_its_dependents(tiny, tmp_path):
     assert rows((out / "results.csv").read_text()) == rows(tiny.table)
 
 
+@pytest.mark.slow
 def test_killed_three_times_then_rerun_gives_the_same_table(tiny, tmp_path):
     out = tmp_path / "killed"
     config = sweep_yaml(tiny.root, out)

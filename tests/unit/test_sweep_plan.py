@@ -161,3 +161,18 @@ def test_hub_revisions_are_planned_without_downloading(sweep):
     assert sorted(bases) == ["160m-step1000", "step1000", "step143000"]
     assert bases["step143000"]["step"] == 143000
     assert bases["step1000"]["fingerprint"] == "hub:EleutherAI/pythia-70m@step1000"
+
+
+def test_pretrain_model_shape_and_progress_flags(sweep, monkeypatch):
+    sweep["pretrain"] = [{"name": "scratch", "config": {"data": "unused", "model.size": "tiny"}}]
+    sweep["finetunes"] = [{"name": "one", "config": sweep["finetunes"][0]["config"], "from": ["scratch"]}]
+    from ckptlab.sweeps import plan as planlib
+
+    monkeypatch.setattr(planlib.Fingerprinter, "_data", lambda self, value: "data:fixed")  # no prepared data
+    before = ids(sweep)
+    sweep["pretrain"][0]["config"]["train.progress"] = False
+    assert ids(sweep) == before
+    sweep["pretrain"][0]["config"]["model.size"] = "small"
+    after = ids(sweep)
+    assert sorted(k for k in before if before[k] != after[k]) == [
+        "one@scratch/evaluate", "one@scratch/finetune", "scratch/evaluate", "scratch/pretrain"]

@@ -72,6 +72,7 @@ def run_job(job: Any, out: str) -> dict[str, Any]:
                 print(f"failed: {reason}", flush=True)
     finally:
         state.clear_marker(directory, "running")
+        _release_memory()
     wall = round(time.perf_counter() - started, 3)
     if reason is not None:
         state.write_marker(directory, "failed", {"job": job.id, "reason": reason, "wall_s": wall, "at": state.now()})
@@ -79,6 +80,17 @@ def run_job(job: Any, out: str) -> dict[str, Any]:
     state.write_marker(directory, "done", {"job": job.id, "kind": job.kind, "name": job.name, "wall_s": wall,
                                            "at": state.now(), **record})
     return {"status": "done", "wall_s": wall}
+
+
+def _release_memory() -> None:
+    """One process runs many jobs: free the last job's models (and CUDA's cached blocks) now."""
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # --- models: where they are ---------------------------------------------------------------

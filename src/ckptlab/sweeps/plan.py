@@ -24,10 +24,11 @@ from ckptlab import __version__
 from ckptlab import config as configlib
 from ckptlab.sweeps.spec import Spec, TrainEntry
 
-# Keys that say where outputs go or how progress is shown: they never change results. (An
-# evaluation's tasks are hashed by their fingerprints, not by how they were named.)
-NOT_HASHED = {"out", "resume", "init_from", "allow_changed", "model", "store", "export", "checkpoints",
-              "progress", "tensorboard", "tasks", "task_dirs"}
+# Keys that say where outputs go or how progress is shown: they never change results. The input
+# model is hashed by its fingerprint, an evaluation's tasks by theirs, not by how they were named.
+NOT_HASHED = {"out", "resume", "init_from", "allow_changed"}
+NOT_HASHED_EVALUATE = {"model", "store", "export", "checkpoints", "tasks", "task_dirs"}
+NOT_HASHED_TRAIN = {"progress", "tensorboard"}
 
 
 @dataclass
@@ -182,23 +183,28 @@ def _inputs(kind: str, values: dict[str, Any], fp: Fingerprinter) -> dict[str, s
     return found
 
 
-def _normalised(config: Any, inputs: dict[str, str]) -> Any:
-    """The config as plain data, without NOT_HASHED keys, input paths replaced by fingerprints."""
+def _normalised(kind: str, config: Any, inputs: dict[str, str]) -> Any:
+    """The config as plain data without the keys that do not change results, input paths replaced
+    by their fingerprints."""
 
     def walk(value: Any) -> Any:
         if isinstance(value, dict):
-            return {k: walk(v) for k, v in value.items() if k not in NOT_HASHED}
+            return {k: walk(v) for k, v in value.items()}
         if isinstance(value, list):
             return [walk(v) for v in value]
         if isinstance(value, str) and value in inputs:
             return inputs[value]
         return value
 
-    return walk(configlib.to_dict(config))
+    dropped = NOT_HASHED | (NOT_HASHED_EVALUATE if kind == "evaluate" else set())
+    values = {k: v for k, v in configlib.to_dict(config).items() if k not in dropped}
+    if isinstance(values.get("train"), dict):
+        values["train"] = {k: v for k, v in values["train"].items() if k not in NOT_HASHED_TRAIN}
+    return walk(values)
 
 
 def job_id(kind: str, config: Any, inputs: dict[str, str], models: list[Any]) -> str:
-    return canonical_hash({"kind": kind, "config": _normalised(config, inputs), "models": models,
+    return canonical_hash({"kind": kind, "config": _normalised(kind, config, inputs), "models": models,
                            "ckptlab": __version__})
 
 
