@@ -121,6 +121,10 @@ def run_sweep(spec: Any, executor: str = "local", progress: bool = True, wait: b
     from ckptlab.sweeps.results import write_results_csv
 
     say = say or functools.partial(print, flush=True)
+    if executor == "ray":
+        from ckptlab.sweeps.executors import check_ray
+
+        check_ray()
     out = spec.out.resolve()
     with state.SweepLock(out) as lock:
         lock.acquire(wait=wait, say=say)

@@ -170,6 +170,8 @@ def test_second_sweep_on_the_same_directory_refuses_while_the_lock_is_held(tiny,
         proc = run_cli("sweep", "--config", str(config), check=False)
         assert proc.returncode == 2
         assert proc.stderr.count("\n") == 1 and "sweep.lock" in proc.stderr and f"pid {os.getpid()}" in proc.stderr
+        status = run_cli("sweep", "status", "--config", str(config)).stdout  # status never takes the lock
+        assert f"running now (pid {os.getpid()})" in status
         waiting = subprocess.Popen([sys.executable, "-m", "ckptlab", "sweep", "--config", str(config), "--wait"],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
         time.sleep(3)

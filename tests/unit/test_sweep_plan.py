@@ -176,3 +176,9 @@ def test_pretrain_model_shape_and_progress_flags(sweep, monkeypatch):
     after = ids(sweep)
     assert sorted(k for k in before if before[k] != after[k]) == [
         "one@scratch/evaluate", "one@scratch/finetune", "scratch/evaluate", "scratch/pretrain"]
+
+
+def test_unreadable_inputs_are_named_at_plan_time(sweep, tmp_path):
+    sweep["finetunes"][0]["config"]["task"] = str(tmp_path / "missing.yaml")
+    with pytest.raises(UserError, match=r"^finetune one: task file .*missing.yaml: not found"):
+        build_plan(spec_from_dict(sweep))

@@ -120,6 +120,16 @@ def run_local(plan: Plan, out: Path, progress: Progress) -> Outcome:
     return outcome
 
 
+def check_ray() -> None:
+    """Refuse the Ray executor before anything runs when Ray is not installed."""
+    import importlib.util
+
+    from ckptlab.errors import UserError
+
+    if importlib.util.find_spec("ray") is None:
+        raise UserError("executor ray: Ray is not installed (pip install 'ckptlab[ray]')")
+
+
 def run_ray(plan: Plan, out: Path, progress: Progress, options: RayOptions) -> Outcome:
     import ray
 

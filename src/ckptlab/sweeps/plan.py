@@ -22,6 +22,7 @@ from typing import Any
 
 from ckptlab import __version__
 from ckptlab import config as configlib
+from ckptlab.errors import UserError
 from ckptlab.sweeps.spec import Spec, TrainEntry
 
 # Keys that say where outputs go or how progress is shown: they never change results. The input
@@ -160,8 +161,15 @@ class Fingerprinter:
         return "content:" + content_hash(ref, self.store.file_sha256 if self.store is not None else None)
 
 
-def _inputs(kind: str, values: dict[str, Any], fp: Fingerprinter) -> dict[str, str]:
-    """{path as written: fingerprint} for every input path of a verb config."""
+def _inputs(entry: TrainEntry, fp: Fingerprinter) -> dict[str, str]:
+    """{path as written: fingerprint} for every input path of an entry's config."""
+    try:
+        return _input_paths(entry.kind, entry.config, fp)
+    except UserError as error:
+        raise type(error)(f"{entry.kind} {entry.name}: {error}") from None
+
+
+def _input_paths(kind: str, values: Any, fp: Fingerprinter) -> dict[str, str]:
     found: dict[str, str] = {}
 
     def add(what: str, value: Any) -> None:
@@ -247,7 +255,7 @@ def build_plan(spec: Spec, store: Any = None) -> Plan:
             checkpoint=checkpoint.label, step=checkpoint.step, tokens_seen=checkpoint.tokens_seen)
     listed = list(bases)
     for entry in spec.pretrain:
-        job = Job(job_id("pretrain", entry.config, _inputs("pretrain", entry.config, fp), []), "pretrain", entry.name,
+        job = Job(job_id("pretrain", entry.config, _inputs(entry, fp), []), "pretrain", entry.name,
                   entry.values, resources={**spec.resources["pretrain"], **entry.resources}, sweep=spec.name)
         model = Model(key=entry.name, role="base", fingerprint=f"job:{job.id}", producer=job.dirname,
                       checkpoint=entry.name)
@@ -257,7 +265,7 @@ def build_plan(spec: Spec, store: Any = None) -> Plan:
     producers = {job.dirname: job.id for job in jobs}
     trained: list[Model] = []
     for entry in spec.finetunes + spec.cpt:
-        inputs = _inputs(entry.kind, entry.config, fp)
+        inputs = _inputs(entry, fp)
         for label in entry.bases or listed:
             base = bases[label]
             job = Job(job_id(entry.kind, entry.config, inputs, [base.fingerprint]), entry.kind, f"{entry.name}@{label}",
