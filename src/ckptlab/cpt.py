@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ckptlab import mlm
 from ckptlab.errors import ConfigError, UserError
 from ckptlab.init_model import InitModel, read_model_config, resolve_init, tokenizer_identity
 from ckptlab.train.loop import TrainConfig, check_allow_changed
@@ -80,6 +81,10 @@ class CptConfig:
     """Start AdamW with fresh moments; by default a ckptlab checkpoint's optimizer state is carried over."""
     context_length: int | None = None
     """Tokens per training sample; null = the model's max_position_embeddings."""
+    objective: Literal["causal", "mlm"] = "causal"
+    """causal: next-token prediction (causal LMs); mlm: masked-language modelling of an encoder (BERT, RoBERTa, MiniLM), BERT's 80/10/10 masking."""
+    mlm_probability: float = 0.15
+    """Share of every sequence's tokens (not special tokens or padding) masked with objective mlm."""
     validate_on: str = ""
     """Prepared directory whose val split gives the validation loss; empty = the first source of the last blend."""
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -118,6 +123,8 @@ class CptConfig:
             value = getattr(self.reuse, name)
             if not 0.0 < value <= 1.0:
                 raise ConfigError(f"reuse.{name}: expected 0 < x ≤ 1, got {value}")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ConfigError(f"mlm_probability: expected 0 < x < 1, got {self.mlm_probability}")
         if self.context_length is not None and self.context_length < 1:
             raise ConfigError(f"context_length: expected a positive integer, got {self.context_length}")
 
@@ -192,18 +199,23 @@ def cpt(config: CptConfig) -> int:
         if max_positions is not None and context > max_positions:
             raise UserError(f"context_length {context} is longer than the model allows (max_position_embeddings {max_positions})")
         data = _open_data(config, context, tokenizer, model_config, switch_step, global_batch, init.source)
+        if config.objective == "mlm":
+            data.train, data.val = _masked(config, tokenizer, model_config, data)
 
         fingerprints = {"data": data.fingerprint, "tokenizer": tokenizer_identity(tokenizer),
                         "model": shape_fingerprint(model_config)}
+        if config.objective == "mlm":
+            fingerprints["objective"] = f"mlm={config.mlm_probability}"
         initial_optimizer_state, optimizer_note = None, "fresh (reset_optimizer)"
         if resume_from is not None:
-            from transformers import AutoModelForCausalLM
+            from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
             run.accept_resume(resume_from, fingerprints, config.allow_changed, dist.is_main)
-            model = AutoModelForCausalLM.from_pretrained(resume_from, dtype=torch.float32)
+            auto = AutoModelForMaskedLM if config.objective == "mlm" else AutoModelForCausalLM
+            model = auto.from_pretrained(resume_from, dtype=torch.float32)
             optimizer_note = run.read_run_manifest().get("cpt", {}).get("optimizer_state", "restored on resume")
         else:
-            model = load_model(init.source)
+            model = mlm.load_masked_lm(init.source) if config.objective == "mlm" else load_model(init.source)
             if not config.reset_optimizer:
                 initial_optimizer_state, optimizer_note = _carried_optimizer_state(init, model, config.train)
         model.to(dist.device)
@@ -292,6 +304,17 @@ def _switch_step(config: CptConfig) -> int | None:
     if step is None:
         raise ConfigError(f"{key}: the LR does not fall to {threshold:g} within train.max_steps ({steps}); the blend would never switch")
     return step
+
+
+def _masked(config: CptConfig, tokenizer: Any, model_config: Any, data: _Data) -> tuple[Any, Any]:
+    """The training and validation batches re-masked for MLM (an encoder with a mask token only)."""
+    mlm.require_masked_lm(model_config, config.init_from)
+    if tokenizer.mask_token_id is None:
+        raise UserError(f"objective: mlm needs a tokenizer with a mask token; {config.init_from}'s has none")
+    masking = dict(probability=config.mlm_probability, seed=config.train.seed, mask_id=tokenizer.mask_token_id,
+                   vocab_size=int(model_config.vocab_size), special_ids=tokenizer.all_special_ids)
+    val = mlm.MaskedBatches(data.val, **masking) if data.val is not None else None
+    return mlm.MaskedBatches(data.train, **masking), val
 
 
 def _data_keys(config: CptConfig) -> list[tuple[str, str]]:

@@ -103,6 +103,8 @@ class FinetuneConfig:
     """Task split for the validation loss; when the task has no such split, val_fraction of train_split is held out."""
     val_fraction: float = 0.05
     """Share of training examples held out for validation when there is no validation split or file."""
+    objective: Literal["lm", "classification"] = "lm"
+    """lm: the answer tokens are loss targets (causal LMs); classification: a sequence-classification head over a classification task's choices (encoders such as BERT/MiniLM, or any model with such a class), evaluated by accuracy."""
     method: Literal["full", "lora", "last_k", "head"] = "full"
     """full: every weight trains; lora: low-rank adapters (peft), the base frozen; last_k: the last `last_k` transformer blocks, the final norm and the LM head; head: the LM head only (a head tied to the input embedding is untied first)."""
     last_k: int | None = None
@@ -168,6 +170,8 @@ class FinetuneConfig:
             raise ConfigError(f"dropout: expected 0 ≤ x < 1, got {self.dropout}")
         if not (math.isfinite(self.anchor_weight) and self.anchor_weight >= 0):
             raise ConfigError(f"anchor_weight: expected a number ≥ 0, got {self.anchor_weight}")
+        if self.objective == "classification" and (not self.task or self.replay or self.packing or self.method == "lora"):
+            raise ConfigError("objective: classification takes a --task (no --data, replay, packing or method lora)")
         if self.anchor_weight > 0 and self.method == "lora":
             raise ConfigError("anchor_weight: not with method lora (its trainable weights are adapters, not pre-trained weights)")
 
@@ -236,7 +240,8 @@ def finetune(config: FinetuneConfig) -> int:
             fingerprints["init"] = base_identity(init.source, init.checkpoint)
         model, trains, save_model = methods.make_model(
             config.method, init_source=init.source, tokenizer=tokenizer, resume_from=resume_from, seed=config.train.seed,
-            last_k=config.last_k, dropout=config.dropout, lora_config=config.lora, fingerprints=fingerprints)
+            last_k=config.last_k, dropout=config.dropout, lora_config=config.lora, fingerprints=fingerprints,
+            num_labels=len(source.task.choices) if config.objective == "classification" else None)
         if resume_from is not None:
             run.accept_resume(resume_from, fingerprints, config.allow_changed, dist.is_main)
         model.to(dist.device)
@@ -247,7 +252,7 @@ def finetune(config: FinetuneConfig) -> int:
             "lora": ({"r": config.lora.r, "alpha": config.lora.alpha, "dropout": config.lora.dropout,
                       "target_modules": trains["target_modules"]} if config.method == "lora" else None),
             "trainable": {**trains, "params": trainable, "total_params": count_parameters(model)},
-            "dropout": config.dropout, "anchor_weight": config.anchor_weight,
+            "objective": config.objective, "dropout": config.dropout, "anchor_weight": config.anchor_weight,
             **source.describe(config), **data.record,
         }
         if dist.is_main:
@@ -288,6 +293,12 @@ def finetune(config: FinetuneConfig) -> int:
                          "adapter": f"{entry['path']}/adapter" if config.method == "lora" else None,
                          "selected": "best_val_loss" if result.best_step is not None else "last_step",
                          "last_step": result.step, "stop_reason": result.stop_reason}
+            if config.objective == "classification":
+                from ckptlab import classification
+
+                chosen_model = classification.load(str(run.root / entry["path"]), len(source.task.choices))
+                run.final["accuracy"] = classification.accuracy(chosen_model, data.val_rows, data.pad_id)
+                say(f"validation accuracy of the fine-tuned model: {run.final['accuracy']}")
             run.write_run_manifest(run.read_run_manifest())
             say(f"complete at step {result.step} (loss {result.last_loss}); fine-tuned model: {run.root / entry['path']}")
         else:

@@ -66,22 +66,27 @@ def open_source(config: FinetuneConfig) -> Source:
     return Source(task=spec, template=template, splits=splits)
 
 
+def task_examples(config: FinetuneConfig, source: Source) -> tuple[list[Any], list[Any]]:
+    """(training, validation) examples of the task: val_split, else val_fraction held out by a hash."""
+    from ckptlab.data import sft
+    from ckptlab.evaluation.tasks import load_task_data
+
+    seed, spec, val_split = config.train.seed, source.task, source.val_split(config)
+    examples = load_task_data(spec, config.train_split).examples
+    if val_split is not None:
+        return examples, load_task_data(spec, val_split).examples
+    val = [e for e in examples if sft.held_out(seed, e.id, config.val_fraction)]
+    return [e for e in examples if not sft.held_out(seed, e.id, config.val_fraction)], val
+
+
 def rendered(config: FinetuneConfig, source: Source, tokenizer: Any) -> tuple[list[Any], list[Any]]:
     """(training, validation) examples as rendered segment lists."""
     from ckptlab.data import sft
 
     seed = config.train.seed
     if source.task is not None:
-        from ckptlab.evaluation.tasks import load_task_data
-
-        spec, val_split = source.task, source.val_split(config)
-        examples = load_task_data(spec, config.train_split).examples
-        if val_split is not None:
-            val = load_task_data(spec, val_split).examples
-        else:
-            val = [e for e in examples if sft.held_out(seed, e.id, config.val_fraction)]
-            examples = [e for e in examples if not sft.held_out(seed, e.id, config.val_fraction)]
-        render = lambda e: sft.render_task_example(spec, source.template, e)  # noqa: E731
+        examples, val = task_examples(config, source)
+        render = lambda e: sft.render_task_example(source.task, source.template, e)  # noqa: E731
         return [render(e) for e in examples], [render(e) for e in val]
 
     def render_all(records: list[tuple[int, dict[str, Any]]], file: str) -> list[Any]:
@@ -119,6 +124,9 @@ class FinetuneData:
     fingerprint: str
     mixture: Any
     record: dict[str, Any]
+    val_rows: list[Any] = field(default_factory=list)
+    """The validation examples (classification accuracy is computed on them)."""
+    pad_id: int = 0
 
     def step_fields(self, step: int) -> dict[str, Any]:
         """Metrics of 0-based step `step`: epochs of SFT examples read so far, replay samples in the step."""
@@ -137,21 +145,29 @@ def sft_samples(mixture: Any, samples: int) -> int:
 
 def build_data(config: FinetuneConfig, source: Source, tokenizer: Any, model_config: Any, max_length: int,
                 world_size: int, say: Any) -> FinetuneData:
+    from ckptlab import classification
     from ckptlab.data import sft
     from ckptlab.errors import DataError
 
     eos_id = tokenizer.eos_token_id
-    if eos_id is None:
+    if eos_id is None and config.objective == "lm":
         say("note: the tokenizer has no end-of-sequence token; targets end without one")
     pad_id = next((t for t in (tokenizer.pad_token_id, eos_id) if t is not None), 0)
-    rendered_train, rendered_val = rendered(config, source, tokenizer)
+    if config.objective == "classification":
+        train_raw, val_raw = task_examples(config, source)
+        train_examples, val_examples, skipped, val_skipped = (
+            classification.examples(source.task, source.template, train_raw, tokenizer, max_length),
+            classification.examples(source.task, source.template, val_raw, tokenizer, max_length), 0, 0)
+        rendered_train: list[Any] = train_raw
+    else:
+        rendered_train, rendered_val = rendered(config, source, tokenizer)
 
-    def tokenized(rendered: list[Any]) -> tuple[list[Any], int]:
-        kept = [sft.truncate(sft.tokenize(segments, tokenizer, eos_id), max_length) for segments in rendered]
-        return [k for k in kept if k is not None], sum(k is None for k in kept)
+        def tokenized(rendered: list[Any]) -> tuple[list[Any], int]:
+            kept = [sft.truncate(sft.tokenize(segments, tokenizer, eos_id), max_length) for segments in rendered]
+            return [k for k in kept if k is not None], sum(k is None for k in kept)
 
-    train_examples, skipped = tokenized(rendered_train)
-    val_examples, val_skipped = tokenized(rendered_val)
+        train_examples, skipped = tokenized(rendered_train)
+        val_examples, val_skipped = tokenized(rendered_val)
     what = f"task {source.task.name}" if source.task is not None else config.data
     if not train_examples:
         hint = "raise --max_length or shorten the prompts"
@@ -185,9 +201,15 @@ def build_data(config: FinetuneConfig, source: Source, tokenizer: Any, model_con
         val_batches = math.ceil(len(val_examples) / config.train.micro_batch_size)
     if not val_examples:
         say("note: no validation examples (no validation split, or val_fraction 0): no validation loss")
-    train_data = sft.SftBatches(train_examples, config.train.seed, pad_id, mixture=mixture, replay=replay)
-    val_data = sft.ValidationBatches(val_examples, pad_id) if val_examples else None
     settings = {"seed": config.train.seed, "max_length": max_length, "packing": config.packing, "replay": replay_record}
+    if config.objective == "classification":
+        train_data: Any = classification.ClassificationBatches(train_examples, config.train.seed, pad_id)
+        val_data: Any = classification.ClassificationValidation(val_examples, pad_id) if val_examples else None
+        fingerprint = classification.fingerprint(train_examples, settings)
+    else:
+        train_data = sft.SftBatches(train_examples, config.train.seed, pad_id, mixture=mixture, replay=replay)
+        val_data = sft.ValidationBatches(val_examples, pad_id) if val_examples else None
+        fingerprint = sft.fingerprint(train_examples, settings)
     epochs = sft_samples(mixture, max_steps * global_batch) / n
     record = {
         "examples": {"train": len(rendered_train), "skipped": skipped, "validation": len(val_examples),
@@ -197,7 +219,7 @@ def build_data(config: FinetuneConfig, source: Source, tokenizer: Any, model_con
     }
     return FinetuneData(train=train_data, val=val_data, train_count=n, skipped=skipped, val_count=len(val_examples),
                  global_batch=global_batch, max_steps=max_steps, val_every=val_every, val_batches=val_batches,
-                 epochs=epochs, fingerprint=sft.fingerprint(train_examples, settings), mixture=mixture, record=record)
+                 epochs=epochs, fingerprint=fingerprint, mixture=mixture, record=record, val_rows=val_examples, pad_id=pad_id)
 
 
 def open_replay(config: FinetuneConfig, tokenizer: Any, model_config: Any, max_length: int) -> tuple[Any, Any, dict[str, Any]]:

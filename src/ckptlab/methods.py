@@ -44,6 +44,19 @@ def final_norm(model: Any) -> Any | None:
     return None
 
 
+def output_head(model: Any) -> Any:
+    """The LM head, or a classifier's output layer (the last linear child: BERT's classifier, Llama's score)."""
+    import torch
+
+    head = model.get_output_embeddings()
+    if head is not None:
+        return head
+    linear = [module for _, module in model.named_children() if isinstance(module, torch.nn.Linear)]
+    if not linear:
+        raise UserError(f"method: cannot find the output head of this {model.config.model_type} model")
+    return linear[-1]
+
+
 def untie_head(model: Any) -> bool:
     """Give a tied output head its own copy of the embedding matrix; True when it was tied."""
     import torch
@@ -74,7 +87,7 @@ def select_trainable(model: Any, method: str, last_k: int | None = None) -> dict
     untied = untie_head(model)
     for param in model.parameters():
         param.requires_grad_(False)
-    trained = [model.get_output_embeddings()]
+    trained = [output_head(model)]
     record: dict[str, Any] = {"method": method, "untied_head": untied}
     if method == "last_k":
         trained += list(blocks[len(blocks) - last_k:])
@@ -111,11 +124,13 @@ def set_dropout(model: Any, probability: float) -> list[str]:
 
 
 def make_model(method: str, *, init_source: str, tokenizer: Any, resume_from: Any, seed: int, last_k: int | None,
-               dropout: float | None, lora_config: Any, fingerprints: dict[str, str]) -> tuple[Any, dict[str, Any], Any]:
+               dropout: float | None, lora_config: Any, fingerprints: dict[str, str],
+               num_labels: int | None = None) -> tuple[Any, dict[str, Any], Any]:
     """(model to train with only `method`'s parameters trainable, what trains (for run.json), save_model callback).
 
     A resumed run loads the checkpoint's weights (LoRA: the base from `init_source` and the
-    checkpoint's adapter); the torch RNG is seeded before anything random (LoRA's A matrices).
+    checkpoint's adapter); the torch RNG is seeded before anything random (LoRA's A matrices, a new
+    classifier). With `num_labels` the model is a sequence classifier (`ckptlab.classification`).
     """
     import torch
 
@@ -125,9 +140,15 @@ def make_model(method: str, *, init_source: str, tokenizer: Any, resume_from: An
 
     if method != "lora":
         if resume_from is not None:
-            from transformers import AutoModelForCausalLM
+            from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-            model = AutoModelForCausalLM.from_pretrained(resume_from, dtype=torch.float32)
+            auto = AutoModelForCausalLM if num_labels is None else AutoModelForSequenceClassification
+            model = auto.from_pretrained(resume_from, dtype=torch.float32)
+        elif num_labels is not None:
+            from ckptlab import classification
+
+            torch.manual_seed(seed)  # the classifier's initial weights
+            model = classification.load(init_source, num_labels)
         else:
             model = load_model(init_source)
         if dropout is not None:

@@ -68,11 +68,13 @@ def prepare(config: PrepareConfig) -> int:
             tokenizer = tokenizers.train_tokenizer(
                 train_documents, config.vocab_size, tokenizer_dir
             )
-        if tokenizer.eos_token_id is None:
+        # Encoders (BERT, MiniLM) have no end-of-text token: their separator ends each document.
+        eos_id = next((t for t in (tokenizer.eos_token_id, getattr(tokenizer, "sep_token_id", None)) if t is not None), None)
+        if eos_id is None:
             raise ConfigError(
-                f"tokenizer '{config.tokenizer}': has no end-of-text token (eos_token)"
+                f"tokenizer '{config.tokenizer}': has no end-of-text token (eos_token) or separator (sep_token)"
             )
-        vocab_size, eos_id = len(tokenizer), int(tokenizer.eos_token_id)
+        vocab_size, eos_id = len(tokenizer), int(eos_id)
         dtype = shards.token_dtype(vocab_size)
         print(f"tokenizing {plan['documents']:,} documents", flush=True)
         source_entries, splits = _write_shards(

@@ -155,6 +155,8 @@ def other_tokenizer(base) -> Path:
         ("tokenizer", "blend[0].data: {other} was prepared with another tokenizer than the model's"),
         ("context", "context_length 64 is longer than the model allows (max_position_embeddings 32)"),
         ("no_switch", "second_blend: say when to switch"),
+        ("mlm_on_causal", "objective: mlm needs an encoder with a masked-LM head (bert, roberta, ...); {pre} is a gpt_neox causal LM"),
+        ("mlm_probability", "mlm_probability: expected 0 < x < 1, got 1.5"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(base, other_tokenizer, tmp_path, case, expected):
@@ -166,9 +168,62 @@ def test_bad_input_is_one_line_exit_2(base, other_tokenizer, tmp_path, case, exp
         "tokenizer": ["--blend", str(other_tokenizer)],
         "context": ["--context_length", "64"],
         "no_switch": ["--recipe", "none", "--second_blend", str(base.general)],
+        "mlm_on_causal": ["--objective", "mlm"],
+        "mlm_probability": ["--objective", "mlm", "--mlm_probability", "1.5"],
     }[case]
     proc = cpt(base, run, *extra, check=False)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and expected.format(missing=missing, other=other_tokenizer) in lines[0], proc.stderr
+    assert len(lines) == 1 and expected.format(missing=missing, other=other_tokenizer, pre=base.pre) in lines[0], proc.stderr
     assert not (run / "checkpoints").exists()
+
+
+@pytest.fixture(scope="module")
+def encoder(base) -> Path:
+    """A tiny BERT (2 blocks, width 32) with a WordPiece tokenizer trained on the world's general corpus."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+    import torch
+
+    words = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    words.normalizer = normalizers.BertNormalizer(lowercase=True)
+    words.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words.train([str(base.root / "world" / "corpus" / "general.txt")],
+                trainers.WordPieceTrainer(vocab_size=400, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    tokenizer = BertTokenizerFast(tokenizer_object=words, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
+                                  cls_token="[CLS]", mask_token="[MASK]")
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                       intermediate_size=64, max_position_embeddings=64, pad_token_id=0))
+    out = base.root / "bert"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def test_mlm_continues_an_encoder_on_the_same_loop_and_checkpoint_format(base, encoder):
+    from transformers import AutoModelForMaskedLM
+
+    data, run = base.root / "general-wordpiece", base.root / "mlm-run"
+    run_cli("prepare", "--sources", str(base.root / "world" / "corpus" / "general.txt"), "--out", str(data),
+            "--tokenizer", str(encoder), "--val_fraction", "0.1")
+    run_cli("cpt", "--init_from", str(encoder), "--out", str(run), "--blend", str(data), "--objective", "mlm",
+            "--context_length", "32", "--train.schedule.lr", "3e-3", "--train.schedule.warmup_steps", "2", *COMMON)
+    manifest = json.loads((run / "run.json").read_text())
+    assert manifest["status"] == "complete" and manifest["fingerprints"]["objective"] == "mlm=0.15"
+    val = {c["step"]: c["val_loss"] for c in manifest["checkpoints"] if c["kept"]}
+    assert set(val) == {0, 8} and val[8] < val[0]  # masked-token loss on held-out windows
+    assert manifest["compute"]["tokens"] == 8 * 8 * 32 and manifest["compute"]["target_tokens"] > 0
+    model = AutoModelForMaskedLM.from_pretrained(run / "checkpoints" / "step-00000008")
+    assert type(model).__name__ == "BertForMaskedLM"
+    # Then sequence classification of the continued encoder on a world task, evaluated by accuracy.
+    tuned = base.root / "classify-run"
+    proc = run_cli("finetune", "--init_from", str(run), "--out", str(tuned), "--objective", "classification",
+                   "--task", str(base.root / "world" / "tasks" / "finance_sentiment.yaml"), "--train.max_steps", "6",
+                   "--train.progress", "false")
+    manifest = json.loads((tuned / "run.json").read_text())
+    accuracy = manifest["final"]["accuracy"]
+    assert 0.0 <= accuracy <= 1.0 and f"validation accuracy of the fine-tuned model: {accuracy}" in proc.stdout
+    config = json.loads((tuned / manifest["final"]["model"] / "config.json").read_text())
+    assert config["architectures"] == ["BertForSequenceClassification"] and len(config["id2label"]) == 3
+    assert manifest["finetune"]["objective"] == "classification" and manifest["compute"]["target_tokens"] == 6 * 8

@@ -277,6 +277,8 @@ def train(
     def summed_loss(input_ids: Any, attention_mask: Any, labels: Any) -> Any:
         with autocast:
             logits = forward_model(input_ids=input_ids, attention_mask=attention_mask).logits
+        if logits.ndim == 2:  # sequence classification: one position per sequence, labels [batch, 1]
+            logits = logits.unsqueeze(1)
         return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
 
     # Compiling the loss with the forward lets inductor fuse the upcast and log-softmax into the graph.
@@ -349,6 +351,7 @@ def train(
                 start = b * config.micro_batch_size
                 batch = _to_device(val_data.batch(range(start, start + config.micro_batch_size)), device)
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+                logits = logits.unsqueeze(1) if logits.ndim == 2 else logits
                 labels = batch["labels"]
                 total[0] += F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
                 total[1] += (labels != -100).sum()
