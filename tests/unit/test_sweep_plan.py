@@ -182,3 +182,17 @@ def test_unreadable_inputs_are_named_at_plan_time(sweep, tmp_path):
     sweep["finetunes"][0]["config"]["task"] = str(tmp_path / "missing.yaml")
     with pytest.raises(UserError, match=r"^finetune one: task file .*missing.yaml: not found"):
         build_plan(spec_from_dict(sweep))
+
+
+def test_a_job_asking_for_more_than_the_ray_cluster_has_is_refused_up_front(sweep, tmp_path):
+    from ckptlab.sweeps.executors import _check_fits, _Schedule
+
+    sweep["resources"] = {"finetune": {"num_gpus": 1}}
+    plan = build_plan(spec_from_dict(sweep))
+    schedule = _Schedule(plan, tmp_path / "out")
+    with pytest.raises(UserError, match=r"resources.finetune.num_gpus: finetune-one_early-.* asks for 1 GPUs, the Ray cluster has 0"):
+        _check_fits(plan, schedule, {"CPU": 2.0}, strict=True, say=print)
+    said = []
+    _check_fits(plan, schedule, {"CPU": 2.0}, strict=False, say=said.append)  # a cluster that may grow
+    assert said and said[0].startswith("warning: ")
+    _check_fits(plan, schedule, {"CPU": 2.0, "GPU": 1.0}, strict=True, say=print)

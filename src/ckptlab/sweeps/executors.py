@@ -158,6 +158,7 @@ def run_ray(plan: Plan, out: Path, progress: Progress, options: RayOptions) -> O
     schedule, outcome = _Schedule(plan, out), Outcome()
     running: dict[Any, Job] = {}
     try:
+        _check_fits(plan, schedule, ray.cluster_resources(), strict=not options.address, say=progress.say)
         while True:
             for job in schedule.ready():
                 schedule.started.add(job.id)
@@ -189,6 +190,24 @@ def run_ray(plan: Plan, out: Path, progress: Progress, options: RayOptions) -> O
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return outcome
+
+
+def _check_fits(plan: Plan, schedule: _Schedule, cluster: dict[str, float], strict: bool, say: Any) -> None:
+    """A task asking for more than the cluster has would wait for ever: refuse it on a local cluster
+    (an autoscaling one may still grow, so there it is only said)."""
+    from ckptlab.errors import UserError
+
+    for job in plan.jobs:
+        if job.id in schedule.done:
+            continue
+        for key, name in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
+            need, have = job.resources.get(key, 0), cluster.get(name, 0)
+            if need > have:
+                message = f"resources.{job.kind}.{key}: {job.dirname} asks for {need:g} {name}s, the Ray cluster has {have:g}"
+                if strict:
+                    raise UserError(message)
+                say(f"warning: {message}; it waits until the cluster has them")
+                return
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
