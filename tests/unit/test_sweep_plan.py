@@ -123,6 +123,7 @@ def test_failed_jobs_block_their_dependents_transitively(sweep):
     (lambda s: s["checkpoints"].append({"run": "/no/such/run"}), "checkpoints[2].run: /no/such/run is not a run directory"),
     (lambda s: s.update({"resources": {"finetune": {"gpus": 1}}}), "unknown key 'resources.finetune.gpus'"),
     (lambda s: s["evaluate"].update({"store": "x.sqlite"}), "evaluate.store: set by the sweep"),
+    (lambda s: s["finetunes"][0]["config"].update({"objective": "classification"}), "finetunes (one).config.objective"),
 ])
 def test_spec_errors_name_the_key(sweep, change, message):
     change(sweep)

@@ -242,6 +242,11 @@ def build_spec(config: Any) -> Spec:
         evaluate_config = build_verb_config("evaluate", evaluate, "evaluate")
         if not evaluate_config.tasks:
             raise ConfigError("evaluate.tasks: name the tasks to evaluate every model on")
+    for entry in sections["finetunes"]:
+        if evaluate is not None and getattr(entry.config, "objective", "lm") != "lm":
+            # `evaluate` scores choices by a causal LM's log-likelihood; a classifier head has none.
+            raise ConfigError(f"finetunes ({entry.name}).config.objective: {entry.config.objective} models cannot be "
+                              "scored by the sweep's evaluation (log-likelihood of a causal LM); use objective lm")
     resources = {}
     for kind in VERB_CONFIGS:
         given = (config.resources or {}).get(kind)
