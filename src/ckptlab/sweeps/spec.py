@@ -187,6 +187,8 @@ def _checkpoints(raw: Any) -> list[BaseCheckpoint]:
                     step = re.fullmatch(r"step(\d+)", str(revision or ""))
                     found.append(BaseCheckpoint(str(item.get("prefix") or "") + str(revision or item["hub"]), source,
                                                 "hub", int(step.group(1)) if step else None))
+        except ConfigError:
+            raise
         except UserError as error:
             raise ConfigError(f"{where}: {error}") from None
     labels = [c.label for c in found]
