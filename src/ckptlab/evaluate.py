@@ -80,7 +80,7 @@ class EvaluateConfig:
                 raise ConfigError(f"config key 'shots': expected numbers like 0,4, got {value!r}")
 
 
-def _plan_units(config: EvaluateConfig, say: Callable[[str], None]) -> list[Unit]:
+def plan_units(config: EvaluateConfig, say: Callable[[str], None]) -> list[Unit]:
     """Read, check and expand every task into units (before any model loads)."""
     from ckptlab.evaluation.runner import Unit
     from ckptlab.evaluation.tasks import find_task_files, load_task_data, read_task_file
@@ -164,7 +164,7 @@ def evaluate(config: EvaluateConfig) -> int:
     if config.export:
         check_export_path(config.export)
     say = functools.partial(print, flush=True)  # progress shows up in logs as it happens
-    units = _plan_units(config, say)  # every task and data row is checked here, before any model loads
+    units = plan_units(config, say)  # every task and data row is checked here, before any model loads
     refs = resolve_models(config.model, config.checkpoints)
     store = ResultStore(config.store)
     started = time.perf_counter()
@@ -183,7 +183,7 @@ def evaluate(config: EvaluateConfig) -> int:
             meta = {"model_source": ref.source, "model_label": ref.label}
 
             def load(ref: ModelRef = ref) -> tuple[Any, Any]:
-                return _load(ref.source, config.dtype, config.device, say)
+                return load_for_eval(ref.source, config.dtype, config.device, say)
 
             results, sensitivity = evaluator.run_model(model_fp, meta, units, load)
             _print_results(f"{ref.label} (model {model_fp})", results, sensitivity)
@@ -199,7 +199,7 @@ def evaluate(config: EvaluateConfig) -> int:
     return 0
 
 
-def _load(source: str, dtype: str, device: str, say: Callable[[str], None]) -> tuple[Any, Any]:
+def load_for_eval(source: str, dtype: str, device: str, say: Callable[[str], None]) -> tuple[Any, Any]:
     import torch
 
     from ckptlab.model import load_model, load_tokenizer

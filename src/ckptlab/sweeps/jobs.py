@@ -186,14 +186,14 @@ def _compute(model: dict[str, Any], out: Path) -> dict[str, Any] | None:
 
 
 def _evaluate(job: Any, out: Path, directory: Path) -> dict[str, Any]:
-    from ckptlab.evaluate import EvaluateConfig, _load, _plan_units
+    from ckptlab.evaluate import EvaluateConfig, load_for_eval, plan_units
     from ckptlab.evaluation.runner import Evaluator
     from ckptlab.evaluation.store import ResultStore
 
     model = job.model
     source = model_source(model, out)
     config = configlib.build(EvaluateConfig, {**copy.deepcopy(job.values), "model": [source], "store": str(out / STORE)})
-    units = _plan_units(config, print)
+    units = plan_units(config, print)
     store = ResultStore(config.store)
     try:
         ref, content, model_fp = _model_fp(source, config.dtype, store)
@@ -203,7 +203,7 @@ def _evaluate(job: Any, out: Path, directory: Path) -> dict[str, Any]:
         evaluator = Evaluator(store, config.batch_size, config.bootstrap, config.bootstrap_seed,
                               config.length_normalized, say=print)
         meta = {"model_source": _shown(source, out), "model_label": model["key"]}
-        evaluator.run_model(model_fp, meta, units, lambda: _load(ref.source, config.dtype, config.device, print))
+        evaluator.run_model(model_fp, meta, units, lambda: load_for_eval(ref.source, config.dtype, config.device, print))
         base = model.get("base") or model
         step, tokens = base.get("step"), base.get("tokens_seen")
         if step is None and base.get("producer"):  # a model pre-trained by the sweep itself

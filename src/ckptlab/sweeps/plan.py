@@ -282,9 +282,9 @@ def build_plan(spec: Spec, store: Any = None) -> Plan:
     task_fps: list[str] = []
     evaluations: dict[str, Job] = {}
     if spec.evaluate is not None:
-        from ckptlab.evaluate import _plan_units
+        from ckptlab.evaluate import plan_units
 
-        units = _plan_units(spec.evaluate_config, lambda line: None)
+        units = plan_units(spec.evaluate_config, lambda line: None)
         task_fps = sorted({unit.task.fingerprint for unit in units})
         for model in list(bases.values()) + trained:
             evaluations[model.producer or model.key] = Job(
