@@ -183,18 +183,18 @@ def multiple_choice(
     return records
 
 
-PREMISE_FACTS = (1, 2)
-"""How many facts a premise states (drawn uniformly, whatever the label). Longer premises add
-distractor sentences that a demo-size model cannot see past in a short fine-tune."""
+PREMISE_FACTS = 1
+"""How many facts a premise states. With two or three, a 1.3M-parameter model fine-tuned for 6,400
+examples stayed at chance (it learned the label prior); with one it learns the relation."""
 
 
 def nli(task: str, pool: Pool, count: int, rng: random.Random) -> list[Record]:
-    """Premise: one or two functional facts of one subject. The hypothesis is about the same subject.
+    """Premise: PREMISE_FACTS functional facts of one subject. The hypothesis is about the same subject.
     Entailment restates a premise fact in another wording; contradiction states the same kind of
     fact with another value, also in another wording than the premise's; neutral states a kind of
-    fact the premise does not (true or not, each kind equally often), or, when the premise says
-    where the subject was born (lives) and not where they live (were born), the trap: lives (born)
-    in that same city.
+    fact the premise does not (each kind equally often; true or not), and when that kind is where
+    the subject lives (was born) and the premise says where they were born (live), half the time
+    the trap: lives (born) in that same city.
 
     Surface cues are kept off the label: every label draws premises the same way, hypotheses from
     the same templates and each kind of fact about equally often; only comparing the hypothesis with
@@ -207,7 +207,7 @@ def nli(task: str, pool: Pool, count: int, rng: random.Random) -> list[Record]:
         # functional facts, one per type (a company's quarterly results are one type)
         functional = [f for f in pool.facts_of(subject) if f.type in pool.functional]
         first_of_type = list({f.type: f for f in rng.sample(functional, len(functional))}.values())
-        premise_facts = rng.sample(first_of_type, rng.randint(*PREMISE_FACTS))
+        premise_facts = rng.sample(first_of_type, PREMISE_FACTS)
         wordings = [F.render_for_task(f, rng) for f in premise_facts]
         premise = " ".join(text for text, _ in wordings)
         template_of = {f: index for f, (_, index) in zip(premise_facts, wordings)}
@@ -217,19 +217,18 @@ def nli(task: str, pool: Pool, count: int, rng: random.Random) -> list[Record]:
             hypothesis, _ = F.render_for_task(fact, rng, avoid=template_of[stated])
         else:
             stated_types = {f.type for f in premise_facts}
-            # born in C does not tell where one lives, nor the other way round
-            places = [f for f in premise_facts if f.type in ("birthplace", "home_city")
-                      and ({"birthplace", "home_city"} - stated_types)]
+            # a kind of fact the premise does not state (or another quarter's results), each kind
+            # equally often, so the kind of hypothesis does not give the label away
+            unstated = [f for f in functional if f not in premise_facts
+                        and (f.type not in stated_types or f.type == "results")]
+            fact_type = rng.choice(sorted({f.type for f in unstated}))
+            fact = rng.choice([f for f in unstated if f.type == fact_type])
+            # the trap: born in C does not tell where one lives, nor the other way round
+            places = [f for f in premise_facts if {f.type, fact_type} == {"birthplace", "home_city"}]
             if places and rng.random() < 0.5:
-                fact = pool.confusable(rng.choice(places), rng)
-            else:
-                # a kind of fact the premise does not state (or another quarter's results)
-                unstated = [f for f in functional if f not in premise_facts
-                            and (f.type not in stated_types or f.type == "results")]
-                fact_type = rng.choice(sorted({f.type for f in unstated}))
-                fact = rng.choice([f for f in unstated if f.type == fact_type])
-                if rng.random() < 0.5:
-                    fact = pool.other_value(fact, rng)
+                fact = pool.confusable(places[0], rng)
+            elif rng.random() < 0.5:
+                fact = pool.other_value(fact, rng)
             hypothesis, _ = F.render_for_task(fact, rng)
         out.add({"premise": premise, "hypothesis": hypothesis, "label": label, "subject": subject,
                  "fact_type": fact.type}, (premise, hypothesis))
