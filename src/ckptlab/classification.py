@@ -118,11 +118,10 @@ def load(source: str, num_labels: int) -> Any:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from ckptlab.model import hub_snapshot, parse_source
+    from ckptlab.init_model import model_directory
 
-    parsed = parse_source(source)
-    directory = parsed.path if parsed.kind == "directory" else hub_snapshot(parsed.repo_id, parsed.revision)
     try:
-        return AutoModelForSequenceClassification.from_pretrained(directory, num_labels=num_labels, dtype=torch.float32)
+        return AutoModelForSequenceClassification.from_pretrained(model_directory(source), num_labels=num_labels,
+                                                                  dtype=torch.float32)
     except ValueError as error:
         raise UserError(f"objective: classification: {source} has no sequence-classification class ({str(error).splitlines()[0]})") from None

@@ -48,19 +48,28 @@ def resolve_init(init_from: str) -> InitModel:
     return InitModel(source=str(path), checkpoint=path, run_config=run_config if is_run else None)
 
 
-def read_model_config(source: str) -> Any:
-    """The model's HF config without loading its weights (a .gguf file is read whole)."""
-    from ckptlab.model import hub_snapshot, load_model, parse_source
+def model_directory(source: str) -> str:
+    """The HF directory of a directory or hub-id source (downloaded or found in the cache)."""
+    from ckptlab.model import hub_snapshot, parse_source
 
     parsed = parse_source(source)
     if parsed.kind == "gguf":
-        return load_model(source).config
-    from transformers import AutoConfig
-
+        raise UserError(f"init_from {source}: a .gguf file holds a causal LM; give an HF directory or hub id")
     directory = parsed.path if parsed.kind == "directory" else hub_snapshot(parsed.repo_id, parsed.revision)
     if not (Path(directory) / "config.json").is_file():
         raise UserError(f"init_from {source}: {directory} has no config.json (not an HF model directory)")
-    return AutoConfig.from_pretrained(directory)
+    return str(directory)
+
+
+def read_model_config(source: str) -> Any:
+    """The model's HF config without loading its weights (a .gguf file is read whole)."""
+    from ckptlab.model import load_model, parse_source
+
+    if parse_source(source).kind == "gguf":
+        return load_model(source).config
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model_directory(source))
 
 
 def tokenizer_identity(tokenizer: Any) -> str:

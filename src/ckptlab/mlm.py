@@ -38,11 +38,9 @@ def load_masked_lm(source: str) -> Any:
     import torch
     from transformers import AutoModelForMaskedLM
 
-    from ckptlab.model import hub_snapshot, parse_source
+    from ckptlab.init_model import model_directory
 
-    parsed = parse_source(source)
-    directory = parsed.path if parsed.kind == "directory" else hub_snapshot(parsed.repo_id, parsed.revision)
-    return AutoModelForMaskedLM.from_pretrained(directory, dtype=torch.float32)
+    return AutoModelForMaskedLM.from_pretrained(model_directory(source), dtype=torch.float32)
 
 
 class MaskedBatches:
