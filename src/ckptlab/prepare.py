@@ -199,6 +199,14 @@ def _documents(config: PrepareConfig, plan: dict[str, Any]):
 def _encoder(tokenizer):
     """A function from a list of texts to lists of ids, without special tokens."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        from tokenizers import Tokenizer
+
+        # A tokenizer.json may pad and truncate every encoding (sentence-transformers models pad and
+        # cut at 128 tokens): documents must be tokenized whole, without padding. A copy is changed.
+        backend = Tokenizer.from_str(backend.to_str())
+        backend.no_padding()
+        backend.no_truncation()
     if backend is not None and hasattr(backend, "encode_batch_fast"):
         return lambda texts: [
             e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)
