@@ -113,7 +113,48 @@ def test_failed_jobs_block_their_dependents_transitively(sweep):
     assert all(j.kind == "evaluate" for j in plan.jobs if j.id in blocked)
 
 
+def chained(sweep: dict) -> dict:
+    """`one` on both checkpoints, then `three` fine-tunes each of one's models (defined before it)."""
+    three = {"name": "three", "after": "one", "config": {"task": sweep["finetunes"][1]["config"]["task"]}}
+    sweep["finetunes"] = [three] + sweep["finetunes"]
+    return sweep
+
+
+def test_a_chain_fine_tunes_the_models_of_its_after_entry(sweep):
+    before = ids(sweep)
+    plan = build_plan(spec_from_dict(chained(sweep)))
+    after = {job.name + "/" + job.kind: job.id for job in plan.jobs}
+    assert {k: after[k] for k in before} == before  # the chain adds jobs, it changes none
+    by_name = {(j.name, j.kind): j for j in plan.jobs}
+    position = {job.id: i for i, job in enumerate(plan.jobs)}
+    for label in ("early", "late"):
+        first, second = by_name[(f"one@{label}", "finetune")], by_name[(f"three@{label}", "finetune")]
+        assert second.deps == [first.id] and position[first.id] < position[second.id]
+        assert second.model["fingerprint"] == f"job:{first.id}" and second.model["finetune"] == "one"
+        evaluation = by_name[(f"three@{label}", "evaluate")].model
+        assert (evaluation["role"], evaluation["finetune"], evaluation["checkpoint"]) == ("finetuned", "three", label)
+        assert evaluation["parent"]["key"] == f"one@{label}" and evaluation["base"]["key"] == label
+    sweep["finetunes"][1]["config"]["train.schedule.lr"] = 2e-3  # one's learning rate: the chain re-runs
+    again = ids(sweep)
+    assert sorted(k for k in after if after[k] != again[k]) == [
+        f"{name}@{label}/{kind}" for name in ("one", "three") for label in ("early", "late")
+        for kind in ("evaluate", "finetune")]
+
+
+def test_a_chain_follows_its_after_entry_checkpoints(sweep):
+    sweep["finetunes"].append({"name": "three", "after": "two", "config": sweep["finetunes"][0]["config"]})
+    plan = build_plan(spec_from_dict(sweep))
+    assert [j.name for j in plan.jobs if j.kind == "finetune"] == ["one@early", "one@late", "two@late", "three@late"]
+    sweep["finetunes"][2]["from"] = ["early"]
+    with pytest.raises(ConfigError, match=r"^finetunes \(three\).from: 'early' is not fine-tuned by 'two'"):
+        spec_from_dict(sweep)
+
+
 @pytest.mark.parametrize("change, message", [
+    (lambda s: s["finetunes"][1].update({"after": "nope"}), "finetunes (two).after: no finetunes entry 'nope'"),
+    (lambda s: s["finetunes"][1].update({"after": "two"}), "finetunes (two).after: the chain is a cycle (two → two)"),
+    (lambda s: [s["finetunes"][0].update({"after": "two"}), s["finetunes"][1].update({"after": "one"})],
+     "the chain is a cycle (one → two → one)"),
     (lambda s: s["finetunes"][0]["config"].update({"train.lr": 1}), "finetunes[0] (one).config: unknown config key 'train.lr'"),
     (lambda s: s["finetunes"][0]["config"].update({"init_from": "x"}), "finetunes[0] (one).config.init_from: set by the sweep"),
     (lambda s: s["finetunes"][0]["config"].update({"method": "qlora"}), "config key 'method'"),

@@ -185,6 +185,26 @@ def _compute(model: dict[str, Any], out: Path) -> dict[str, Any] | None:
     return compute
 
 
+def _pretrain_compute(ref: Any) -> dict[str, Any] | None:
+    """What a kept pre-training checkpoint cost: its run's `compute` record scaled to the tokens the
+    checkpoint had seen (FLOPs, wall time and energy grow with tokens at a fixed shape), so the
+    report can weigh a score against pre-training compute too. None outside a ckptlab run."""
+    if not ref.run or not ref.tokens_seen:
+        return None
+    from ckptlab.train.run_dir import RunDir
+
+    try:
+        compute = RunDir(Path(ref.run)).read_run_manifest().get("compute") or {}
+    except (OSError, ValueError, UserError):
+        return None
+    if not compute.get("tokens") or compute.get("flops") is None:
+        return None
+    share = ref.tokens_seen / compute["tokens"]
+    scaled = {k: v * share for k, v in compute.items() if k in ("flops", "wall_s", "energy_kwh") and v is not None}
+    kept = {k: v for k, v in compute.items() if k not in scaled and k not in ("tokens", "target_tokens")}
+    return {**kept, **scaled, "tokens": ref.tokens_seen, "scaled_from_run_tokens": compute["tokens"]}
+
+
 def _evaluate(job: Any, out: Path, directory: Path) -> dict[str, Any]:
     from ckptlab.evaluate import EvaluateConfig, load_for_eval, plan_units
     from ckptlab.evaluation.runner import Evaluator
@@ -216,7 +236,7 @@ def _evaluate(job: Any, out: Path, directory: Path) -> dict[str, Any]:
             "finetune": model.get("finetune"), "finetune_task": model.get("finetune_task"),
             "method": model.get("method"), "variant": model.get("variant"),
             "parent_fp": _model_fp(model_source(parent, out), config.dtype, store)[2] if parent else None,
-            "compute": _compute(model, out),
+            "compute": _compute(model, out) if model.get("producer") else _pretrain_compute(ref),
         })
     finally:
         store.close()

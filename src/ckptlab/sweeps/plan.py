@@ -23,7 +23,7 @@ from typing import Any
 from ckptlab import __version__
 from ckptlab import config as configlib
 from ckptlab.errors import UserError
-from ckptlab.sweeps.spec import Spec, TrainEntry
+from ckptlab.sweeps.spec import Spec, TrainEntry, chain_bases
 
 # Keys that say where outputs go or how progress is shown: they never change results. The input
 # model is hashed by its fingerprint, an evaluation's tasks by theirs, not by how they were named.
@@ -264,21 +264,28 @@ def build_plan(spec: Spec, store: Any = None) -> Plan:
         bases[entry.name] = model
     producers = {job.dirname: job.id for job in jobs}
     trained: list[Model] = []
+    made: dict[str, dict[str, Model]] = {}  # finetune entry → base label → its model (for `after`)
     for entry in spec.finetunes + spec.cpt:
         inputs = _inputs(entry, fp)
-        for label in entry.bases or listed:
+        labels = chain_bases(entry, spec.finetunes, listed) if entry.kind == "finetune" else entry.bases or listed
+        for label in labels:
             base = bases[label]
-            job = Job(job_id(entry.kind, entry.config, inputs, [base.fingerprint]), entry.kind, f"{entry.name}@{label}",
-                      entry.values, deps=[producers[base.producer]] if base.producer else [], model=asdict(base),
-                      resources={**spec.resources[entry.kind], **entry.resources}, sweep=spec.name)
+            # A chained entry starts from its `after` entry's model of this checkpoint: that model's
+            # fingerprint is its job's id, so this job's id covers the whole chain.
+            parent = made[entry.after][label] if entry.after else base
+            job = Job(job_id(entry.kind, entry.config, inputs, [parent.fingerprint]), entry.kind,
+                      f"{entry.name}@{label}", entry.values, deps=[producers[parent.producer]] if parent.producer else [],
+                      model=asdict(parent), resources={**spec.resources[entry.kind], **entry.resources}, sweep=spec.name)
             jobs.append(job)
             producers[job.dirname] = job.id
-            trained.append(Model(
+            model = Model(
                 key=job.name, role="finetuned" if entry.kind == "finetune" else "cpt", fingerprint=f"job:{job.id}",
                 producer=job.dirname, checkpoint=base.checkpoint, step=base.step, tokens_seen=base.tokens_seen,
                 finetune=entry.name, finetune_task=_finetune_task(entry),
                 method=_method(entry), variant=entry.variant,
-                parent=asdict(base), base=asdict(base)))
+                parent=asdict(parent), base=asdict(base))
+            trained.append(model)
+            made.setdefault(entry.name, {})[label] = model
     task_fps: list[str] = []
     evaluations: dict[str, Job] = {}
     if spec.evaluate is not None:

@@ -24,7 +24,7 @@ VERB_CONFIGS = {
     "cpt": ("ckptlab.cpt", "CptConfig", ("init_from", "out", "resume")),
     "evaluate": ("ckptlab.evaluate", "EvaluateConfig", ("model", "store", "export", "checkpoints")),
 }
-ENTRY_KEYS = {"name", "config", "preset", "variant", "from", "resources"}
+ENTRY_KEYS = {"name", "config", "preset", "variant", "from", "after", "resources"}
 RESOURCE_KEYS = {"num_cpus", "num_gpus"}
 DEFAULT_RESOURCES = {"num_cpus": 1, "num_gpus": 0}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -58,6 +58,9 @@ class TrainEntry:
     bases: list[str] | None = None
     """Labels of the models to start from; None = every checkpoint of the `checkpoints` section."""
     resources: dict[str, float] = field(default_factory=dict)
+    after: str | None = None
+    """Finetune entries only: the finetune entry whose output models this one fine-tunes (a chain);
+    None = fine-tune the base models."""
 
 
 @dataclass
@@ -150,8 +153,60 @@ def _train_entry(kind: str, section: str, index: int, raw: Any, names: set[str])
         if kind == "pretrain" or not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
             raise ConfigError(f"{where}.from: expected a list of checkpoint labels to start from")
     variant = raw.get("variant")
+    after = raw.get("after")
+    if after is not None and (kind != "finetune" or not isinstance(after, str)):
+        raise ConfigError(f"{where}.after: expected the name of another finetunes entry (finetunes only)")
     return TrainEntry(kind, name, values, config, None if variant is None else str(variant), bases,
-                      _resources(raw.get("resources"), f"{where}.resources"))
+                      _resources(raw.get("resources"), f"{where}.resources"), after)
+
+
+def chain_order(finetunes: list[TrainEntry]) -> list[TrainEntry]:
+    """The finetune entries with every `after` target before the entries chained to it (the given
+    order otherwise, so a sweep without chains plans exactly as before); unknown targets and
+    cycles are one-line errors naming the entry."""
+    by_name = {entry.name: entry for entry in finetunes}
+    for entry in finetunes:
+        seen = [entry.name]
+        current = entry
+        while current.after is not None:
+            if current.after not in by_name:
+                raise ConfigError(f"finetunes ({current.name}).after: no finetunes entry '{current.after}' "
+                                  f"(entries: {', '.join(sorted(by_name))})")
+            if current.after in seen:
+                cycle = " → ".join(seen[seen.index(current.after):] + [current.after])
+                raise ConfigError(f"finetunes ({current.name}).after: the chain is a cycle ({cycle})")
+            seen.append(current.after)
+            current = by_name[current.after]
+    ordered: list[TrainEntry] = []
+    placed: set[str] = set()
+
+    def place(entry: TrainEntry) -> None:
+        if entry.name in placed:
+            return
+        if entry.after is not None:
+            place(by_name[entry.after])
+        ordered.append(entry)
+        placed.add(entry.name)
+
+    for entry in finetunes:
+        place(entry)
+    return ordered
+
+
+def chain_bases(entry: TrainEntry, finetunes: list[TrainEntry], listed: list[str]) -> list[str]:
+    """Labels of the base checkpoints an entry's models descend from (following `after`)."""
+    by_name = {e.name: e for e in finetunes}
+    mine = entry.bases or listed
+    if entry.after is None:
+        return mine
+    upstream = chain_bases(by_name[entry.after], finetunes, listed)
+    if entry.bases is None:
+        return upstream
+    missing = [b for b in entry.bases if b not in upstream]
+    if missing:
+        raise ConfigError(f"finetunes ({entry.name}).from: '{missing[0]}' is not fine-tuned by '{entry.after}' "
+                          f"(it fine-tunes: {', '.join(upstream)})")
+    return mine
 
 
 def _checkpoints(raw: Any) -> list[BaseCheckpoint]:
@@ -230,12 +285,15 @@ def build_spec(config: Any) -> Spec:
     for section, kind in (("pretrain", "pretrain"), ("finetunes", "finetune"), ("cpt", "cpt")):
         raw = getattr(config, section)
         sections[section] = [_train_entry(kind, section, i, item, names) for i, item in enumerate(raw)]
+    sections["finetunes"] = chain_order(sections["finetunes"])
     labels = {c.label for c in checkpoints} | {e.name for e in sections["pretrain"]}
     for entry in sections["finetunes"] + sections["cpt"]:
         unknown = [b for b in entry.bases or [] if b not in labels]
         if unknown:
             raise ConfigError(f"{entry.kind} {entry.name}.from: no checkpoint or pretrain entry '{unknown[0]}' "
                               f"(labels: {', '.join(sorted(labels))})")
+    for entry in sections["finetunes"]:
+        chain_bases(entry, sections["finetunes"], [c.label for c in checkpoints])
     if not checkpoints and not sections["pretrain"]:
         raise ConfigError("checkpoints: the sweep names no checkpoint to start from (and no pretrain entry)")
     evaluate, evaluate_config = None, None
