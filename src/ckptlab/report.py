@@ -128,7 +128,8 @@ def build_study(config: ReportConfig) -> Any:
 
 
 def report(config: ReportConfig) -> int:
-    from ckptlab.reporting import analysis, findings
+    from ckptlab.reporting import analysis, findings, sequential
+    from ckptlab.reporting import compute as costs
     from ckptlab.reporting import html as pages
 
     study = build_study(config)
@@ -143,8 +144,14 @@ def report(config: ReportConfig) -> int:
         "forgetting": analysis.forgetting_table(study),
         "sensitivity": analysis.sensitivity_table(study),
         "cpt": analysis.cpt_table(study, config.cpt_domain),
+        "compute": costs.compute_table(study),
+        "gain_per_pflop": costs.gain_per_pflop_table(study),
+        "frontier": costs.frontier_table(study),
+        "sequential": sequential.sequential_table(study),
+        "sequential_replay": sequential.replay_comparison(study),
         "findings": [{"finding": f["id"], "outcome": f["outcome"], **s} for f in results for s in f["statistics"]],
     }
+    tables["recommendation"] = costs.recommendation_table(study, tables["frontier"])
     for name, rows in tables.items():
         write_csv(out / "tables" / f"{name}.csv", rows)
     (out / "findings.json").write_text(json.dumps(_json_safe(results), indent=2, ensure_ascii=False) + "\n",

@@ -141,3 +141,40 @@ def contrary_store(path: Path) -> Path:
         return base(task, step) + 0.3 * (base(task, step) - CHANCE[task]) + 0.02  # rich get richer
 
     return build_store(path, TASKS, steps, {"nli": "world_nli"}, base, tuned)
+
+
+# chain_store: nli (full and lora) on two checkpoints, then paraphrase after the full nli model, with
+# and without replay. Scores by (model, step) on (world_nli, world_paraphrase); FLOPs per run.
+CHAIN_SCORES = {
+    "base": {100: (0.35, 0.50), 1000: (0.35, 0.55)},
+    "nli": {100: (0.80, 0.50), 1000: (0.90, 0.55)},
+    "nli-lora": {100: (0.78, 0.50), 1000: (0.89, 0.55)},
+    "para": {100: (0.60, 0.90), 1000: (0.70, 0.92)},
+    "para-replay": {100: (0.75, 0.88), 1000: (0.85, 0.90)},
+}
+CHAIN_FLOPS = {"nli": 1e13, "nli-lora": 2e12, "para": 5e12, "para-replay": 6e12}  # a base: step × 1e12
+
+
+def chain_store(path: Path, n: int = 200, base_flops: bool = True) -> Path:
+    """A sweep with sequential fine-tuning and compute records (see CHAIN_SCORES, CHAIN_FLOPS)."""
+    rng = random.Random(0)
+    store = ResultStore(path)
+    tasks = ["world_nli", "world_paraphrase"]
+    runs = {"nli": ("world_nli", "full", None, None), "nli-lora": ("world_nli", "lora", None, None),
+            "para": ("world_paraphrase", "full", None, "nli"),
+            "para-replay": ("world_paraphrase", "full", "replay=0.25", "nli")}
+    try:
+        for step in (100, 1000):
+            common = {"checkpoint": f"step-{step:08d}", "step": step, "tokens_seen": step * 1000}
+            scores = {name: dict(zip(tasks, by_step[step])) for name, by_step in CHAIN_SCORES.items()}
+            _model(store, f"base-{step}", tasks, scores["base"].get, 0.0, n, rng, role="base",
+                   compute={"flops": step * 1e12} if base_flops else None, **common)
+            for name, (task, method, variant, after) in runs.items():
+                compute = {"flops": CHAIN_FLOPS[name], "matmul_params": 1000, "trainable_params": 10 if method == "lora" else 1000,
+                           "tokens": 5000, "wall_s": 2.0, "energy_kwh": 1e-5}
+                _model(store, f"{name}-{step}", tasks, scores[name].get, 0.0, n, rng, role="finetuned", finetune=name,
+                       finetune_task=task, method=method, variant=variant,
+                       parent_fp=f"{after}-{step}" if after else f"base-{step}", compute=compute, **common)
+    finally:
+        store.close()
+    return path

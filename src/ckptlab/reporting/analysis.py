@@ -50,6 +50,8 @@ class Study:
         extra = [x for x in (task if task != name else "", model.variant) if x]
         if parent is not None and parent.role == "cpt":
             extra.append(f"after cpt {parent.finetune or parent.checkpoint}")
+        if parent is not None and parent.role == "finetuned":  # sequential fine-tuning (`after:`)
+            extra.append(f"after {parent.finetune or training_name(parent.finetune_task)}")
         return name + (f" ({', '.join(extra)})" if extra else "")
 
     def recipes(self) -> dict[str, list[SweepModel]]:
@@ -57,6 +59,17 @@ class Study:
         for model in self.of_role("finetuned"):
             out.setdefault(self.recipe(model), []).append(model)
         return out
+
+    def lineage(self, model: SweepModel) -> list[SweepModel]:
+        """The model, the model it was trained from, and so on back to its base checkpoint."""
+        chain = [model]
+        while (parent := self.parent(chain[-1])) is not None and parent not in chain:
+            chain.append(parent)
+        return chain
+
+    def in_task(self, model: SweepModel) -> list[str]:
+        """The eval sets a fine-tuned model trained on."""
+        return [t for t in self.tasks if self.taxonomy.relation(t, model.finetune_task) == "in-task"]
 
     def score(self, model: SweepModel, task: str) -> np.ndarray | None:
         return self.means.score(model.model_fp, task)
@@ -223,15 +236,16 @@ def cpt_table(study: Study, domain: str | None = None) -> list[dict[str, Any]]:
             groups[group].append(change)
             start, after = study.score(parent, task), study.score(model, task)
             rows.append({**_row_of(study, model), "start": parent.checkpoint, "task": task, "group": group,
-                         "start_score": float(start[0]), "cpt_score": float(after[0]), **_change(study, change)})
+                         "start_score": float(start[0]), "cpt_score": float(after[0]), **change_ci(study, change)})
         for group, changes in groups.items():
             if changes:
                 rows.append({**_row_of(study, model), "start": parent.checkpoint if parent else "",
                              "task": f"mean of {group} sets ({len(changes)})", "group": group,
-                             "start_score": math.nan, "cpt_score": math.nan, **_change(study, mean_of(changes))})
+                             "start_score": math.nan, "cpt_score": math.nan, **change_ci(study, mean_of(changes))})
     return rows
 
 
-def _change(study: Study, values: np.ndarray | None) -> dict[str, float]:
+def change_ci(study: Study, values: np.ndarray | None) -> dict[str, float]:
+    """A change with its interval, as table columns: change, ci_low, ci_high."""
     ci = study.ci(values)
     return {"change": ci["value"], "ci_low": ci["ci_low"], "ci_high": ci["ci_high"]}

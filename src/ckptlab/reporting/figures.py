@@ -204,3 +204,37 @@ def cpt_bars(rows: list[dict[str, Any]], path: Path) -> Path:
         ax.set_title("Continued pre-training")
         ax.legend(fontsize=7)
         return _save(fig, path)
+
+
+def frontier(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Per eval set: score vs total compute (pre-training + training, log scale) of every model,
+    coloured by method, with the Pareto frontier drawn through its points."""
+    plt = _plt()
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    methods = sorted({r["method"] for r in rows})
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    with plt.rc_context(RC):
+        n_rows, columns = _grid(len(tasks), 3)
+        fig, axes = plt.subplots(n_rows, columns, figsize=(4.2 * columns, 3.4 * n_rows), squeeze=False)
+        for ax, task in zip(axes.flat, tasks):
+            mine = [r for r in rows if r["task"] == task and r["total_pflops"] > 0]
+            for method in methods:
+                points = [r for r in mine if r["method"] == method]
+                if points:
+                    ax.errorbar([r["total_pflops"] for r in points], [r["value"] for r in points],
+                                yerr=_error_bars(points, "value"), fmt="o", markersize=4, capsize=2,
+                                color=colours[method], label=method)
+            edge = sorted((r for r in mine if r["on_frontier"]), key=lambda r: r["total_pflops"])
+            ax.step([r["total_pflops"] for r in edge], [r["value"] for r in edge], where="post", color="black",
+                    linewidth=1, label="frontier")
+            ax.set_xscale("log")
+            ax.set_xlabel("total compute (PFLOPs)")
+            ax.set_ylabel("score")
+            ax.set_title(task)
+        for ax in list(axes.flat)[len(tasks):]:
+            ax.axis("off")
+        handles, labels = _legend_entries(axes)
+        fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=7,
+                   bbox_to_anchor=(0.5, -0.02))
+        fig.tight_layout(rect=(0, 0.05, 1, 1))
+        return _save(fig, path)

@@ -17,7 +17,8 @@ def fmt(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:.3f}"
+        # FLOPs, PFLOPs and gains per PFLOP span many orders of magnitude; scores do not.
+        return f"{value:.3g}" if value and not 1e-3 <= abs(value) < 1e5 else f"{value:.3f}"
     return str(value)
 
 
@@ -50,8 +51,10 @@ def draw_figures(study: Any, tables: dict[str, list[dict[str, Any]]], results: l
 
     drawn = []
 
-    def add(name: str, title: str, caption: str, path: Path, html_tables: list[dict[str, Any]] | None = None) -> None:
-        drawn.append({"name": name, "title": title, "caption": caption, "data": embedded(path), "tables": html_tables or []})
+    def add(name: str, title: str, caption: str, path: Path | None,
+            html_tables: list[dict[str, Any]] | None = None) -> None:
+        drawn.append({"name": name, "title": title, "caption": caption, "data": embedded(path) if path else "",
+                      "tables": html_tables or []})
 
     bases = study.of_role("base")
     panels = [("base checkpoints", *analysis.heatmap(study, bases))] if bases else []
@@ -87,7 +90,50 @@ def draw_figures(study: Any, tables: dict[str, list[dict[str, Any]]], results: l
         add("cpt", "Continued pre-training", "Change of each cpt model vs its starting checkpoint on domain and "
             "general eval sets (per-set rows in tables/cpt.csv).", figures.cpt_bars(tables["cpt"], folder / "cpt.png"),
             [{"columns": columns, "rows": [[r[c] for c in columns] for r in summary]}])
+    _compute_sections(tables, add, folder)
     return drawn
+
+
+def _html_table(rows: list[dict[str, Any]], columns: list[str], interval: str | None = None) -> dict[str, Any]:
+    """An HTML table of some columns of CSV rows; `interval` adds the `ci_low`/`ci_high` of that column."""
+    header = columns + (["95% CI"] if interval else [])
+    body = [[r.get(c) for c in columns] + ([f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"] if interval else [])
+            for r in rows]
+    return {"columns": header, "rows": body}
+
+
+def _compute_sections(tables: dict[str, list[dict[str, Any]]], add: Any, folder: Path) -> None:
+    """The compute, frontier and sequential fine-tuning sections (docs/report.md states the conventions)."""
+    from ckptlab.reporting import figures
+
+    if tables["compute"]:
+        methods = [r for r in tables["gain_per_pflop"] if r["level"] == "method"]
+        add("compute", "Compute of the training runs", "What each fine-tuning (and cpt) run cost, from its run's "
+            "compute record (FLOPs by the Kaplan et al. 2020 count; chain_flops adds the runs it was trained after). "
+            "Then per method: gain over the base checkpoint on the in-task eval sets ÷ training PFLOPs, the mean over "
+            "the method's models (per model in tables/gain_per_pflop.csv).", None,
+            [_html_table(tables["compute"], ["model", "method", "trainable_params", "tokens", "flops", "chain_flops",
+                                             "wall_s", "energy_kwh"]),
+             _html_table(methods, ["method", "models", "gain", "pflops", "gain_per_pflop"], "gain_per_pflop")])
+    if any(r["on_frontier"] for r in tables["frontier"]):
+        add("frontier", "Score per compute: frontier and recommendation", "Score on each eval set against total "
+            "compute: pre-training of the checkpoint (its run's compute scaled to the checkpoint's tokens) plus "
+            "every training run that made the model. Black: the Pareto frontier (tables/frontier.csv). Per eval "
+            "set: the model with the most score above chance per PFLOP (interval above chance), and the cheapest "
+            "model not significantly below the best score.", figures.frontier(tables["frontier"], folder / "frontier.png"),
+            [_html_table(tables["recommendation"], ["task", "best_model", "best_score", "per_pflop_model",
+                                                    "per_pflop_score", "per_pflop_total_pflops",
+                                                    "cheapest_near_best_model", "cheapest_near_best_score",
+                                                    "cheapest_near_best_total_pflops"])])
+    if tables["sequential"]:
+        means = [r for r in tables["sequential"] if r["task"].startswith("mean of ")]
+        replay = [r for r in tables["sequential_replay"] if r["task"].startswith("mean of ")]
+        add("sequential", "Sequential fine-tuning", "For each chain A → B (a fine-tune of a fine-tuned model): the "
+            "change of A's in-task scores after B, averaged over checkpoints (negative: lost; per checkpoint and "
+            "eval set, and B's own gains, in tables/sequential.csv). Chains from the same A to the same task are "
+            "compared with the one without a variant label (positive: the labelled chain lost less).", None,
+            [_html_table(means, ["chain", "first", "variant", "task", "change"], "change")]
+            + ([_html_table(replay, ["reference", "compared", "task", "change"], "change")] if replay else []))
 
 
 def page(study: Any, config: Any, results: list[dict[str, Any]], drawn: list[dict[str, Any]],

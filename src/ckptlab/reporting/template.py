@@ -56,8 +56,9 @@ examples ({{ resamples }} resamples).</p>
 
 {% for fig in figures %}
 <h2 id="{{ fig.name }}">{{ fig.title }}</h2>
-<figure><img src="data:image/png;base64,{{ fig.data }}" alt="{{ fig.title }}">
+{% if fig.data %}<figure><img src="data:image/png;base64,{{ fig.data }}" alt="{{ fig.title }}">
 <figcaption>{{ fig.caption }} (<a href="figures/{{ fig.name }}.png">PNG</a>)</figcaption></figure>
+{% else %}<p>{{ fig.caption }}</p>{% endif %}
 {% for t in fig.tables %}{{ table(t) }}{% endfor %}
 {% endfor %}
 
