@@ -189,7 +189,7 @@ def cpt(config: CptConfig) -> int:
     dist = distributed.setup(config.train.device)
     try:
         global_batch = config.train.micro_batch_size * config.train.grad_accum_steps * dist.world_size
-        resume_from = run.resume_point(init.source, say) if config.resume else None
+        resume_from = run.resume_point(init.source, say, dist.is_main) if config.resume else None
         tokenizer = load_tokenizer(init.source)
         model_config = read_model_config(init.source)
         max_positions = getattr(model_config, "max_position_embeddings", None)

@@ -232,7 +232,7 @@ def finetune(config: FinetuneConfig) -> int:
         fingerprints = {"data": data.fingerprint, "tokenizer": tokenizer_identity(tokenizer),
                         "model": shape_fingerprint(model_config),
                         "method": f"last_k={config.last_k}" if config.method == "last_k" else config.method}
-        resume_from = run.resume_point(init.source, say) if config.resume else None
+        resume_from = run.resume_point(init.source, say, dist.is_main) if config.resume else None
         if config.method == "lora" or config.anchor_weight > 0:
             from ckptlab.lora import base_identity
 

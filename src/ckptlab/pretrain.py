@@ -77,7 +77,7 @@ def pretrain(config: PretrainConfig) -> int:
 
         run = RunDir(config.out)
         run.refuse_unless_resuming(config.resume)
-        resume_from = run.resume_point("step 0", say) if config.resume else None
+        resume_from = run.resume_point("step 0", say, dist.is_main) if config.resume else None
 
         token_ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)

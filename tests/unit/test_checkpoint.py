@@ -79,3 +79,14 @@ def test_rewriting_a_step_replaces_it_whole(tmp_path):
     assert (path / "model.safetensors").read_bytes() == b"new!"
     manifest = json.loads((path / ckpt.MANIFEST).read_text())
     assert manifest["files"]["model.safetensors"]["bytes"] == 4
+
+
+def test_resume_without_a_checkpoint_starts_a_fresh_metrics_history(tmp_path):
+    from ckptlab.train.run_dir import RunDir, read_metrics
+
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir(parents=True)
+    run.metrics.write_text('{"step": 1, "loss": 5.0}\n{"step": 2, "loss": 4.0}\n', encoding="utf-8")
+    said = []
+    assert run.resume_point("step 0", said.append) is None
+    assert read_metrics(run.metrics) == [] and "starting from step 0" in said[0]

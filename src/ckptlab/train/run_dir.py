@@ -39,12 +39,16 @@ class RunDir:
         if not resume and (list_step_dirs(self.checkpoints) or self.metrics.exists()):
             raise UserError(f"{self.root}: already holds a run; pass --resume to continue it, or choose another --out")
 
-    def resume_point(self, starting_from: str, say: Any = print) -> Path | None:
+    def resume_point(self, starting_from: str, say: Any = print, is_main: bool = True) -> Path | None:
         """The newest complete checkpoint (broken ones are named and skipped), or None to start afresh."""
         remove_stale_temporaries(self.checkpoints)
         latest = latest_complete(self.checkpoints)
         if latest is None:
             say(f"no complete checkpoint in {self.checkpoints}; starting from {starting_from}")
+            if is_main:
+                # Steps logged by a run killed before its first checkpoint are redone from the start:
+                # keeping them would give the new run two histories.
+                self.truncate_metrics(-1)
         return latest
 
     def accept_resume(self, checkpoint: Path, fingerprints: dict[str, str], allow_changed: Any, is_main: bool) -> None:
