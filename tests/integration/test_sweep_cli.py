@@ -117,6 +117,36 @@ def test_a_failed_finetune_blocks_only_its_dependents(tiny, tmp_path):
     assert rows((out / "results.csv").read_text()) == rows(tiny.table)
 
 
+def test_a_chain_fine_tunes_the_fine_tuned_model_and_the_report_shows_it(tiny, tmp_path):
+    out = tmp_path / "chain"
+    shutil.copytree(tiny.out, out)  # the reference jobs keep their ids: done, so skipped
+    again = {**FINETUNE, "train.max_steps": 2}
+    chain = [{"name": "nli", "config": FINETUNE},
+             {"name": "again", "after": "nli", "config": again, "from": ["step-00000030"]}]
+    config = sweep_yaml(tiny.root, out, chain)
+    proc = run_cli("sweep", "--config", str(config))
+    assert "executed 2 job(s)" in proc.stdout and "8/8 jobs done" in proc.stdout
+    table = rows((out / "results.csv").read_text())
+    first = next(r for r in table if r["finetune"] == "nli" and r["step"] == "30")
+    second = next(r for r in table if r["finetune"] == "again")
+    assert (second["role"], second["finetune_task"], second["checkpoint"]) == ("finetuned", "world_nli", "step-00000030")
+    assert second["parent_fp"] == first["model_fp"] and second["model_fp"] != first["model_fp"]
+    base = next(r for r in table if r["role"] == "base" and r["step"] == "30")
+    assert json.loads(base["compute"])["flops"] > 0  # pre-training compute up to the checkpoint
+    run_cli("report", str(out), "--bootstrap", "20")
+    with open(out / "report" / "tables" / "sequential.csv", newline="", encoding="utf-8") as handle:
+        sequential = list(csv.DictReader(handle))
+    assert {(r["chain"], r["trained_by"]) for r in sequential if r["task"] == "world_nli"} == {
+        ("again (world_nli, after nli)", "first"), ("again (world_nli, after nli)", "second")}
+    with open(out / "report" / "tables" / "frontier.csv", newline="", encoding="utf-8") as handle:
+        frontier = list(csv.DictReader(handle))
+    assert {r["pretrain_flops_from"] for r in frontier} == {"run record"} and len(frontier) == 5 * 2
+    bad = sweep_yaml(tiny.root, tmp_path / "bad", [{"name": "again", "after": "nope", "config": again}])
+    proc = run_cli("sweep", "--config", str(bad), check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "finetunes (again).after: no finetunes entry 'nope'" in proc.stderr
+
+
 @pytest.mark.slow
 def test_killed_three_times_then_rerun_gives_the_same_table(tiny, tmp_path):
     out = tmp_path / "killed"
