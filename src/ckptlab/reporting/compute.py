@@ -166,9 +166,10 @@ def recommendation_table(study: Study, frontier: list[dict[str, Any]]) -> list[d
             if r is best or not below:  # not significantly below the best
                 ties.append((r, difference))
         cheapest, gap = min(ties, key=lambda x: (x[0]["total_pflops"], -x[0]["value"]))
-        row = {"task": task, "chance": chance, "best_model": best["model"], "best_score": best["value"],
-               "best_total_pflops": best["total_pflops"]}
+        row = {"task": task, "chance": chance, "best_model": best["model"], "best": _pick(best),
+               "best_score": best["value"], "best_total_pflops": best["total_pflops"]}
         for prefix, chosen in (("per_pflop", efficient), ("cheapest_near_best", cheapest)):
+            row[prefix] = _pick(chosen) if chosen else ""
             for key in ("checkpoint", "method", "recipe", "model"):
                 row[f"{prefix}_{key}"] = chosen[key] if chosen else ""
             row[f"{prefix}_score"] = chosen["value"] if chosen else math.nan
@@ -179,3 +180,8 @@ def recommendation_table(study: Study, frontier: list[dict[str, Any]]) -> list[d
                     "cheapest_below_best_ci_high": gap["ci_high"]})
         rows.append(row)
     return rows
+
+
+def _pick(row: dict[str, Any]) -> str:
+    """`recipe @ checkpoint`: a model label alone does not say which chain made it."""
+    return f"{row['recipe']} @ {row['checkpoint']}"

@@ -210,6 +210,8 @@ def frontier(rows: list[dict[str, Any]], path: Path) -> Path:
     """Per eval set: score vs total compute (pre-training + training, log scale) of every model,
     coloured by method, with the Pareto frontier drawn through its points."""
     plt = _plt()
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     methods = sorted({r["method"] for r in rows})
     colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
@@ -228,6 +230,9 @@ def frontier(rows: list[dict[str, Any]], path: Path) -> Path:
             ax.step([r["total_pflops"] for r in edge], [r["value"] for r in edge], where="post", color="black",
                     linewidth=1, label="frontier")
             ax.set_xscale("log")
+            # Plain numbers: math text is off (for data strings), so the default 10^k labels would show raw.
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel("total compute (PFLOPs)")
             ax.set_ylabel("score")
             ax.set_title(task)

@@ -112,7 +112,7 @@ def _compute_sections(tables: dict[str, list[dict[str, Any]]], add: Any, folder:
             "compute record (FLOPs by the Kaplan et al. 2020 count; chain_flops adds the runs it was trained after). "
             "Then per method: gain over the base checkpoint on the in-task eval sets ÷ training PFLOPs, the mean over "
             "the method's models (per model in tables/gain_per_pflop.csv).", None,
-            [_html_table(tables["compute"], ["model", "method", "trainable_params", "tokens", "flops", "chain_flops",
+            [_html_table(tables["compute"], ["recipe", "checkpoint", "method", "trainable_params", "tokens", "flops", "chain_flops",
                                              "wall_s", "energy_kwh"]),
              _html_table(methods, ["method", "models", "gain", "pflops", "gain_per_pflop"], "gain_per_pflop")])
     if any(r["on_frontier"] for r in tables["frontier"]):
@@ -121,10 +121,9 @@ def _compute_sections(tables: dict[str, list[dict[str, Any]]], add: Any, folder:
             "every training run that made the model. Black: the Pareto frontier (tables/frontier.csv). Per eval "
             "set: the model with the most score above chance per PFLOP (interval above chance), and the cheapest "
             "model not significantly below the best score.", figures.frontier(tables["frontier"], folder / "frontier.png"),
-            [_html_table(tables["recommendation"], ["task", "best_model", "best_score", "per_pflop_model",
-                                                    "per_pflop_score", "per_pflop_total_pflops",
-                                                    "cheapest_near_best_model", "cheapest_near_best_score",
-                                                    "cheapest_near_best_total_pflops"])])
+            [_html_table(tables["recommendation"], ["task", "best", "best_score", "per_pflop", "per_pflop_score",
+                                                    "per_pflop_total_pflops", "cheapest_near_best",
+                                                    "cheapest_near_best_score", "cheapest_near_best_total_pflops"])])
     if tables["sequential"]:
         means = [r for r in tables["sequential"] if r["task"].startswith("mean of ")]
         replay = [r for r in tables["sequential_replay"] if r["task"].startswith("mean of ")]
