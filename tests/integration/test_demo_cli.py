@@ -26,7 +26,7 @@ def test_tiny_demo_runs_the_whole_study_and_resumes_without_redoing_work(tmp_pat
     models = {(r["role"], r["finetune"], r["checkpoint"]) for r in rows}
     checkpoints = {c for _, _, c in models}
     assert len(checkpoints) == 2
-    assert {f for role, f, _ in models if role == "finetuned"} == {"nli", "paraphrase", "instruct"}
+    assert {f for role, f, _ in models if role == "finetuned"} == {"nli", "paraphrase", "summarization"}
     assert len(models) == 2 + 2 * 3, "every base and every fine-tuned model is evaluated"
     tasks = {r["task"] for r in rows}
     assert len(tasks) == 8 and {r["template"] for r in rows} >= {"train_format", "instruction", "bare"}
