@@ -20,7 +20,7 @@ VERBS: dict[str, tuple[str, str, str, str]] = {
         "ckptlab.demo",
         "DemoConfig",
         "demo",
-        "The main job on built-in data: world → prepare → pretrain with kept checkpoints; resumable.",
+        "The whole study on built-in data: world → pretrain → sweep of fine-tunes and evaluations → report; resumable.",
     ),
     "world": (
         "ckptlab.world",
