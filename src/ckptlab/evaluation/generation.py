@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ckptlab.evaluation.scoring import model_max_length
+from ckptlab.evaluation.scoring import left_pad, model_max_length
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -31,19 +31,15 @@ def generate_batch(model: Any, tokenizer: Any, contexts: Sequence[list[int]], ma
 
     device = next(model.parameters()).device
     room = max(1, model_max_length(model) - max_new_tokens)
-    contexts = [c[-room:] for c in contexts]
-    width = max(len(c) for c in contexts)
-    ids = torch.full((len(contexts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(contexts), width), dtype=torch.long)
-    for i, context in enumerate(contexts):
-        ids[i, width - len(context):] = torch.tensor(context, dtype=torch.long)
-        mask[i, width - len(context):] = 1
+    # generate() derives position ids from the mask itself, so left_pad's positions are not passed.
+    ids, mask, _ = left_pad([c[-room:] for c in contexts], pad_id, device)
+    width = ids.shape[1]
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else model.config.eos_token_id
     config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
                               pad_token_id=pad_id, eos_token_id=eos,
                               stop_strings=[s for s in stop if s] or None)
     with torch.no_grad():
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
                              tokenizer=tokenizer if config.stop_strings else None)
     texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     return [cut_at_stop(text, stop) for text in texts]

@@ -67,7 +67,7 @@ def truncate(context: list[int], longest_continuation: int, max_length: int) -> 
     return context[-room:] if len(context) > room else context
 
 
-def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: Any) -> tuple[Any, Any, Any]:
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: Any) -> tuple[Any, Any, Any]:
     import torch
 
     width = max(len(r) for r in rows)
@@ -87,7 +87,7 @@ def score_shared(model: Any, requests: Sequence[Request], pad_id: int, max_lengt
     device = next(model.parameters()).device
     max_length = max_length or model_max_length(model)
     contexts = [truncate(r.context, max(len(c) for c in r.continuations), max_length) for r in requests]
-    ids, mask, positions = _left_pad(contexts, pad_id, device)
+    ids, mask, positions = left_pad(contexts, pad_id, device)
     rows = [(i, j) for i, r in enumerate(requests) for j, c in enumerate(r.continuations) if len(c) > 1]
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=bool(rows), logits_to_keep=1)
@@ -130,7 +130,7 @@ def score_full(model: Any, requests: Sequence[Request], pad_id: int, max_length:
         for j, continuation in enumerate(r.continuations):
             sequences.append(context + continuation)
             owners.append((i, j, continuation))
-    ids, mask, positions = _left_pad(sequences, pad_id, device)
+    ids, mask, positions = left_pad(sequences, pad_id, device)
     keep = max(len(c) for _, _, c in owners) + 1
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
