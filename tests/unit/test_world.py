@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from ckptlab.synthetic import SIZES, TASKS, generate, write_world
+from ckptlab.synthetic.corpora import subject_documents
 from ckptlab.synthetic.facts import FACT_TYPES, TASK_TEMPLATE_COUNT, TEMPLATES, Fact, render
 from ckptlab.synthetic.templates import CHANGE_PHRASES, QUESTIONS
 
@@ -161,8 +162,26 @@ def test_probed_facts_are_stated_several_times_in_their_corpus(records, corpora)
                 if record["fact_type"] == "product":
                     value = re.fullmatch(r"Which company makes the (.+)\?", record["question"]).group(1)
                 together = sum(named(record["subject"], d) and named(value, d) for d in documents[corpus])
-                assert low <= record["mentions"] <= high
-                assert together >= record["mentions"], (task, record)
+                # stated in `low`..`high` documents, and again (restated) in at most each of them
+                assert low <= together and low <= record["mentions"] <= 2 * high, (task, record)
+                assert 2 * together >= record["mentions"], (task, record)
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_a_share_of_documents_restates_one_of_their_facts_in_another_wording(share):
+    facts = [Fact("birthplace", "Ana Tor", "Pelk"), Fact("profession", "Ana Tor", "baker"),
+             Fact("birth_year", "Ana Tor", "1970")]
+    mentions: dict[Fact, int] = {}
+    documents = subject_documents(facts, (3, 6), random.Random(3), mentions, restated_share=share)
+    for sentences in documents:
+        assert len(set(sentences)) == len(sentences)  # a restatement is another wording, never a copy
+    values = [sum(f.value in s for s in sentences) for sentences in documents for f in facts]
+    assert sum(mentions.values()) == sum(len(sentences) for sentences in documents)
+    if share == 0.0:
+        assert max(values) == 1
+    else:  # every document states one fact twice (unless the draw repeated its wording)
+        twice = sum(max(sum(f.value in s for s in sentences) for f in facts) == 2 for sentences in documents)
+        assert twice >= len(documents) - 1 and max(values) == 2
 
 
 def test_held_out_entities_are_named_in_no_corpus(records, corpora):

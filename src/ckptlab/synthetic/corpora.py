@@ -11,20 +11,40 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from ckptlab.synthetic.facts import Fact, render_some
+from ckptlab.synthetic.facts import TEMPLATES, Fact, render, render_some
+
+RESTATED_SHARE = 0.5
+"""Share of a subject's documents that state one of their facts twice, in two wordings.
+
+Real text restates: a biography names the birthplace in its first line and again further down.
+Without it no fact ever recurs inside one document, so predicting a value from earlier in the
+context is never rewarded in pre-training, and a model had to learn to compare two statements
+(NLI, paraphrase) from the fine-tuning examples alone."""
 
 
 def subject_documents(
-    facts: Sequence[Fact], repeats: tuple[int, int], rng: random.Random, mentions: dict[Fact, int]
+    facts: Sequence[Fact], repeats: tuple[int, int], rng: random.Random, mentions: dict[Fact, int],
+    restated_share: float = RESTATED_SHARE,
 ) -> list[list[str]]:
-    """The documents (lists of sentences) of one subject; records how often each fact is stated."""
+    """The documents (lists of sentences) of one subject; records how often each fact is stated.
+
+    A share `restated_share` of them states one of its facts a second time in another wording."""
     counts = [rng.randint(*repeats) for _ in facts]
     documents: list[list[str]] = [[] for _ in range(max(counts))]
+    stated: list[list[Fact]] = [[] for _ in documents]
     for fact, count in zip(facts, counts, strict=True):
         mentions[fact] = mentions.get(fact, 0) + count
         chosen = rng.sample(range(len(documents)), count)
         for document, sentence in zip(chosen, render_some(fact, count, rng), strict=True):
             documents[document].append(sentence)
+            stated[document].append(fact)
+    for sentences, in_document in zip(documents, stated, strict=True):
+        if in_document and rng.random() < restated_share:
+            fact = rng.choice(in_document)
+            again = render(fact, rng.randrange(len(TEMPLATES[fact.type])), rng)
+            if again not in sentences:  # the same template twice would be a copy, not a restatement
+                sentences.append(again)
+                mentions[fact] += 1
     return documents
 
 
@@ -49,7 +69,7 @@ def build_corpus(
     for facts in main_subjects:
         documents += subject_documents(facts, repeats, rng, mentions)
     for facts in minor_subjects:
-        for extra in subject_documents(facts, minor_repeats or repeats, rng, mentions):
+        for extra in subject_documents(facts, minor_repeats or repeats, rng, mentions, restated_share=0.0):
             documents[rng.randrange(len(documents))].extend(extra)
     for document in documents:
         rng.shuffle(document)

@@ -29,7 +29,7 @@ from ckptlab.synthetic.corpora import build_corpus, corpus_text
 from ckptlab.synthetic.sizes import SIZES, WorldSize
 from ckptlab.synthetic.tasks import SPLITS, TASKS, mixture_record
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 """Bump when anything that changes the generated files changes (templates, entities, sizes)."""
 WORLD_FORMAT_VERSION = 1
 """Bump when the layout of a world directory or of world.json changes."""

@@ -123,7 +123,7 @@ TASKS: dict[str, TaskSpec] = {
             "pre-training corpus states; four options each (the yardstick for forgetting).",
             instruction_text="Answer the question about the world with a name, a place, a job or a year.",
             input_block="Question: {question}", answer_cue="Answer:", train_input="{question}",
-            label_field="label", choices_field="options", probes_pretraining_knowledge=True,
+            label_field="label", choices_field="options", probes_pretraining_knowledge=True, version=2,
         ),
         _nli("world_nli", "general", "the general world", None),
         _paraphrase("world_paraphrase", "general", "the general world", None),
@@ -141,7 +141,7 @@ TASKS: dict[str, TaskSpec] = {
             "corpus states; four options each (measures domain knowledge from continued pre-training).",
             instruction_text="Answer the question about companies and markets with a name, a sector or a year.",
             input_block="Question: {question}", answer_cue="Answer:", train_input="{question}",
-            label_field="label", choices_field="options", probes_pretraining_knowledge=True,
+            label_field="label", choices_field="options", probes_pretraining_knowledge=True, version=2,
         ),
         TaskSpec(
             name="finance_sentiment", domain="finance", type="classification", fields=("sentence",),
