@@ -79,3 +79,30 @@ def test_gains_visible_in_the_base_and_calmer_fine_tuned_prompts_do_not_replicat
     assert found["i"]["outcome"] == "not replicated"  # the fine-tuned gain is the base's own
     assert found["iv"]["outcome"] == "not replicated"  # fine-tuning made the model less sensitive
     assert found["iii"]["outcome"] == "not replicated"  # every set gains: nothing forgotten
+
+
+def test_forgetting_is_judged_where_the_base_knows_something_to_forget(tmp_path):
+    # The probe is at chance for the first seven checkpoints and known (0.6) at the last; fine-tuning
+    # leaves the early models at chance and takes the late one back to 0.35. Averaged over every
+    # checkpoint the loss is diluted to about -0.03; where the base is above chance it is -0.25.
+    tasks = ["world_nli", "world_knowledge"]
+    steps = [1, 2, 4, 8, 16, 32, 64, 128]
+    path = build_store(tmp_path / "results.sqlite", tasks, steps, {"nli": "world_nli"},
+                       base=lambda task, step: 0.6 if step == 128 and task == "world_knowledge" else CHANCE[task],
+                       tuned=lambda recipe, task, step: (0.7 if task == "world_nli" else
+                                                         0.35 if step == 128 else CHANCE[task]), n=200)
+    found = outcomes(path)["iii"]
+    stats = {s["name"]: s for s in found["statistics"]}
+    assert stats["mean change, knowledge probes"]["value"] == pytest.approx(-0.25 / 8, abs=0.01)
+    known = stats["mean change where the base is above chance, knowledge probes"]
+    assert known["value"] == pytest.approx(-0.25, abs=0.03) and known["pairs"] == 1
+    assert found["outcome"] == "replicated"
+
+
+def test_a_base_at_chance_on_every_other_set_has_nothing_to_forget(tmp_path):
+    tasks = ["world_nli", "world_knowledge"]
+    path = build_store(tmp_path / "results.sqlite", tasks, [10, 100], {"nli": "world_nli"},
+                       base=lambda task, step: CHANCE[task],
+                       tuned=lambda recipe, task, step: CHANCE[task] + (0.3 if task == "world_nli" else -0.1))
+    found = outcomes(path)["iii"]
+    assert found["outcome"] == "inconclusive" and "nothing to forget" in found["summary"]

@@ -175,32 +175,52 @@ def gains_where_base_fails(study: Study) -> dict[str, Any]:
 
 
 def forgetting(study: Study) -> dict[str, Any]:
-    test = ("Mean change (fine-tuned − base) over (fine-tuned model, eval set) pairs that are not in-task, and "
-            "over the knowledge-probe sets among them; each part holds when its interval lies below 0")
-    groups: dict[str, list[np.ndarray]] = {"out-of-task": [], "knowledge probes": [], "cross-domain": [],
-                                           "cross-task": []}
+    test = ("Mean change (fine-tuned − base) over the (fine-tuned model, eval set) pairs that are not in-task and "
+            "whose base scores above chance (where there is something to forget), and over the knowledge-probe "
+            "sets among them; each part holds when its interval lies below 0. Means over every out-of-task pair "
+            "are shown for context")
+    context: dict[str, list[np.ndarray]] = {"out-of-task": [], "knowledge probes": [], "cross-domain": [],
+                                            "cross-task": []}
+    known: dict[str, list[np.ndarray]] = {"out-of-task": [], "knowledge probes": []}
     for model in study.of_role("finetuned"):
+        parent = study.parent(model)
         for task in study.tasks:
             relation = study.taxonomy.relation(task, model.finetune_task)
             change = study.change(model, task)
-            if change is None or relation == "in-task":
+            if change is None or parent is None or relation == "in-task":
                 continue
-            groups["out-of-task"].append(change)
-            groups[relation].append(change)
-            if task in study.taxonomy.probes:
-                groups["knowledge probes"].append(change)
-    if not groups["out-of-task"]:
+            probe = task in study.taxonomy.probes
+            context["out-of-task"].append(change)
+            context[relation].append(change)
+            if probe:
+                context["knowledge probes"].append(change)
+            # A base at chance knows nothing there to forget: averaging its pairs in would dilute
+            # forgetting that exists only at late checkpoints.
+            if not study.at_chance(task, float(study.score(parent, task)[0])):
+                known["out-of-task"].append(change)
+                if probe:
+                    known["knowledge probes"].append(change)
+    if not context["out-of-task"]:
         return _finding("iii", test, INCONCLUSIVE, "Too little data: no out-of-task eval set with both a base and "
                         "a fine-tuned score.", [], [])
-    stats = [_stat(f"mean change, {name}", mean_of(values), study.level, len(values))
-             for name, values in groups.items() if values]
-    parts = ["out-of-task"] + (["knowledge probes"] if groups["knowledge probes"] else [])
-    signs = [side(mean_of(groups[p]), study.level) for p in parts]
-    flipped = [None if s is None else -s for s in signs]  # the claim is a negative change
-    outcome = _combine(flipped)
-    notes = [] if groups["knowledge probes"] else ["no knowledge-probe eval set in this sweep"]
-    by_name = {s["name"]: s for s in stats}
-    summary = "; ".join(f"{p}: {_fmt(by_name['mean change, ' + p])} over {len(groups[p])} pairs" for p in parts) + "."
+    decisive = [_stat(f"mean change where the base is above chance, {name}", mean_of(values), study.level,
+                      len(values)) for name, values in known.items() if values]
+    stats = decisive + [_stat(f"mean change, {name}", mean_of(values), study.level, len(values))
+                        for name, values in context.items() if values]
+    notes = [] if context["knowledge probes"] else ["no knowledge-probe eval set in this sweep"]
+    all_pairs = next(s for s in stats if s["name"] == "mean change, out-of-task")
+    if not known["out-of-task"]:
+        return _finding("iii", test, INCONCLUSIVE, "The base is at chance on every out-of-task eval set, so there is "
+                        f"nothing to forget (mean change over all {len(context['out-of-task'])} pairs: "
+                        f"{_fmt(all_pairs)}).", stats, notes)
+    if context["knowledge probes"] and not known["knowledge probes"]:
+        notes.append("the base is at chance on every knowledge probe: only the out-of-task part is tested")
+    parts = [p for p in ("out-of-task", "knowledge probes") if known[p]]
+    signs = [side(mean_of(known[p]), study.level) for p in parts]
+    outcome = _combine([None if s is None else -s for s in signs])  # the claim is a negative change
+    summary = "Where the base is above chance: " + "; ".join(
+        f"{p}: {_fmt(decisive[i])} over {len(known[p])} pairs" for i, p in enumerate(parts))
+    summary += f". Over every out-of-task pair: {_fmt(all_pairs)} ({len(context['out-of-task'])} pairs)."
     return _finding("iii", test, outcome, summary, stats, notes)
 
 
