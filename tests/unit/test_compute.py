@@ -39,6 +39,33 @@ def test_flops_match_the_formula_by_hand():
     assert training_flops(dims, tokens=64, context=16) == 17_756_160  # 3 × forward = 6N·64 + 6·2·16·32·64
 
 
+def test_frozen_parts_are_charged_only_the_backward_they_need():
+    from ckptlab import lora
+    from ckptlab.methods import select_trainable
+
+    full = model_dims(tiny())
+    assert (full.backward_params, full.backward_layers, full.weight_grad_params) == (N, 2, N)
+    head = tiny()
+    select_trainable(head, "head")
+    # no activation gradient at all; weight gradients of the 32 × 97 head only
+    dims = model_dims(head)
+    assert (dims.backward_params, dims.backward_layers, dims.weight_grad_params) == (0, 0, 3_104)
+    assert training_flops(dims, tokens=64, context=16) == (2 * N + 2 * 3_104) * 64 + 2 * 2 * 32 * 16 * 64
+    last = tiny()
+    select_trainable(last, "last_k", last_k=1)
+    # gradients pass through the head, the final norm and block 1: N − block 0; the same ones train
+    dims = model_dims(last)
+    assert (dims.backward_params, dims.backward_layers, dims.weight_grad_params) == (N - 21_024, 1, N - 21_024)
+    assert training_flops(dims, tokens=64, context=16) == (2 * N + 4 * (N - 21_024)) * 64 + (4 + 4) * 32 * 16 * 64
+    adapted = lora.wrap(tiny(), lora.LoraConfig(r=2), ["query_key_value"])
+    # rank-2 adapters on query_key_value (32 → 96) of both blocks: (32·2 + 2·96) · 2 = 512 parameters,
+    # in the forward and the whole backward pass; only they get weight gradients
+    dims = model_dims(adapted)
+    assert dims.matmul_params == N + 512 and dims.weight_grad_params == 512
+    assert (dims.backward_params, dims.backward_layers) == (N + 512, 2)
+    assert training_flops(dims, tokens=64, context=16) < training_flops(full, tokens=64, context=16)
+
+
 def test_a_tied_head_is_still_counted_as_a_matmul():
     untied, tied = model_dims(tiny("llama")), model_dims(tiny("llama", tie_word_embeddings=True))
     assert tied.total_params == untied.total_params - VOCAB * 32

@@ -13,11 +13,20 @@ The convention (Kaplan et al. 2020, *Scaling Laws for Neural Language Models*, T
 - **T** is the length of the sequences the token was processed in (the attention term: every token
   attends over T positions; Kaplan's n_ctx). A batch of b sequences of length T contributes
   b·T tokens and b·T² token-positions; causal masking is not halved, as in Kaplan et al.
-- **Backward = 2 × forward** (activation gradients + weight gradients) for *every* method. With
-  LoRA or frozen blocks the weight-gradient half is smaller and (for `last_k`, `head`) the backward
-  pass stops at the lowest trainable block, so the number is an upper bound for those methods; we
-  keep one convention so that runs of different methods compare on the same scale, and record
-  `trainable_params` beside it.
+- **Backward** = activation gradients + weight gradients, each 2 FLOPs per multiply-add. With
+  every weight trainable that is 2·N + 2·N (and 4·n_layer·T·d_model for attention): 3 × forward,
+  Kaplan's 6·N. With frozen parts the count follows what the backward pass really computes:
+  activation gradients flow only from the head down to the lowest block holding a trainable
+  parameter (none at all when only the head trains: its gradient needs only the loss's gradient at
+  the logits), and weight gradients are computed only for trainable matmul parameters (LoRA's
+  adapters, the last k blocks and the head). So per token
+
+      2·N + 2·N_backward + 2·N_trainable  (+ 2·n_layer·T·d_model + 4·n_layer_backward·T·d_model)
+
+  where N_backward counts the matmul parameters from the lowest trainable block up (N for full
+  fine-tuning and LoRA, the last k blocks + head for `last_k`, 0 for `head`), n_layer_backward the
+  blocks it spans, and N_trainable the trainable matmul parameters. Full fine-tuning and
+  pre-training give exactly 6·N. A model whose blocks cannot be found is charged the full count.
 - Tokens include padding: padded positions are computed like any other.
 
 Energy is an estimate: `device_power_w` (per process) × processes × wall time.
@@ -31,7 +40,9 @@ from typing import Any
 
 #: Power drawn per device when `train.device_power_w` is not given (a desktop CPU's TDP; an H100 SXM's).
 DEFAULT_POWER_W = {"cpu": 65.0, "cuda": 700.0}
-CONVENTION = "kaplan2020: 6*N*tokens + 6*n_layer*d_model*sum(b*T^2); N = parameters except embedding tables (head counted)"
+CONVENTION = ("kaplan2020, backward as computed: (2*N + 2*N_backward + 2*N_trainable)*tokens + (2*n_layer + "
+              "4*n_layer_backward)*d_model*sum(b*T^2); N = parameters except embedding tables (head counted); "
+              "= 6*N*tokens + 6*n_layer*d_model*sum(b*T^2) when every weight trains")
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,20 @@ class ModelDims:
     """Parameters that receive gradient updates."""
     total_params: int
     """All parameters, shared tensors counted once."""
+    backward_params: int = -1
+    """N_backward: matmul parameters that activation gradients pass through (-1 = N: every one)."""
+    backward_layers: int = -1
+    """Blocks that activation gradients pass through (-1 = n_layer)."""
+    weight_grad_params: int = -1
+    """N_trainable: trainable matmul parameters, whose weight gradients are computed (-1 = N)."""
+
+    def training_flops_per_token(self) -> tuple[float, float]:
+        """(FLOPs per token, FLOPs per token-position of attention ÷ d_model): forward + backward."""
+        n = self.matmul_params
+        backward = n if self.backward_params < 0 else self.backward_params
+        weights = n if self.weight_grad_params < 0 else self.weight_grad_params
+        layers = self.n_layer if self.backward_layers < 0 else self.backward_layers
+        return 2.0 * (n + backward + weights), 2.0 * self.n_layer + 4.0 * layers
 
 
 def model_dims(model: Any) -> ModelDims:
@@ -56,16 +81,50 @@ def model_dims(model: Any) -> ModelDims:
 
     unique = {id(p): p for p in model.parameters()}
     tables = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters(recurse=False)}
-    matmul = sum(p.numel() for i, p in unique.items() if i not in tables)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None and id(head.weight) in tables:
-        matmul += head.weight.numel()  # a tied head is still a d_model × vocab matmul per token
+    tied_head = head is not None and id(head.weight) in tables
+
+    def matmul_of(params: dict[int, Any], trainable_only: bool = False) -> int:
+        count = sum(p.numel() for i, p in params.items() if i not in tables and (p.requires_grad or not trainable_only))
+        if tied_head and id(head.weight) in params and (head.weight.requires_grad or not trainable_only):
+            count += head.weight.numel()  # a tied head is still a d_model × vocab matmul per token
+        return count
+
+    matmul = matmul_of(unique)
     config = model.config
     n_layer = _first(config, ("num_hidden_layers", "n_layer", "num_layers"))
     d_model = _first(config, ("hidden_size", "n_embd", "d_model"))
+    backward_params, backward_layers = _backward_extent(model, unique, tables, head, matmul_of)
+    if backward_params < 0:
+        backward_params, backward_layers = matmul, n_layer
     return ModelDims(matmul_params=matmul, n_layer=n_layer, d_model=d_model,
                      trainable_params=sum(p.numel() for p in unique.values() if p.requires_grad),
-                     total_params=sum(p.numel() for p in unique.values()))
+                     total_params=sum(p.numel() for p in unique.values()),
+                     backward_params=backward_params, backward_layers=backward_layers,
+                     weight_grad_params=matmul_of(unique, trainable_only=True))
+
+
+def _backward_extent(model: Any, unique: dict[int, Any], tables: set[int], head: Any,
+                     matmul_of: Any) -> tuple[int, int]:
+    """(N_backward, blocks) that activation gradients pass through; (-1, -1) = all of them."""
+    from ckptlab.errors import UserError
+    from ckptlab.methods import transformer_blocks
+
+    if any(unique[i].requires_grad for i in tables if i in unique):
+        return -1, -1  # a trainable embedding needs gradients all the way down
+    try:
+        blocks = transformer_blocks(model)
+    except UserError:
+        return -1, -1  # blocks not found: charge the full count
+    trainable = [i for i, block in enumerate(blocks) if any(p.requires_grad for p in block.parameters())]
+    if trainable:
+        below = {id(p): p for block in blocks[: min(trainable)] for p in block.parameters()}
+        return matmul_of(unique) - matmul_of(below), len(blocks) - min(trainable)
+    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    if any(p.requires_grad for i, p in unique.items() if i not in head_ids):
+        # e.g. the final norm alone: gradients pass through the head only
+        return matmul_of({i: unique[i] for i in head_ids if i in unique}), 0
+    return 0, 0  # the head alone: its weight gradient needs only the loss gradient at the logits
 
 
 def _first(config: Any, names: tuple[str, ...]) -> int:
@@ -85,8 +144,10 @@ def forward_flops(dims: ModelDims, tokens: float, context: float) -> float:
 
 
 def training_flops(dims: ModelDims, tokens: float, context: float) -> float:
-    """FLOPs of forward + backward over `tokens` tokens in sequences of `context` tokens (3 × forward)."""
-    return 3.0 * forward_flops(dims, tokens, context)
+    """FLOPs of forward + backward over `tokens` tokens in sequences of `context` tokens (3 × forward
+    when every weight trains)."""
+    per_token, per_position = dims.training_flops_per_token()
+    return per_token * tokens + per_position * dims.d_model * context * tokens
 
 
 class ComputeMeter:
@@ -127,8 +188,8 @@ class ComputeMeter:
         self.started = time.perf_counter()
 
     def flops(self) -> float:
-        d = self.dims
-        return 6.0 * d.matmul_params * self.tokens + 6.0 * d.n_layer * d.d_model * self.token_positions
+        per_token, per_position = self.dims.training_flops_per_token()
+        return per_token * self.tokens + per_position * self.dims.d_model * self.token_positions
 
     def record(self) -> dict[str, Any]:
         wall = round(self.wall_s(), 3)
@@ -138,6 +199,7 @@ class ComputeMeter:
             "flops_convention": CONVENTION, "matmul_params": self.dims.matmul_params,
             "n_layer": self.dims.n_layer, "d_model": self.dims.d_model,
             "trainable_params": self.dims.trainable_params, "total_params": self.dims.total_params,
+            "backward_params": self.dims.backward_params, "weight_grad_params": self.dims.weight_grad_params,
             "wall_s": wall, "device": self.device, "processes": self.processes,
             "device_power_w": self.power_w, "energy_kwh": round(energy_j / 3.6e6, 9),
         }
