@@ -1,8 +1,8 @@
 """World sizes: how many entities, how often a fact is stated, how many task examples.
 
-`tiny` is for tests (well under a second), `demo` for `ckptlab demo` on a laptop CPU (about 2 MB of
+`tiny` is for tests (well under a second), `demo` for `ckptlab demo` on a laptop CPU (about 2.5 MB of
 general pre-training text, enough for a 1-3M-parameter model to pick up some facts in minutes),
-`large` for longer studies (about 30 MB). The split sizes of the fine-tuning tasks in `large`
+`large` for longer studies (about 40 MB). The split sizes of the fine-tuning tasks in `large`
 follow Sun & Dredze 2024 (6,000 training examples per task).
 """
 
