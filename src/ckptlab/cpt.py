@@ -158,22 +158,15 @@ def cpt(config: CptConfig) -> int:
         raise UserError("cpt: give the model to continue with --init_from (a checkpoint, HF directory or hub id)")
     if not config.blend:
         raise UserError("cpt: give the data to continue on with --blend (prepared directories, see `ckptlab prepare`)")
-    import os
-
-    from ckptlab.data.shards import read_manifest
-    from ckptlab.errors import DataError
+    from ckptlab.train.verb_setup import check_prepared_data, distributed_run, main_process_printer, max_length_of, train_verb
 
     # Checks that need neither torch nor the model come first, so a mistyped path fails at once.
-    main_process = os.environ.get("RANK", "0") == "0"
-    say = print if main_process else (lambda *a, **k: None)
+    say = main_process_printer()
     init = resolve_init(config.init_from)
     _apply_recipe(config, init, say)
     switch_step = _switch_step(config)
     for key, data in _data_keys(config):
-        try:
-            read_manifest(data)
-        except DataError as error:
-            raise DataError(f"{key}: {error}") from None
+        check_prepared_data(key, data)
     run = CptRunDir(config.out)
     run.refuse_unless_resuming(config.resume)
 
@@ -181,23 +174,13 @@ def cpt(config: CptConfig) -> int:
 
     from ckptlab import config as configlib
     from ckptlab.model import count_parameters, load_model, load_tokenizer, save_model_dir, shape_fingerprint
-    from ckptlab.train import distributed
-    from ckptlab.train.loop import train
-    from ckptlab.train.schedules import kept_steps, lr_at
 
-    torch.set_flush_denormal(True)
-    dist = distributed.setup(config.train.device)
-    try:
+    with distributed_run(config.train.device) as dist:
         global_batch = config.train.micro_batch_size * config.train.grad_accum_steps * dist.world_size
         resume_from = run.resume_point(init.source, say, dist.is_main) if config.resume else None
         tokenizer = load_tokenizer(init.source)
         model_config = read_model_config(init.source)
-        max_positions = getattr(model_config, "max_position_embeddings", None)
-        context = config.context_length or max_positions
-        if context is None:
-            raise ConfigError(f"context_length: {init.source} does not say its maximum length; give --context_length")
-        if max_positions is not None and context > max_positions:
-            raise UserError(f"context_length {context} is longer than the model allows (max_position_embeddings {max_positions})")
+        context = max_length_of(model_config, "context_length", config.context_length, init.source)
         data = _open_data(config, context, tokenizer, model_config, switch_step, global_batch, init.source)
         if config.objective == "mlm":
             data.train, data.val = _masked(config, tokenizer, model_config, data)
@@ -229,7 +212,6 @@ def cpt(config: CptConfig) -> int:
         }
         if dist.is_main:
             run.save_config(configlib.to_dict(config))
-        kept = kept_steps(config.keep, config.train.max_steps)
         say(
             f"cpt: {count_parameters(model, trainable_only=True):,} of {count_parameters(model):,} parameters train, from "
             f"{init.source}, context {context}, global batch "
@@ -240,27 +222,15 @@ def cpt(config: CptConfig) -> int:
             mix = ", ".join(f"{s['data']}{' (replay)' if s.get('replay') else ''} {s['share']:.3f}" for s in stage["sources"])
             say(f"  steps {stage['first_step']}-{stage['last_step']}: {stage['name']}: {mix}")
         say(f"run manifest: {run.manifest}")
-        result = train(
-            model=model,
-            save_model=lambda folder: save_model_dir(model, tokenizer, folder),
-            train_data=data.train,
-            val_data=data.val,
-            config=config.train,
-            lr_at=lambda step: lr_at(step, config.train.schedule, config.train.max_steps),
-            kept=kept,
-            run=run,
-            fingerprints=fingerprints,
-            resume_from=resume_from,
-            allow_changed=config.allow_changed,
-            dist=dist,
-            log=say,
+        result = train_verb(
+            config, model=model, save_model=lambda folder: save_model_dir(model, tokenizer, folder),
+            train_data=data.train, val_data=data.val,
+            run=run, fingerprints=fingerprints, resume_from=resume_from, dist=dist, log=say,
             initial_optimizer_state=initial_optimizer_state,
             step_fields=lambda s: {"blend": BLEND_NAMES[int(switch_step is not None and s >= switch_step)]},
         )
         say(f"{result.status} at step {result.step} (loss {result.last_loss}); checkpoints listed in {run.manifest}")
         return 0
-    finally:
-        distributed.teardown(dist)
 
 
 def _apply_recipe(config: CptConfig, init: InitModel, say: Any) -> None:
@@ -348,6 +318,7 @@ def _open_data(config: CptConfig, context: int, tokenizer: Any, model_config: An
     from ckptlab.data.windows import TokenWindows
     from ckptlab.errors import DataError
     from ckptlab.train.batches import MixtureBatches, WindowBatches
+    from ckptlab.train.verb_setup import data_errors_named
 
     blends = [config.blend] + ([config.second_blend] if config.second_blend else [])
     keyed = [(key, data) for key, data in _data_keys(config) if key != "validate_on"]
@@ -358,10 +329,8 @@ def _open_data(config: CptConfig, context: int, tokenizer: Any, model_config: An
         path = Path(data).expanduser().resolve()
         if path in paths:
             continue
-        try:
+        with data_errors_named(key):
             source = TokenWindows(path, "train", context, config.train.seed)
-        except DataError as error:
-            raise DataError(f"{key}: {error}") from None
         if tokenizer_identity(load_data_tokenizer(path / "tokenizer")) != model_identity:
             raise UserError(
                 f"{key}: {data} was prepared with another tokenizer than the model's ({init_source}); "

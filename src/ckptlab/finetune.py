@@ -182,49 +182,30 @@ def finetune(config: FinetuneConfig) -> int:
         raise UserError("finetune: give the model to fine-tune with --init_from (a checkpoint, run, HF directory or hub id)")
     if not config.task and not config.data:
         raise UserError("finetune: give what to train on: --task NAME|TASK.yaml, or --data FILE.jsonl (instruction records)")
-    import os
-
     from ckptlab import finetune_data
     from ckptlab.init_model import resolve_init
+    from ckptlab.train.verb_setup import (
+        check_length_fits, check_prepared_data, distributed_run, main_process_printer, max_length_of, train_verb)
 
     # Checks that need neither torch nor the model come first, so a mistyped path fails at once.
-    main_process = os.environ.get("RANK", "0") == "0"
-    say = print if main_process else (lambda *a, **k: None)
+    say = main_process_printer()
     init = resolve_init(config.init_from)
     source = finetune_data.open_source(config)
     if config.replay:
-        from ckptlab.data.shards import read_manifest
-        from ckptlab.errors import DataError
-
-        try:
-            read_manifest(config.replay)
-        except DataError as error:
-            raise DataError(f"replay: {error}") from None
+        check_prepared_data("replay", config.replay)
     run = FinetuneRunDir(config.out)
     run.refuse_unless_resuming(config.resume)
-
-    import torch
 
     from ckptlab import config as configlib
     from ckptlab import methods
     from ckptlab.init_model import read_model_config, tokenizer_identity
     from ckptlab.model import count_parameters, load_tokenizer, shape_fingerprint
-    from ckptlab.train import distributed
-    from ckptlab.train.loop import train
-    from ckptlab.train.schedules import kept_steps, lr_at
 
-    torch.set_flush_denormal(True)
-    dist = distributed.setup(config.train.device)
-    try:
+    with distributed_run(config.train.device) as dist:
         tokenizer = load_tokenizer(init.source)
         model_config = read_model_config(init.source)
-        max_positions = getattr(model_config, "max_position_embeddings", None)
-        max_length = config.max_length or max_positions
-        if max_length is None:
-            raise ConfigError(f"max_length: {init.source} does not say its maximum length; give --max_length")
-        for key, value in (("max_length", max_length), ("replay_length", config.replay_length)):
-            if value is not None and max_positions is not None and value > max_positions:
-                raise UserError(f"{key} {value} is longer than the model allows (max_position_embeddings {max_positions})")
+        max_length = max_length_of(model_config, "max_length", config.max_length, init.source)
+        check_length_fits(model_config, "replay_length", config.replay_length)
         data = finetune_data.build_data(config, source, tokenizer, model_config, max_length, dist.world_size, say)
         config.train.max_steps, config.train.val_every, config.train.val_batches = (
             data.max_steps, data.val_every, data.val_batches)
@@ -257,7 +238,6 @@ def finetune(config: FinetuneConfig) -> int:
         }
         if dist.is_main:
             run.save_config(configlib.to_dict(config))
-        kept = kept_steps(config.keep, data.max_steps)
         say(
             f"finetune ({config.method}): {trainable:,} of {count_parameters(model):,} parameters train, from "
             f"{init.source}; {data.train_count} training sequences ({data.skipped} skipped), {data.val_count} "
@@ -267,23 +247,11 @@ def finetune(config: FinetuneConfig) -> int:
         if data.skipped:
             say(f"  skipped {data.skipped} training example(s) whose target is empty after truncation to {max_length} tokens")
         say(f"run manifest: {run.manifest}")
-        result = train(
-            model=model,
-            save_model=save_model,
-            train_data=data.train,
-            val_data=data.val,
-            config=config.train,
-            lr_at=lambda step: lr_at(step, config.train.schedule, data.max_steps),
-            kept=kept,
-            run=run,
-            fingerprints=fingerprints,
-            resume_from=resume_from,
-            allow_changed=config.allow_changed,
-            dist=dist,
-            log=say,
-            step_fields=data.step_fields,
-            anchor=anchor,
-            early_stopping=early,
+        # config.train.max_steps was resolved from the data above.
+        result = train_verb(
+            config, model=model, save_model=save_model, train_data=data.train, val_data=data.val,
+            run=run, fingerprints=fingerprints, resume_from=resume_from, dist=dist, log=say,
+            step_fields=data.step_fields, anchor=anchor, early_stopping=early,
         )
         if result.status == "complete" and dist.is_main:
             # With early stopping the final model is the best checkpoint by validation loss.
@@ -304,8 +272,6 @@ def finetune(config: FinetuneConfig) -> int:
         else:
             say(f"{result.status} at step {result.step} (loss {result.last_loss}); checkpoints listed in {run.manifest}")
         return 0
-    finally:
-        distributed.teardown(dist)
 
 
 def _regularisers(config: FinetuneConfig, model: Any, init_source: str, resume_from: Path | None, data: Any) -> tuple[Any, Any]:

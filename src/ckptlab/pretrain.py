@@ -55,16 +55,13 @@ def pretrain(config: PretrainConfig) -> int:
     from ckptlab.data.tokenizer import load_tokenizer, tokenizer_fingerprint
     from ckptlab.data.windows import TokenWindows
     from ckptlab.model import build_hf_config, build_model, count_parameters, save_model_dir, shape_fingerprint
-    from ckptlab.train import distributed
     from ckptlab.train.batches import WindowBatches
-    from ckptlab.train.loop import train
     from ckptlab.train.run_dir import RunDir
-    from ckptlab.train.schedules import kept_steps, lr_at
+    from ckptlab.train.schedules import kept_steps
+    from ckptlab.train.verb_setup import check_length_fits, distributed_run, main_process_printer, train_verb
 
-    torch.set_flush_denormal(True)
-    dist = distributed.setup(config.train.device)
-    say = print if dist.is_main else (lambda *a, **k: None)
-    try:
+    say = main_process_printer()
+    with distributed_run(config.train.device) as dist:
         data_dir = Path(config.data)
         manifest = read_manifest(data_dir)
         tokenizer_dir = data_dir / "tokenizer"
@@ -84,12 +81,7 @@ def pretrain(config: PretrainConfig) -> int:
         # The fingerprints describe what this invocation asks for; on resume they are compared with
         # the checkpoint's before its weights are loaded.
         hf_config = build_hf_config(config.model, vocab_size=manifest["vocab_size"], **token_ids)
-        max_positions = getattr(hf_config, "max_position_embeddings", None)
-        if max_positions is not None and context > max_positions:
-            raise UserError(
-                f"model.context_length {context} is longer than the model allows "
-                f"(max_position_embeddings {max_positions}, set in model.hf_overrides)"
-            )
+        check_length_fits(hf_config, "model.context_length", context, set_in="model.hf_overrides")
         fingerprints = {
             "data": train_windows.fingerprint,
             "tokenizer": tokenizer_fingerprint(tokenizer_dir),
@@ -115,20 +107,11 @@ def pretrain(config: PretrainConfig) -> int:
             f"(x{dist.world_size}), {len(kept)} kept checkpoints"
         )
         say(f"run manifest: {run.manifest}")
-        result = train(
-            model=model,
-            save_model=lambda folder: save_model_dir(model, tokenizer, folder),
+        result = train_verb(
+            config, model=model, save_model=lambda folder: save_model_dir(model, tokenizer, folder),
             train_data=WindowBatches(train_windows),
             val_data=WindowBatches(val_windows) if val_windows is not None else None,
-            config=config.train,
-            lr_at=lambda step: lr_at(step, config.train.schedule, config.train.max_steps),
-            kept=kept,
-            run=run,
-            fingerprints=fingerprints,
-            resume_from=resume_from,
-            allow_changed=config.allow_changed,
-            dist=dist,
-            log=say,
+            run=run, fingerprints=fingerprints, resume_from=resume_from, dist=dist, log=say,
         )
         kept_paths = [c for c in result.checkpoints if c["kept"]]
         say(
@@ -136,5 +119,3 @@ def pretrain(config: PretrainConfig) -> int:
             f"{len(kept_paths)} kept checkpoints listed in {run.manifest}"
         )
         return 0
-    finally:
-        distributed.teardown(dist)
