@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ckptlab.errors import ConfigError
+
 
 @dataclass
 class WorldConfig:
@@ -26,9 +28,15 @@ class WorldConfig:
     seed: int = 0
     """Seed of the generator: the same seed and size give byte-identical files."""
     size: Literal["tiny", "demo", "large"] = "demo"
-    """tiny: for tests (well under a second); demo: ~2 MB of general text for `ckptlab demo`; large: ~25 MB."""
+    """tiny: for tests (well under a second); demo: ~2.5 MB of general text for `ckptlab demo`; large: ~40 MB."""
+    restated_share: float = 0.5
+    """Share of a corpus subject's documents that state one of their facts a second time, in another wording (0 = never, the corpora of generator version 2). Pre-training on restatements is what lets a small model learn NLI (docs/world.md)."""
     overwrite: bool = False
     """Replace an existing world at `out` (refused without it)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.restated_share <= 1.0:
+            raise ConfigError(f"restated_share: expected a number from 0 to 1, got {self.restated_share}")
 
 
 def world(config: WorldConfig) -> int:
@@ -39,7 +47,7 @@ def world(config: WorldConfig) -> int:
     out = Path(config.out)
     check_target(out, config.overwrite)  # before spending any time generating
     start = time.perf_counter()
-    manifest = write_world(generate(config.seed, config.size), out, overwrite=config.overwrite)
+    manifest = write_world(generate(config.seed, config.size, config.restated_share), out, overwrite=config.overwrite)
     seconds = time.perf_counter() - start
     print("\n".join(summary_lines(manifest, out, seconds)))
     return 0
@@ -49,7 +57,7 @@ def summary_lines(manifest: dict[str, Any], out: Path, seconds: float) -> list[s
     """What was written: documents and bytes per corpus, examples per task split."""
     counts = manifest["counts"]
     lines = [
-        f"world: wrote {out} (size {manifest['size']}, seed {manifest['seed']}, "
+        f"world: wrote {out} (size {manifest['size']}, seed {manifest['seed']}, restated share {manifest['restated_share']}, "
         f"generator version {manifest['generator_version']}) in {seconds:.1f} s"
     ]
     for name, corpus in counts["corpus"].items():

@@ -325,3 +325,20 @@ def test_surface_features_do_not_give_nli_or_paraphrase_labels_away(demo_records
         two_bags = naive_bayes_accuracy(train, test, lambda r: [f"1:{w}" for w in bag_of_words(r[first])]
                                         + [f"2:{w}" for w in bag_of_words(r[second])])
         assert second_only < chance + 0.07 and two_bags < chance + 0.07, (task, second_only, two_bags)
+
+
+def test_restated_share_zero_is_the_earlier_corpus_and_the_default_is_the_generators(tmp_path):
+    from ckptlab.synthetic.corpora import RESTATED_SHARE
+    from ckptlab.world import WorldConfig
+
+    assert WorldConfig().restated_share == RESTATED_SHARE
+    plain, restated = generate(seed=0, size="tiny", restated_share=0.0), generate(seed=0, size="tiny")
+    # restatement adds sentences to the corpora and changes nothing else a task is built from
+    for corpus in ("general", "domain"):
+        assert (plain.counts["corpus"][corpus]["statements"] < restated.counts["corpus"][corpus]["statements"])
+        assert plain.counts["corpus"][corpus]["facts"] == restated.counts["corpus"][corpus]["facts"]
+    for path, text in plain.files.items():
+        if path.startswith("tasks/world_nli/") or path.startswith("tasks/world_paraphrase/"):
+            assert restated.files[path] == text, path
+    write_world(plain, tmp_path / "w")
+    assert json.loads((tmp_path / "w" / "world.json").read_text())["restated_share"] == 0.0

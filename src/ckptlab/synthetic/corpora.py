@@ -24,11 +24,13 @@ context is never rewarded in pre-training, and a model had to learn to compare t
 
 def subject_documents(
     facts: Sequence[Fact], repeats: tuple[int, int], rng: random.Random, mentions: dict[Fact, int],
-    restated_share: float = RESTATED_SHARE,
+    restated_share: float = RESTATED_SHARE, draw: bool | None = None,
 ) -> list[list[str]]:
     """The documents (lists of sentences) of one subject; records how often each fact is stated.
 
-    A share `restated_share` of them states one of its facts a second time in another wording."""
+    A share `restated_share` of them states one of its facts a second time in another wording.
+    `draw` (default: restated_share > 0) says whether each document draws its chance of doing so."""
+    draw = restated_share > 0 if draw is None else draw
     counts = [rng.randint(*repeats) for _ in facts]
     documents: list[list[str]] = [[] for _ in range(max(counts))]
     stated: list[list[Fact]] = [[] for _ in documents]
@@ -39,7 +41,7 @@ def subject_documents(
             documents[document].append(sentence)
             stated[document].append(fact)
     for sentences, in_document in zip(documents, stated, strict=True):
-        if in_document and rng.random() < restated_share:
+        if draw and in_document and rng.random() < restated_share:
             fact = rng.choice(in_document)
             again = render(fact, rng.randrange(len(TEMPLATES[fact.type])), rng)
             if again not in sentences:  # the same template twice would be a copy, not a restatement
@@ -54,6 +56,7 @@ def build_corpus(
     repeats: tuple[int, int],
     rng: random.Random,
     minor_repeats: tuple[int, int] | None = None,
+    restated_share: float = RESTATED_SHARE,
 ) -> tuple[list[str], dict[Fact, int]]:
     """Documents (one paragraph each) and the number of times each fact is stated.
 
@@ -63,13 +66,18 @@ def build_corpus(
         repeats: (min, max) times a fact is stated, drawn uniformly per fact.
         rng: the only source of randomness.
         minor_repeats: repeats for the minor subjects (default: `repeats`).
+        restated_share: share of the main subjects' documents that restate one of their facts.
     """
     mentions: dict[Fact, int] = {}
     documents: list[list[str]] = []
     for facts in main_subjects:
-        documents += subject_documents(facts, repeats, rng, mentions)
+        documents += subject_documents(facts, repeats, rng, mentions, restated_share)
     for facts in minor_subjects:
-        for extra in subject_documents(facts, minor_repeats or repeats, rng, mentions, restated_share=0.0):
+        # Minor subjects never restate; they draw whenever the world restates at all, which keeps
+        # the random stream that generator version 3's corpora (measured in docs/world.md) came
+        # from, and a world without restatement draws nothing: generator version 2's corpora exactly.
+        for extra in subject_documents(facts, minor_repeats or repeats, rng, mentions, restated_share=0.0,
+                                       draw=restated_share > 0):
             documents[rng.randrange(len(documents))].extend(extra)
     for document in documents:
         rng.shuffle(document)

@@ -25,7 +25,7 @@ import yaml
 from ckptlab.synthetic import entities as E
 from ckptlab.synthetic import examples as X
 from ckptlab.synthetic import facts as F
-from ckptlab.synthetic.corpora import build_corpus, corpus_text
+from ckptlab.synthetic.corpora import RESTATED_SHARE, build_corpus, corpus_text
 from ckptlab.synthetic.sizes import SIZES, WorldSize
 from ckptlab.synthetic.tasks import SPLITS, TASKS, mixture_record
 
@@ -44,6 +44,7 @@ FINE_TUNING_TASKS = ("world_nli", "world_paraphrase", "world_summarization", "wo
 class World:
     seed: int
     size: str
+    restated_share: float = RESTATED_SHARE
     files: dict[str, str] = field(default_factory=dict)
     """Relative path -> text, in the order written."""
     counts: dict[str, Any] = field(default_factory=dict)
@@ -75,10 +76,11 @@ def partition(units: list, counts: dict[str, int], rng: random.Random) -> dict[s
     return groups
 
 
-def generate(seed: int, size: str) -> World:
-    """The world of `size` ("tiny", "demo" or "large") generated from `seed`."""
+def generate(seed: int, size: str, restated_share: float = RESTATED_SHARE) -> World:
+    """The world of `size` ("tiny", "demo" or "large") generated from `seed`; `restated_share` of the
+    corpus subjects' documents state one of their facts twice (`corpora.RESTATED_SHARE`)."""
     spec = SIZES[size]
-    world = World(seed=seed, size=size)
+    world = World(seed=seed, size=size, restated_share=restated_share)
     bank = E.NameBank(_stream(seed, "names"))
     first_names = E.make_first_names(bank, min(600, max(60, spec.corpus_people // 4)))
 
@@ -106,11 +108,12 @@ def generate(seed: int, size: str) -> World:
         [[F.Fact("city_country", c, country)] for c, country in places.city_country.items()]
         + [[F.Fact("org_city", o, places.org_city[o]), F.Fact("org_founded", o, str(places.org_founded[o]))]
            for o in places.orgs],
-        spec.repeats, _stream(seed, "corpus:general"))
+        spec.repeats, _stream(seed, "corpus:general"), restated_share=restated_share)
     domain_docs, domain_mentions = build_corpus(
         [F.company_facts(c, with_results=False) for c in corpus_companies],
         [[F.results_fact(c, r) for r in c.results] for c in corpus_companies],
-        spec.repeats, _stream(seed, "corpus:finance"), minor_repeats=spec.results_repeats)
+        spec.repeats, _stream(seed, "corpus:finance"), minor_repeats=spec.results_repeats,
+        restated_share=restated_share)
     world.files["corpus/general.txt"] = corpus_text(general_docs)
     world.files["corpus/domain.txt"] = corpus_text(domain_docs)
 

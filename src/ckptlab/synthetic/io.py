@@ -29,6 +29,7 @@ def manifest(world: World) -> dict[str, Any]:
         "generator_version": GENERATOR_VERSION,
         "seed": world.seed,
         "size": world.size,
+        "restated_share": world.restated_share,
         "counts": world.counts,
         "tasks": {
             name: {
