@@ -150,6 +150,7 @@ def report(config: ReportConfig) -> int:
         "sequential": sequential.sequential_table(study),
         "sequential_replay": sequential.replay_comparison(study),
         "findings": [{"finding": f["id"], "outcome": f["outcome"], **s} for f in results for s in f["statistics"]],
+        "seeds": study.data.seed_rows,
     }
     tables["recommendation"] = costs.recommendation_table(study, tables["frontier"])
     for name, rows in tables.items():

@@ -147,6 +147,26 @@ def test_a_chain_fine_tunes_the_fine_tuned_model_and_the_report_shows_it(tiny, t
     assert "finetunes (again).after: no finetunes entry 'nope'" in proc.stderr
 
 
+def test_seed_replicates_train_one_model_per_seed_and_the_report_averages_them(tiny, tmp_path):
+    out = tmp_path / "seeds"
+    replicated = [{"name": "nli", "config": {**FINETUNE, "train.max_steps": 2}, "from": ["step-00000030"],
+                   "seeds": [0, 1]}]
+    proc = run_cli("sweep", "--config", str(sweep_yaml(tiny.root, out, replicated)))
+    assert "executed 6 job(s)" in proc.stdout  # 2 base evaluations, 2 fine-tunes and their evaluations
+    table = rows((out / "results.csv").read_text())
+    tuned = {r["variant"]: r["model_fp"] for r in table if r["role"] == "finetuned"}
+    assert sorted(tuned) == ["seed=0", "seed=1"] and len(set(tuned.values())) == 2  # two different models
+    assert {r["finetune"] for r in table if r["role"] == "finetuned"} == {"nli"}
+    assert sorted(p.name.split("-")[1] for p in (out / "jobs").glob("finetune-*")) == ["nli", "nli"]
+    run_cli("report", str(out), "--bootstrap", "20")
+    with open(out / "report" / "tables" / "seeds.csv", newline="", encoding="utf-8") as handle:
+        seeds = list(csv.DictReader(handle))
+    assert {(r["model"], r["seeds"]) for r in seeds} == {("nli @ step-00000030 (full, mean of 2 seeds)", "2")}
+    with open(out / "report" / "tables" / "scores.csv", newline="", encoding="utf-8") as handle:
+        scores = list(csv.DictReader(handle))
+    assert {r["variant"] for r in scores if r["role"] == "finetuned"} == {"mean of 2 seeds"}
+
+
 @pytest.mark.slow
 def test_killed_three_times_then_rerun_gives_the_same_table(tiny, tmp_path):
     out = tmp_path / "killed"

@@ -54,7 +54,7 @@ def test_findings_json_and_html_agree(written):
 def test_tables_hold_every_model_and_relation(written):
     assert sorted(p.name for p in (written / "tables").glob("*.csv")) == [
         "compute.csv", "cpt.csv", "findings.csv", "forgetting.csv", "frontier.csv", "gain_per_pflop.csv", "gains.csv",
-        "recommendation.csv", "scores.csv", "sensitivity.csv", "sequential.csv", "sequential_replay.csv"]
+        "recommendation.csv", "scores.csv", "seeds.csv", "sensitivity.csv", "sequential.csv", "sequential_replay.csv"]
     scores = rows(written / "tables" / "scores.csv")
     assert len(scores) == 10 * 6  # 3 base + 6 fine-tuned + 1 cpt models × 6 eval sets
     assert {r["role"] for r in scores} == {"base", "finetuned", "cpt"}

@@ -150,7 +150,29 @@ def test_a_chain_follows_its_after_entry_checkpoints(sweep):
         spec_from_dict(sweep)
 
 
+def test_seeds_replicate_a_fine_tune_under_one_name(sweep):
+    before = ids(sweep)
+    sweep["finetunes"][1]["seeds"] = [0, 3]
+    sweep["finetunes"][1]["variant"] = "short"
+    plan = build_plan(spec_from_dict(sweep))
+    tuned = {j.name: j for j in plan.jobs if j.kind == "finetune"}
+    assert sorted(tuned) == ["one@early", "one@late", "two-seed0@late", "two-seed3@late"]
+    assert [tuned[f"two-seed{k}@late"].values["train"]["seed"] for k in (0, 3)] == [0, 3]
+    models = {j.name: j.model for j in plan.jobs if j.kind == "evaluate" and j.model["role"] == "finetuned"}
+    assert {(m["finetune"], m["variant"]) for n, m in models.items() if n.startswith("two")} == {
+        ("two", "short, seed=0"), ("two", "short, seed=3")}
+    after = {job.name + "/" + job.kind: job.id for job in plan.jobs}
+    assert {k: after[k] for k in before if k.startswith("one")} == {k: v for k, v in before.items() if k.startswith("one")}
+
+
 @pytest.mark.parametrize("change, message", [
+    (lambda s: s["finetunes"][1].update({"seeds": [1, 1]}), "finetunes[1] (two).seeds: expected a list of distinct"),
+    (lambda s: s["finetunes"][1].update({"seeds": []}), "finetunes[1] (two).seeds: expected a list of distinct"),
+    (lambda s: [s["finetunes"][1].update({"seeds": [0, 1]}), s["finetunes"][1]["config"].update({"train.seed": 2})],
+     "finetunes[1] (two).config.train.seed: give either train.seed or seeds"),
+    (lambda s: [s["finetunes"][0].update({"seeds": [0, 1]}), s["finetunes"][1].update({"after": "one"})],
+     "finetunes (two).after: 'one' is replicated over seeds"),
+    (lambda s: s["finetunes"][1].update({"seeds": [0], "after": "one"}), "a chained entry (after) cannot be replicated"),
     (lambda s: s["finetunes"][1].update({"after": "nope"}), "finetunes (two).after: no finetunes entry 'nope'"),
     (lambda s: s["finetunes"][1].update({"after": "two"}), "finetunes (two).after: the chain is a cycle (two → two)"),
     (lambda s: [s["finetunes"][0].update({"after": "two"}), s["finetunes"][1].update({"after": "one"})],

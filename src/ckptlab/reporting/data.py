@@ -78,6 +78,8 @@ class SweepData:
     chance: dict[str, float | None]
     """Per task, the larger of uniform guessing and always answering the most common gold label (None: generation)."""
     warnings: list[str] = field(default_factory=list)
+    seed_rows: list[dict[str, Any]] = field(default_factory=list)
+    """Seed replicates merged into one model each: every replicate's score per eval set (tables/seeds.csv)."""
 
     def steps(self) -> list[int]:
         return sorted({m.step for m in self.models.values() if m.step is not None})
@@ -119,12 +121,17 @@ def _primary_metric(metrics_present: set[str], override: str | None) -> str | No
 
 def load(store_path: Path, sweep: str | None = None, shots: int | None = None,
          metric_overrides: dict[str, str] | None = None) -> SweepData:
-    """Read the store at `store_path` (the models of one sweep name, or of all)."""
+    """Read the store at `store_path` (the models of one sweep name, or of all); seed replicates of a
+    fine-tune become one model (`reporting.replicates`)."""
+    from ckptlab.reporting.replicates import merge_seed_replicates
+
     store = ResultStore(store_path)
     try:
-        return _load(store, store_path, sweep, shots, metric_overrides or {})
+        data = _load(store, store_path, sweep, shots, metric_overrides or {})
     finally:
         store.close()
+    data.seed_rows = merge_seed_replicates(data)
+    return data
 
 
 def _load(store: ResultStore, path: Path, sweep: str | None, shots: int | None,

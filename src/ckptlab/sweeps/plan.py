@@ -281,7 +281,7 @@ def build_plan(spec: Spec, store: Any = None) -> Plan:
             model = Model(
                 key=job.name, role="finetuned" if entry.kind == "finetune" else "cpt", fingerprint=f"job:{job.id}",
                 producer=job.dirname, checkpoint=base.checkpoint, step=base.step, tokens_seen=base.tokens_seen,
-                finetune=entry.name, finetune_task=_finetune_task(entry),
+                finetune=entry.replicate_of or entry.name, finetune_task=_finetune_task(entry),
                 method=_method(entry), variant=entry.variant,
                 parent=asdict(parent), base=asdict(base))
             trained.append(model)

@@ -24,7 +24,7 @@ VERB_CONFIGS = {
     "cpt": ("ckptlab.cpt", "CptConfig", ("init_from", "out", "resume")),
     "evaluate": ("ckptlab.evaluate", "EvaluateConfig", ("model", "store", "export", "checkpoints")),
 }
-ENTRY_KEYS = {"name", "config", "preset", "variant", "from", "after", "resources"}
+ENTRY_KEYS = {"name", "config", "preset", "variant", "from", "after", "resources", "seeds"}
 RESOURCE_KEYS = {"num_cpus", "num_gpus"}
 DEFAULT_RESOURCES = {"num_cpus": 1, "num_gpus": 0}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -61,6 +61,9 @@ class TrainEntry:
     after: str | None = None
     """Finetune entries only: the finetune entry whose output models this one fine-tunes (a chain);
     None = fine-tune the base models."""
+    replicate_of: str | None = None
+    """For one seed of an entry with `seeds`: the entry's name (results name the model by it, with
+    `seed=K` in the variant; `name` is `NAME-seedK`, unique in the sweep)."""
 
 
 @dataclass
@@ -127,6 +130,42 @@ def _resources(value: Any, where: str) -> dict[str, float]:
     return dict(value)
 
 
+def _seeds(raw: dict[str, Any], kind: str, where: str, values: dict[str, Any]) -> list[int] | None:
+    seeds = raw.get("seeds")
+    if seeds is None:
+        return None
+    if kind != "finetune":
+        raise ConfigError(f"{where}.seeds: only finetunes entries are replicated over seeds")
+    if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
+            or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds)):
+        raise ConfigError(f"{where}.seeds: expected a list of distinct integers ≥ 0, got {seeds!r}")
+    if "seed" in (values.get("train") or {}):
+        raise ConfigError(f"{where}.config.train.seed: give either train.seed or seeds, not both")
+    if raw.get("after") is not None:
+        raise ConfigError(f"{where}.seeds: a chained entry (after) cannot be replicated over seeds")
+    return seeds
+
+
+def _train_entries(kind: str, section: str, index: int, raw: Any, names: set[str]) -> list[TrainEntry]:
+    """The entry, or one entry per seed when it lists `seeds` (each with `train.seed` set)."""
+    entry = _train_entry(kind, section, index, raw, names)
+    seeds = _seeds(raw, kind, f"{section}[{index}] ({entry.name})", entry.values)
+    if seeds is None:
+        return [entry]
+    replicas = []
+    for seed in seeds:
+        name = f"{entry.name}-seed{seed}"
+        if name in names:
+            raise ConfigError(f"{section}[{index}].seeds: '{name}' is used by another entry")
+        names.add(name)
+        values = configlib._merge(entry.values, {"train": {"seed": seed}})
+        config = build_verb_config(kind, values, f"{section}[{index}] ({entry.name}).config")
+        variant = ", ".join(x for x in (entry.variant, f"seed={seed}") if x)
+        replicas.append(TrainEntry(kind, name, values, config, variant, entry.bases, entry.resources, None,
+                                   replicate_of=entry.name))
+    return replicas
+
+
 def _train_entry(kind: str, section: str, index: int, raw: Any, names: set[str]) -> TrainEntry:
     where = f"{section}[{index}]"
     if not isinstance(raw, dict):
@@ -169,6 +208,9 @@ def chain_order(finetunes: list[TrainEntry]) -> list[TrainEntry]:
         seen = [entry.name]
         current = entry
         while current.after is not None:
+            if current.after not in by_name and any(e.replicate_of == current.after for e in finetunes):
+                raise ConfigError(f"finetunes ({current.name}).after: '{current.after}' is replicated over seeds; "
+                                  "a chain cannot start from it")
             if current.after not in by_name:
                 raise ConfigError(f"finetunes ({current.name}).after: no finetunes entry '{current.after}' "
                                   f"(entries: {', '.join(sorted(by_name))})")
@@ -284,7 +326,7 @@ def build_spec(config: Any) -> Spec:
     sections = {}
     for section, kind in (("pretrain", "pretrain"), ("finetunes", "finetune"), ("cpt", "cpt")):
         raw = getattr(config, section)
-        sections[section] = [_train_entry(kind, section, i, item, names) for i, item in enumerate(raw)]
+        sections[section] = [e for i, item in enumerate(raw) for e in _train_entries(kind, section, i, item, names)]
     sections["finetunes"] = chain_order(sections["finetunes"])
     labels = {c.label for c in checkpoints} | {e.name for e in sections["pretrain"]}
     for entry in sections["finetunes"] + sections["cpt"]:
