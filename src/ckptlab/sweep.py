@@ -39,7 +39,7 @@ class SweepConfig:
     pretrain: list[dict[str, Any]] = field(default_factory=list)
     """Pre-training runs: {name, config: {PretrainConfig keys}, preset: FILE}; each final model is a base model."""
     finetunes: list[dict[str, Any]] = field(default_factory=list)
-    """Fine-tunes of every base model (or those listed in `from`): {name, config: {FinetuneConfig keys}, preset, variant, from, resources}."""
+    """Fine-tunes of every base model (or those listed in `from`): {name, config: {FinetuneConfig keys}, preset, variant, from, after, seeds, resources}; `after: NAME` fine-tunes that entry's models (a chain), `seeds: [0, 1, 2]` runs the entry once per seed (docs/sweep.md)."""
     cpt: list[dict[str, Any]] = field(default_factory=list)
     """Continued pre-training of every base model (or `from`): {name, config: {CptConfig keys}, preset, variant, from, resources}."""
     evaluate: dict[str, Any] = field(default_factory=dict)
