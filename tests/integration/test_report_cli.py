@@ -76,7 +76,7 @@ def sweep_report(tmp_path_factory) -> Path:
 def test_cli_writes_report_figures_tables_and_findings(sweep_report):
     assert (sweep_report / "report.html").is_file() and (sweep_report / "findings.json").is_file()
     assert len(list((sweep_report / "figures").glob("*.png"))) == 6
-    assert len(list((sweep_report / "tables").glob("*.csv"))) == 12
+    assert len(list((sweep_report / "tables").glob("*.csv"))) == 13
 
 
 def test_bad_sweep_is_one_line_exit_2(tmp_path):
