@@ -59,20 +59,18 @@ class ModelDims:
     """Parameters that receive gradient updates."""
     total_params: int
     """All parameters, shared tensors counted once."""
-    backward_params: int = -1
-    """N_backward: matmul parameters that activation gradients pass through (-1 = N: every one)."""
-    backward_layers: int = -1
-    """Blocks that activation gradients pass through (-1 = n_layer)."""
-    weight_grad_params: int = -1
-    """N_trainable: trainable matmul parameters, whose weight gradients are computed (-1 = N)."""
+    backward_params: int
+    """N_backward: matmul parameters that activation gradients pass through (N when every weight trains)."""
+    backward_layers: int
+    """Blocks that activation gradients pass through (n_layer when every weight trains)."""
+    weight_grad_params: int
+    """N_trainable: trainable matmul parameters, whose weight gradients are computed."""
 
-    def training_flops_per_token(self) -> tuple[float, float]:
-        """(FLOPs per token, FLOPs per token-position of attention ÷ d_model): forward + backward."""
-        n = self.matmul_params
-        backward = n if self.backward_params < 0 else self.backward_params
-        weights = n if self.weight_grad_params < 0 else self.weight_grad_params
-        layers = self.n_layer if self.backward_layers < 0 else self.backward_layers
-        return 2.0 * (n + backward + weights), 2.0 * self.n_layer + 4.0 * layers
+    def training_flops(self, tokens: float, token_positions: float) -> float:
+        """Forward + backward FLOPs over `tokens` tokens that attend over `token_positions` (Σ b·T²) in all."""
+        per_token = 2.0 * (self.matmul_params + self.backward_params + self.weight_grad_params)
+        per_position = (2.0 * self.n_layer + 4.0 * self.backward_layers) * self.d_model
+        return per_token * tokens + per_position * token_positions
 
 
 def model_dims(model: Any) -> ModelDims:
@@ -94,9 +92,7 @@ def model_dims(model: Any) -> ModelDims:
     config = model.config
     n_layer = _first(config, ("num_hidden_layers", "n_layer", "num_layers"))
     d_model = _first(config, ("hidden_size", "n_embd", "d_model"))
-    backward_params, backward_layers = _backward_extent(model, unique, tables, head, matmul_of)
-    if backward_params < 0:
-        backward_params, backward_layers = matmul, n_layer
+    backward_params, backward_layers = _backward_extent(model, unique, tables, head, matmul_of) or (matmul, n_layer)
     return ModelDims(matmul_params=matmul, n_layer=n_layer, d_model=d_model,
                      trainable_params=sum(p.numel() for p in unique.values() if p.requires_grad),
                      total_params=sum(p.numel() for p in unique.values()),
@@ -105,17 +101,17 @@ def model_dims(model: Any) -> ModelDims:
 
 
 def _backward_extent(model: Any, unique: dict[int, Any], tables: set[int], head: Any,
-                     matmul_of: Any) -> tuple[int, int]:
-    """(N_backward, blocks) that activation gradients pass through; (-1, -1) = all of them."""
+                     matmul_of: Any) -> tuple[int, int] | None:
+    """(N_backward, blocks) that activation gradients pass through; None = all of them."""
     from ckptlab.errors import UserError
     from ckptlab.methods import transformer_blocks
 
     if any(unique[i].requires_grad for i in tables if i in unique):
-        return -1, -1  # a trainable embedding needs gradients all the way down
+        return None  # a trainable embedding needs gradients all the way down
     try:
         blocks = transformer_blocks(model)
     except UserError:
-        return -1, -1  # blocks not found: charge the full count
+        return None  # blocks not found: charge the full count
     trainable = [i for i, block in enumerate(blocks) if any(p.requires_grad for p in block.parameters())]
     if trainable:
         below = {id(p): p for block in blocks[: min(trainable)] for p in block.parameters()}
@@ -146,8 +142,7 @@ def forward_flops(dims: ModelDims, tokens: float, context: float) -> float:
 def training_flops(dims: ModelDims, tokens: float, context: float) -> float:
     """FLOPs of forward + backward over `tokens` tokens in sequences of `context` tokens (3 × forward
     when every weight trains)."""
-    per_token, per_position = dims.training_flops_per_token()
-    return per_token * tokens + per_position * dims.d_model * context * tokens
+    return dims.training_flops(tokens, tokens * context)
 
 
 class ComputeMeter:
@@ -188,8 +183,7 @@ class ComputeMeter:
         self.started = time.perf_counter()
 
     def flops(self) -> float:
-        per_token, per_position = self.dims.training_flops_per_token()
-        return per_token * self.tokens + per_position * self.dims.d_model * self.token_positions
+        return self.dims.training_flops(self.tokens, self.token_positions)
 
     def record(self) -> dict[str, Any]:
         wall = round(self.wall_s(), 3)
