@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from dataclasses import replace
 from typing import Any
 
 from ckptlab.reporting.data import Score, SweepData, SweepModel
-
-SEED_PART = re.compile(r"(?:^|, )seed=(\d+)$")
-"""The variant part that marks one seed of a replicated fine-tune (`lr 3e-4, seed=2`), as the sweep writes it."""
+from ckptlab.sweeps.spec import SEED_PART
 
 
 def seed_of(model: SweepModel) -> int | None:
@@ -78,10 +75,9 @@ def _merge_results(data: SweepData, members: list[SweepModel], merged_fp: str) -
             values = [data.sensitivity.get((fp, task, stat)) for fp in fps]
             if all(v is not None for v in values):
                 data.sensitivity[(merged_fp, task, stat)] = sum(values) / len(values)
-    for key in [k for k in list(data.items) + list(data.scores) + list(data.sensitivity) if k[0] in fps]:
-        data.items.pop(key, None)
-        data.scores.pop(key, None)
-        data.sensitivity.pop(key, None)
+    for table in (data.items, data.scores, data.sensitivity):
+        for key in [k for k in table if k[0] in fps]:
+            del table[key]
 
 
 def _seed_rows(data: SweepData, members: list[SweepModel], merged: SweepModel) -> list[dict[str, Any]]:

@@ -130,6 +130,15 @@ def _resources(value: Any, where: str) -> dict[str, float]:
     return dict(value)
 
 
+SEED_PART = re.compile(r"(?:^|, )seed=(\d+)$")
+"""The end of a replicate's variant that names its seed (`seed=2`, `lr 3e-4, seed=2`); the report reads it."""
+
+
+def with_seed(variant: str | None, seed: int) -> str:
+    """The variant of one seed's replicate of an entry with `variant` (matched by SEED_PART)."""
+    return ", ".join(x for x in (variant, f"seed={seed}") if x)
+
+
 def _seeds(raw: dict[str, Any], kind: str, where: str, values: dict[str, Any]) -> list[int] | None:
     seeds = raw.get("seeds")
     if seeds is None:
@@ -160,8 +169,8 @@ def _train_entries(kind: str, section: str, index: int, raw: Any, names: set[str
         names.add(name)
         values = configlib._merge(entry.values, {"train": {"seed": seed}})
         config = build_verb_config(kind, values, f"{section}[{index}] ({entry.name}).config")
-        variant = ", ".join(x for x in (entry.variant, f"seed={seed}") if x)
-        replicas.append(TrainEntry(kind, name, values, config, variant, entry.bases, entry.resources, None,
+        replicas.append(TrainEntry(kind, name, values, config, with_seed(entry.variant, seed), entry.bases,
+                                   entry.resources, None,
                                    replicate_of=entry.name))
     return replicas
 
