@@ -51,7 +51,7 @@ def build_model() -> Any:
     """The benchmark model, built by ckptlab's builder (the plain GPT-NeoX fallback is the same model)."""
     torch.manual_seed(SEED)
     try:
-        from ckptlab.model import ModelConfig, build_model as ckptlab_build
+        from ckptlab.models.hf import ModelConfig, build_model as ckptlab_build
 
         config = ModelConfig(architecture="gpt_neox", hidden_size=WIDTH, num_layers=LAYERS, num_heads=HEADS,
                              intermediate_size=FFN, context_length=CONTEXT, init_std=0.02)
@@ -112,8 +112,9 @@ def run_ckptlab(samples: tuple[torch.Tensor, torch.Tensor], warmup: int, steps: 
     that the end of the window is a step start too; the end-of-run checkpoint comes after it.
     """
     from ckptlab.train import distributed
-    from ckptlab.train.loop import TrainConfig, train
-    from ckptlab.train.run_dir import RunDir, read_metrics
+    from ckptlab.train.config import TrainConfig
+from ckptlab.train.loop import train
+    from ckptlab.runs.run_dir import RunDir, read_metrics
     from ckptlab.train.schedules import ScheduleConfig
 
     model = build_model()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ckptlab import config as configlib
-from ckptlab.cli import VERBS
+from ckptlab.commands import VERBS, VerbTable
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "transformers", "numpy", "tokenizers")
@@ -46,8 +46,4 @@ def test_every_preset_parses_and_opens_with_its_command(preset):
     first = preset.read_text().splitlines()[0]
     assert first.startswith("# ckptlab "), f"{preset.name} must open with the command that runs it"
     verb = first.split()[2]
-    module_name, class_name, _, _ = VERBS[verb]
-    import importlib
-
-    config_cls = getattr(importlib.import_module(module_name), class_name)
-    configlib.load(config_cls, ["--config", str(preset)])
+    configlib.load(VerbTable().config_class(verb), ["--config", str(preset)])

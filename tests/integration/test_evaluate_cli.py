@@ -42,7 +42,7 @@ def model_dir(tmp_path_factory) -> Path:
     import torch
 
     from ckptlab.data.tokenizer import train_tokenizer
-    from ckptlab.model import ModelConfig, build_model, save_model_dir
+    from ckptlab.models.hf import ModelConfig, build_model, save_model_dir
 
     root = tmp_path_factory.mktemp("model")
     tokenizer = train_tokenizer([f"The test premise number {i}. A hypothesis {i}. entailment neutral contradiction"

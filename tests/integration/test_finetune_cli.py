@@ -52,9 +52,10 @@ def records(run: Path) -> list[dict]:
 
 def accuracy(model_dir: Path, task_path: str, split: str = "test") -> float:
     """Accuracy by the log-likelihood of each choice, with ckptlab's evaluation scorer."""
-    from ckptlab.evaluation import scoring, templates
-    from ckptlab.evaluation.tasks import load_task_data, read_task_file
-    from ckptlab.model import load_model, load_tokenizer
+    from ckptlab.evaluation import scoring
+    from ckptlab.tasks import templates
+    from ckptlab.tasks.spec import load_task_data, read_task_file
+    from ckptlab.models.hf import load_model, load_tokenizer
 
     spec = read_task_file(Path(task_path))
     examples = load_task_data(spec, split).examples

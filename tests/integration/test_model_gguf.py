@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ckptlab import model as M
+from ckptlab.models import hf as M
 
 pytestmark = pytest.mark.slow
 

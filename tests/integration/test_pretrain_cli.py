@@ -30,7 +30,7 @@ def test_kept_checkpoints_load_and_match_training(prepared, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ckptlab.data.windows import TokenWindows
-    from ckptlab.train.batches import WindowBatches
+    from ckptlab.data.batches import WindowBatches
 
     run = tmp_path / "run"
     proc = pretrain(prepared, run, "--train.max_steps", "12", "--keep.schedule", "log", "--keep.every", "8",

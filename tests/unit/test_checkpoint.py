@@ -5,7 +5,7 @@ import json
 import pytest
 
 from ckptlab.errors import CheckpointError
-from ckptlab.train import checkpoint as ckpt
+from ckptlab.runs import checkpoint as ckpt
 
 
 def _write(parent, step, payload=b"weights"):
@@ -82,7 +82,7 @@ def test_rewriting_a_step_replaces_it_whole(tmp_path):
 
 
 def test_resume_without_a_checkpoint_starts_a_fresh_metrics_history(tmp_path):
-    from ckptlab.train.run_dir import RunDir, read_metrics
+    from ckptlab.runs.run_dir import RunDir, read_metrics
 
     run = RunDir(tmp_path / "run")
     run.root.mkdir(parents=True)

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from ckptlab import classification
+from ckptlab.data import classification
 from ckptlab.errors import ConfigError
-from ckptlab.finetune import FinetuneConfig
+from ckptlab.commands.finetune import FinetuneConfig
 from ckptlab.train import distributed
-from ckptlab.train.loop import TrainConfig, train
-from ckptlab.train.run_dir import RunDir, read_metrics
+from ckptlab.train.config import TrainConfig
+from ckptlab.train.loop import train
+from ckptlab.runs.run_dir import RunDir, read_metrics
 from tiny_models import one_thread  # noqa: F401
 
 CLS, SEP, PAD = 2, 3, 0

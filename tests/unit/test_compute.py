@@ -10,8 +10,9 @@ from ckptlab.data import sft
 from ckptlab.errors import ConfigError
 from ckptlab.train import distributed
 from ckptlab.train.compute import forward_flops, model_dims, training_flops
-from ckptlab.train.loop import TrainConfig, train
-from ckptlab.train.run_dir import RunDir
+from ckptlab.train.config import TrainConfig
+from ckptlab.train.loop import train
+from ckptlab.runs.run_dir import RunDir
 from tiny_models import VOCAB, one_thread, random_rows, tiny_model  # noqa: F401
 
 
@@ -40,8 +41,8 @@ def test_flops_match_the_formula_by_hand():
 
 
 def test_frozen_parts_are_charged_only_the_backward_they_need():
-    from ckptlab import lora
-    from ckptlab.methods import select_trainable
+    from ckptlab.models import lora
+    from ckptlab.models.methods import select_trainable
 
     full = model_dims(tiny())
     assert (full.backward_params, full.backward_layers, full.weight_grad_params) == (N, 2, N)

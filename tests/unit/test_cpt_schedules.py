@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ckptlab.config import load
-from ckptlab.cpt import CptConfig, _switch_step
+from ckptlab.commands.cpt import CptConfig, _switch_step
 from ckptlab.errors import ConfigError
 from ckptlab.train.schedules import (
     ScheduleConfig,

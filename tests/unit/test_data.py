@@ -14,7 +14,7 @@ from ckptlab.data import shards, sources
 from ckptlab.data.tokenizer import load_tokenizer, tokenizer_fingerprint, train_tokenizer
 from ckptlab.data.windows import TokenWindows
 from ckptlab.errors import ConfigError, DataError
-from ckptlab.prepare import PrepareConfig, prepare
+from ckptlab.commands.prepare import PrepareConfig, prepare
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "corpus"
 TINY_TXT = FIXTURES / "tiny.txt"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ckptlab.demo import DEMO_PLANS, EVAL_SETS, DemoConfig, sweep_spec
+from ckptlab.commands.demo import DEMO_PLANS, EVAL_SETS, DemoConfig, sweep_spec
 
 
 def test_the_demo_fine_tunes_nli_longer_and_summarization_shorter(tmp_path):

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from ckptlab.data.tokenizer import train_tokenizer  # noqa: E402
 from ckptlab.evaluation import generation, scoring  # noqa: E402
-from ckptlab.model import ModelConfig, build_model  # noqa: E402
+from ckptlab.models.hf import ModelConfig, build_model  # noqa: E402
 
 WORDS = ["the", "cat", "dog", "sat", "ran", "on", "mat", "park", "a", "big", "small", "."]
 SENTENCES = [" ".join(random.Random(i).choices(WORDS, k=12)) for i in range(60)] + [

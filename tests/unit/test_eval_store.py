@@ -13,12 +13,12 @@ torch = pytest.importorskip("torch")
 from test_eval_tasks import WORLD_STYLE, write_task  # noqa: E402
 
 from ckptlab.data.tokenizer import train_tokenizer  # noqa: E402
-from ckptlab.evaluation import tasks as T  # noqa: E402
+from ckptlab.tasks import spec as T  # noqa: E402
 from ckptlab.evaluation.models import ModelRef, content_hash, model_fingerprint, resolve_models  # noqa: E402
 from ckptlab.evaluation.runner import Evaluator, Unit  # noqa: E402
 from ckptlab.evaluation.store import ResultStore, export  # noqa: E402
-from ckptlab.model import ModelConfig, build_model, load_model, load_tokenizer, save_model_dir  # noqa: E402
-from ckptlab.train.checkpoint import write_checkpoint  # noqa: E402
+from ckptlab.models.hf import ModelConfig, build_model, load_model, load_tokenizer, save_model_dir  # noqa: E402
+from ckptlab.runs.checkpoint import write_checkpoint  # noqa: E402
 
 GENERATION = {**WORLD_STYLE, "task": "toy_gen", "type": "generation", "label_field": None, "choices": None,
               "target_field": "hypothesis", "fields": ["premise"], "metrics": ["rouge_l", "exact_match"],
@@ -173,10 +173,10 @@ def test_file_hash_memo_and_csv_export(model_dirs, units, tmp_path):
 
 
 def test_hub_source_is_fingerprinted_by_its_snapshot_content(model_dirs, monkeypatch):
-    import ckptlab.model
+    import ckptlab.models.hf
 
     asked = []
-    monkeypatch.setattr(ckptlab.model, "hub_snapshot", lambda repo, rev: asked.append((repo, rev)) or str(model_dirs[0]))
+    monkeypatch.setattr(ckptlab.models.hf, "hub_snapshot", lambda repo, rev: asked.append((repo, rev)) or str(model_dirs[0]))
     (ref,) = resolve_models(["org/tiny@step100"])
     assert ref.kind == "hub" and ref.label == "org/tiny@step100"
     assert content_hash(ref) == content_hash(ModelRef(str(model_dirs[0]), "x", "directory"))

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from ckptlab.errors import UserError
-from ckptlab.evaluation import tasks as T
-from ckptlab.evaluation import templates as tpl
+from ckptlab.tasks import spec as T
+from ckptlab.tasks import templates as tpl
 from ckptlab.evaluation.runner import Unit, prompts_for
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"

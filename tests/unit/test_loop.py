@@ -11,12 +11,13 @@ import torch
 from ckptlab.config import load
 from ckptlab.data.tokenizer import load_tokenizer
 from ckptlab.data.windows import TokenWindows
-from ckptlab.model import ModelConfig, build_model, save_model_dir
-from ckptlab.prepare import PrepareConfig, prepare
+from ckptlab.models.hf import ModelConfig, build_model, save_model_dir
+from ckptlab.commands.prepare import PrepareConfig, prepare
 from ckptlab.train import distributed
-from ckptlab.train.batches import WindowBatches
-from ckptlab.train.loop import TrainConfig, train
-from ckptlab.train.run_dir import RunDir, read_metrics
+from ckptlab.data.batches import WindowBatches
+from ckptlab.train.config import TrainConfig
+from ckptlab.train.loop import train
+from ckptlab.runs.run_dir import RunDir, read_metrics
 from ckptlab.train.schedules import ScheduleConfig, lr_at
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

@@ -7,12 +7,13 @@ import copy
 import pytest
 import torch
 
-from ckptlab import lora
+from ckptlab.models import lora
 from ckptlab.data import sft
 from ckptlab.errors import UserError
 from ckptlab.train import distributed
-from ckptlab.train.loop import TrainConfig, train
-from ckptlab.train.run_dir import RunDir
+from ckptlab.train.config import TrainConfig
+from ckptlab.train.loop import train
+from ckptlab.runs.run_dir import RunDir
 from tiny_models import VOCAB, one_thread, random_rows, tiny_model  # noqa: F401
 
 

@@ -7,13 +7,14 @@ import copy
 import pytest
 import torch
 
-from ckptlab import methods
+from ckptlab.models import methods
 from ckptlab.data import sft
 from ckptlab.errors import UserError
-from ckptlab.model import count_parameters
+from ckptlab.models.hf import count_parameters
 from ckptlab.train import distributed
-from ckptlab.train.loop import TrainConfig, train
-from ckptlab.train.run_dir import RunDir
+from ckptlab.train.config import TrainConfig
+from ckptlab.train.loop import train
+from ckptlab.runs.run_dir import RunDir
 from tiny_models import VOCAB, one_thread, random_rows, tiny_model  # noqa: F401
 
 

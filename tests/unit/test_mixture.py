@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from ckptlab.config import load
-from ckptlab.cpt import BlendSource, CptConfig
+from ckptlab.commands.cpt import BlendSource, CptConfig
 from ckptlab.data.mixture import Mixture
 from ckptlab.errors import ConfigError
-from ckptlab.train.batches import MixtureBatches
+from ckptlab.data.batches import MixtureBatches
 
 
 def random_weights(rng: random.Random, k: int) -> list[float]:

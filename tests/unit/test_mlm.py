@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ckptlab.errors import UserError
-from ckptlab.mlm import MaskedBatches, require_masked_lm
+from ckptlab.data.mlm import MaskedBatches
+from ckptlab.models.heads import require_masked_lm
 
 MASK, CLS, SEP, PAD, VOCAB = 3, 1, 2, 0, 500
 

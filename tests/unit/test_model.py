@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from ckptlab import config as cfg
-from ckptlab import model as M
+from ckptlab.models import hf as M
 from ckptlab.errors import ConfigError, UserError
-from ckptlab.model import ModelConfig, ModelSource
+from ckptlab.models.hf import ModelConfig, ModelSource
 
 SENTENCES = [
     "The cat sat on the mat.",
@@ -179,7 +179,7 @@ def test_model_config_follows_typed_config_conventions():
 
 
 def test_importing_the_module_does_not_import_torch():
-    code = "import sys, ckptlab.model; sys.exit('torch' in sys.modules or 'transformers' in sys.modules)"
+    code = "import sys, ckptlab.models.hf; sys.exit('torch' in sys.modules or 'transformers' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

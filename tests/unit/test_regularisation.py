@@ -11,9 +11,10 @@ import torch
 from ckptlab.data import sft
 from ckptlab.errors import ConfigError
 from ckptlab.train import distributed
-from ckptlab.train.loop import TrainConfig, train
+from ckptlab.train.config import TrainConfig
+from ckptlab.train.loop import train
 from ckptlab.train.regularisation import L2SP, EarlyStopping, EarlyStoppingConfig
-from ckptlab.train.run_dir import RunDir, read_metrics
+from ckptlab.runs.run_dir import RunDir, read_metrics
 from tiny_models import one_thread, random_rows, tiny_model  # noqa: F401
 
 LR = 1e-2

@@ -8,7 +8,7 @@ import csv
 import pytest
 from report_fixtures import CHAIN_FLOPS, CHAIN_SCORES, chain_store
 
-from ckptlab.report import ReportConfig, build_study, report
+from ckptlab.commands.report import ReportConfig, build_study, report
 from ckptlab.reporting import compute as costs
 from ckptlab.reporting import sequential
 

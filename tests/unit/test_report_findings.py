@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from report_fixtures import CHANCE, TASKS, build_store, contrary_store, sun_dredze_store
 
-from ckptlab.report import ReportConfig, build_study
+from ckptlab.commands.report import ReportConfig, build_study
 from ckptlab.reporting import findings
 
 

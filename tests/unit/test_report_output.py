@@ -11,7 +11,7 @@ from report_fixtures import build_store, sun_dredze_store
 
 from ckptlab.errors import UserError
 from ckptlab.evaluation.store import ResultStore
-from ckptlab.report import ReportConfig, report
+from ckptlab.commands.report import ReportConfig, report
 
 XSS_TASK = "<script>alert(1)</script>"
 XSS_RECIPE = "<img src=x onerror=alert(2)>"

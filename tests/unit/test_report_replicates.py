@@ -9,7 +9,7 @@ import pytest
 from report_fixtures import CHANCE, _model
 
 from ckptlab.evaluation.store import ResultStore
-from ckptlab.report import ReportConfig, build_study, report
+from ckptlab.commands.report import ReportConfig, build_study, report
 from ckptlab.reporting import findings
 
 TASKS = ["world_nli", "world_knowledge"]

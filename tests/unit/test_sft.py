@@ -15,12 +15,13 @@ from ckptlab.data import sft
 from ckptlab.data.mixture import Mixture
 from ckptlab.data.tokenizer import train_tokenizer
 from ckptlab.errors import ConfigError, DataError, UserError
-from ckptlab.evaluation.tasks import load_task_data, read_task_file
-from ckptlab.finetune import FinetuneConfig
-from ckptlab.model import ModelConfig, build_model
+from ckptlab.tasks.spec import load_task_data, read_task_file
+from ckptlab.commands.finetune import FinetuneConfig
+from ckptlab.models.hf import ModelConfig, build_model
 from ckptlab.train import distributed
-from ckptlab.train.loop import TrainConfig, train
-from ckptlab.train.run_dir import RunDir, read_metrics
+from ckptlab.train.config import TrainConfig
+from ckptlab.train.loop import train
+from ckptlab.runs.run_dir import RunDir, read_metrics
 from ckptlab.train.schedules import ScheduleConfig, lr_at
 
 from tiny_models import one_thread  # noqa: F401
@@ -72,7 +73,8 @@ def tiny_model(vocab: int, seed: int = 0):
 
 
 def test_task_targets_are_the_continuation_evaluation_scores_then_eos(task, tokenizer):
-    from ckptlab.evaluation import scoring, templates
+    from ckptlab.evaluation import scoring
+    from ckptlab.tasks import templates
 
     examples, tokenized = tokenized_task(task, tokenizer)
     prompts = [templates.render(task.templates["train_format"], e.fields) for e in examples]

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from ckptlab.errors import ConfigError, UserError
-from ckptlab.sweep import spec_from_dict
+from ckptlab.commands.sweep import spec_from_dict
 from ckptlab.sweeps.plan import build_plan, dependents
 from ckptlab.sweeps.results import _stable_compute
 from ckptlab.sweeps.state import SweepLock, lock_holder

@@ -329,7 +329,7 @@ def test_surface_features_do_not_give_nli_or_paraphrase_labels_away(demo_records
 
 def test_restated_share_zero_is_the_earlier_corpus_and_the_default_is_the_generators(tmp_path):
     from ckptlab.synthetic.corpora import RESTATED_SHARE
-    from ckptlab.world import WorldConfig
+    from ckptlab.commands.world import WorldConfig
 
     assert WorldConfig().restated_share == RESTATED_SHARE
     plain, restated = generate(seed=0, size="tiny", restated_share=0.0), generate(seed=0, size="tiny")

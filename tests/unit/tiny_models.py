@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from ckptlab.model import ModelConfig, build_model
+from ckptlab.models.hf import ModelConfig, build_model
 
 VOCAB = 97
 

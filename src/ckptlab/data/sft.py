@@ -87,7 +87,7 @@ def choose_template(spec: Any, name: str) -> str:
 
 def check_task_for_training(spec: Any, template: str) -> None:
     """A task can be trained on when it has a gold answer that the prompt does not show."""
-    from ckptlab.evaluation.templates import field_names
+    from ckptlab.tasks.templates import field_names
 
     answer = spec.label_field if spec.type == "classification" else spec.target_field
     if not answer:
@@ -99,7 +99,7 @@ def check_task_for_training(spec: Any, template: str) -> None:
 
 def render_task_example(spec: Any, template: str, example: Any) -> list[Segment]:
     """Prompt = the rendered template; target = target_delimiter + gold, then end of sequence."""
-    from ckptlab.evaluation.templates import render
+    from ckptlab.tasks.templates import render
 
     prompt = render(spec.templates[template], example.fields)
     gold = str(example.gold)

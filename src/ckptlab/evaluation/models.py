@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ class ModelRef:
     """One model to evaluate."""
 
     source: str
-    """What `ckptlab.model.load_model` is given."""
+    """What `ckptlab.models.hf.load_model` is given."""
     label: str
     """A short human name: `RUN/step-00001000`, the directory name, or the hub id."""
     kind: str
@@ -38,7 +40,7 @@ class ModelRef:
 
 
 def _checkpoint_ref(path: Path) -> ModelRef:
-    from ckptlab.train.checkpoint import verify_checkpoint
+    from ckptlab.runs.checkpoint import verify_checkpoint
 
     manifest = verify_checkpoint(path, deep=False)
     run = path.parent.parent if path.parent.name == "checkpoints" else None
@@ -53,8 +55,8 @@ def resolve_models(sources: list[str], checkpoints: str = "kept") -> list[ModelR
     Raises:
         UserError: a source that is not a model, a run without the requested checkpoints.
     """
-    from ckptlab.model import parse_source
-    from ckptlab.train.run_dir import RunDir
+    from ckptlab.models.hf import parse_source
+    from ckptlab.runs.run_dir import RunDir
 
     if checkpoints not in CHECKPOINT_MODES:
         raise UserError(f"--checkpoints {checkpoints}: expected one of {', '.join(CHECKPOINT_MODES)}")
@@ -83,7 +85,7 @@ def resolve_models(sources: list[str], checkpoints: str = "kept") -> list[ModelR
 
 
 def _sha256_file(path: Path) -> str:
-    from ckptlab.train.checkpoint import sha256_file
+    from ckptlab.runs.checkpoint import sha256_file
 
     return sha256_file(path)
 
@@ -101,7 +103,7 @@ def content_hash(ref: ModelRef, file_sha256: Any = None) -> str:
     """
     memo = file_sha256 or (lambda path, compute: compute(path))
     if ref.kind == "checkpoint":
-        from ckptlab.train.checkpoint import read_manifest
+        from ckptlab.runs.checkpoint import read_manifest
 
         files = read_manifest(Path(ref.source))["files"]
         listing = {name: entry["sha256"] for name, entry in files.items() if Path(name).name not in NOT_MODEL_FILES}
@@ -110,7 +112,7 @@ def content_hash(ref: ModelRef, file_sha256: Any = None) -> str:
         listing = {"model.gguf": memo(path.resolve(), _sha256_file)}  # the name does not matter
     else:
         if ref.kind == "hub":
-            from ckptlab.model import hub_snapshot, parse_source
+            from ckptlab.models.hf import hub_snapshot, parse_source
 
             parsed = parse_source(ref.source)
             ref.source = hub_snapshot(parsed.repo_id or "", parsed.revision)
@@ -124,3 +126,18 @@ def content_hash(ref: ModelRef, file_sha256: Any = None) -> str:
 def model_fingerprint(content: str, dtype: str = "float32") -> str:
     """The model key of the cache: content hash, plus the dtype when it is not fp32."""
     return content[:16] + ("" if dtype == "float32" else f"-{dtype}")
+
+
+def load_for_eval(source: str, dtype: str, device: str, say: Callable[[str], None]) -> tuple[Any, Any]:
+    """The model at `source` on `device` in `dtype`, in eval mode, and its tokenizer."""
+    import torch
+
+    from ckptlab.models.hf import load_model, load_tokenizer
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    started = time.perf_counter()
+    model = load_model(source, dtype=dtype).to(device).eval()
+    tokenizer = load_tokenizer(source)
+    say(f"loaded {source} on {device} ({dtype}) in {time.perf_counter() - started:.1f} s")
+    return model, tokenizer

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptlab.evaluation import generation, metrics, scoring
-from ckptlab.evaluation import templates as tpl
+from ckptlab.tasks import templates as tpl
 from ckptlab.evaluation.store import ResultStore
-from ckptlab.evaluation.tasks import Example, TaskData
+from ckptlab.tasks.spec import Example, TaskData
 
 
 @dataclass

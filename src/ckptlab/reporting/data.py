@@ -121,16 +121,13 @@ def _primary_metric(metrics_present: set[str], override: str | None) -> str | No
 
 def load(store_path: Path, sweep: str | None = None, shots: int | None = None,
          metric_overrides: dict[str, str] | None = None) -> SweepData:
-    """Read the store at `store_path` (the models of one sweep name, or of all); seed replicates of a
-    fine-tune become one model (`reporting.replicates`)."""
-    from ckptlab.reporting.replicates import merge_seed_replicates
-
+    """Read the store at `store_path` (the models of one sweep name, or of all), each seed replicate of a
+    fine-tune as a model of its own (`reporting.replicates` merges them)."""
     store = ResultStore(store_path)
     try:
         data = _load(store, store_path, sweep, shots, metric_overrides or {})
     finally:
         store.close()
-    data.seed_rows = merge_seed_replicates(data)
     return data
 
 

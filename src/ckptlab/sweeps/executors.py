@@ -20,6 +20,7 @@ from typing import Any
 from ckptlab.sweeps import state
 from ckptlab.sweeps.jobs import run_job
 from ckptlab.sweeps.plan import Job, Plan, dependents
+from ckptlab.sweeps.spec import Verbs
 
 
 @dataclass
@@ -108,13 +109,13 @@ class _Schedule:
             outcome.failed[job.id] = result.get("reason", "")
 
 
-def run_local(plan: Plan, out: Path, progress: Progress) -> Outcome:
+def run_local(plan: Plan, out: Path, progress: Progress, verbs: Verbs) -> Outcome:
     schedule, outcome = _Schedule(plan, out), Outcome()
     while ready := schedule.ready():
         job = ready[0]
         schedule.started.add(job.id)
         progress.started(job)
-        result = run_job(job, str(out))
+        result = run_job(job, str(out), verbs)
         schedule.record(job, result, outcome)
         progress.finished(job, result, schedule.remaining())
     return outcome
@@ -130,7 +131,7 @@ def check_ray() -> None:
         raise UserError("executor ray: Ray is not installed (pip install 'ckptlab[ray]')")
 
 
-def run_ray(plan: Plan, out: Path, progress: Progress, options: RayOptions) -> Outcome:
+def run_ray(plan: Plan, out: Path, progress: Progress, options: RayOptions, verbs: Verbs) -> Outcome:
     import ray
 
     from ckptlab.errors import UserError
@@ -165,7 +166,7 @@ def run_ray(plan: Plan, out: Path, progress: Progress, options: RayOptions) -> O
                 progress.started(job)
                 # No retries: a job that crashed its worker is reported failed; a rerun resumes it.
                 ref = task.options(num_cpus=job.resources.get("num_cpus", 1), num_gpus=job.resources.get("num_gpus", 0),
-                                   max_retries=0, name=job.dirname).remote(job, str(out))
+                                   max_retries=0, name=job.dirname).remote(job, str(out), verbs)
                 running[ref] = job
             if not running:
                 break
@@ -214,12 +215,13 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def execute(plan: Plan, out: Path, executor: str, progress: Progress, ray_options: RayOptions | None = None) -> Outcome:
+def execute(plan: Plan, out: Path, executor: str, progress: Progress, verbs: Verbs,
+            ray_options: RayOptions | None = None) -> Outcome:
     started = time.perf_counter()
     if executor == "ray":
-        outcome = run_ray(plan, out, progress, ray_options or RayOptions())
+        outcome = run_ray(plan, out, progress, ray_options or RayOptions(), verbs)
     else:
-        outcome = run_local(plan, out, progress)
+        outcome = run_local(plan, out, progress, verbs)
     if progress.enabled:
         progress.say(f"executed {len(outcome.executed)} job(s), {len(outcome.failed)} failed, in "
                      f"{time.perf_counter() - started:.1f} s")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib
 import os
 import shutil
 import time
@@ -24,7 +23,7 @@ from typing import Any
 from ckptlab import config as configlib
 from ckptlab.errors import TrainingDiverged, UserError
 from ckptlab.sweeps import state
-from ckptlab.sweeps.spec import VERB_CONFIGS, verb_class
+from ckptlab.sweeps.spec import Verbs
 
 STORE = "results.sqlite"
 
@@ -47,8 +46,11 @@ def _captured(log: Path, cwd: str) -> Iterator[None]:
                 os.chdir(previous)
 
 
-def run_job(job: Any, out: str) -> dict[str, Any]:
-    """Run `job` to completion (or failure); returns {status, wall_s, reason?}. Raises JobStopped."""
+def run_job(job: Any, out: str, verbs: Verbs) -> dict[str, Any]:
+    """Run `job` to completion (or failure); returns {status, wall_s, reason?}. Raises JobStopped.
+
+    `verbs` runs the training verbs (`ckptlab.commands.VerbTable`).
+    """
     # Hugging Face would draw a progress bar for every weight load; the sweep draws its own.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     directory = state.job_dir(Path(out), job)
@@ -60,7 +62,7 @@ def run_job(job: Any, out: str) -> dict[str, Any]:
         with _captured(directory / "log.txt", job.cwd or os.getcwd()):
             print(f"== {job.kind} {job.name} (job {job.id})", flush=True)
             try:
-                record = RUNNERS[job.kind](job, Path(out), directory)
+                record = RUNNERS[job.kind](job, Path(out), directory, verbs)
             except (JobStopped, KeyboardInterrupt):
                 raise
             except (UserError, TrainingDiverged) as error:
@@ -102,7 +104,7 @@ def run_dir(out: Path, producer: str) -> Path:
 
 def final_checkpoint(run: Path) -> Path:
     """The model a training run ends with: `final` of a fine-tune, else its newest checkpoint."""
-    from ckptlab.train.run_dir import RunDir
+    from ckptlab.runs.run_dir import RunDir
 
     manifest = RunDir(run).read_run_manifest()
     final = (manifest.get("final") or {}).get("model")
@@ -124,10 +126,10 @@ def model_source(model: dict[str, Any], out: Path) -> str:
 # --- training jobs ------------------------------------------------------------------------
 
 
-def _train(job: Any, out: Path, directory: Path) -> dict[str, Any]:
-    from ckptlab.train.run_dir import RunDir
+def _train(job: Any, out: Path, directory: Path, verbs: Verbs) -> dict[str, Any]:
+    from ckptlab.runs.run_dir import RunDir
 
-    from ckptlab.train.checkpoint import list_step_dirs
+    from ckptlab.runs.checkpoint import list_step_dirs
 
     run = directory / "run"
     if run.exists() and not list_step_dirs(run / "checkpoints"):
@@ -138,10 +140,9 @@ def _train(job: Any, out: Path, directory: Path) -> dict[str, Any]:
     values.update(out=str(run), resume=True)
     if job.kind != "pretrain":
         values["init_from"] = model_source(job.model, out)
-    config = configlib.build(verb_class(job.kind), values)
+    config = configlib.build(verbs.config_class(job.kind), values)
     config.train.progress = False  # the sweep shows one progress line per job instead
-    module, _, _ = VERB_CONFIGS[job.kind]
-    getattr(importlib.import_module(module), job.kind)(config)
+    verbs.run(job.kind, config)
     manifest = RunDir(run).read_run_manifest()
     if manifest.get("status") != "complete":
         raise JobStopped(f"{job.kind} {job.name} stopped at step {manifest.get('latest_step')}; it resumes next time")
@@ -172,7 +173,7 @@ def _compute(model: dict[str, Any], out: Path) -> dict[str, Any] | None:
     """What training the model cost: the run's own `compute` record, completed from what it lists."""
     if not model.get("producer"):
         return None
-    from ckptlab.train.run_dir import RunDir
+    from ckptlab.runs.run_dir import RunDir
 
     manifest = RunDir(run_dir(out, model["producer"])).read_run_manifest()
     compute = dict(manifest.get("compute") or {})
@@ -191,7 +192,7 @@ def _pretrain_compute(ref: Any) -> dict[str, Any] | None:
     report can weigh a score against pre-training compute too. None outside a ckptlab run."""
     if not ref.run or not ref.tokens_seen:
         return None
-    from ckptlab.train.run_dir import RunDir
+    from ckptlab.runs.run_dir import RunDir
 
     try:
         compute = RunDir(Path(ref.run)).read_run_manifest().get("compute") or {}
@@ -205,8 +206,9 @@ def _pretrain_compute(ref: Any) -> dict[str, Any] | None:
     return {**kept, **scaled, "tokens": ref.tokens_seen, "scaled_from_run_tokens": compute["tokens"]}
 
 
-def _evaluate(job: Any, out: Path, directory: Path) -> dict[str, Any]:
-    from ckptlab.evaluate import EvaluateConfig, load_for_eval, plan_units
+def _evaluate(job: Any, out: Path, directory: Path, verbs: Verbs) -> dict[str, Any]:
+    from ckptlab.evaluation.models import load_for_eval
+    from ckptlab.evaluation.plan import EvaluateConfig, plan_units
     from ckptlab.evaluation.runner import Evaluator
     from ckptlab.evaluation.store import ResultStore
 

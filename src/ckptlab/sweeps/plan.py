@@ -106,7 +106,7 @@ def canonical_hash(payload: Any) -> str:
 
 
 def _sha256_file(path: Path) -> str:
-    from ckptlab.train.checkpoint import sha256_file
+    from ckptlab.runs.checkpoint import sha256_file
 
     return sha256_file(path)
 
@@ -140,7 +140,7 @@ class Fingerprinter:
 
     def _task(self, value: str) -> str:
         """A task file (or shipped name): its bytes and the bytes of its local split files."""
-        from ckptlab.evaluation.tasks import read_task_file, shipped_tasks
+        from ckptlab.tasks.spec import read_task_file, shipped_tasks
 
         path = Path(value).expanduser()
         if not path.is_file():
@@ -152,7 +152,7 @@ class Fingerprinter:
 
     def _model(self, source: str) -> str:
         from ckptlab.evaluation.models import content_hash, resolve_models
-        from ckptlab.model import parse_source
+        from ckptlab.models.hf import parse_source
 
         path = Path(source).expanduser()
         if not path.exists() and parse_source(source).kind == "hub":
@@ -238,7 +238,7 @@ def _finetune_task(entry: TrainEntry) -> str | None:
         return Path(config.data).stem
     path = Path(config.task).expanduser()
     if path.is_file():
-        from ckptlab.evaluation.tasks import read_task_file
+        from ckptlab.tasks.spec import read_task_file
 
         return read_task_file(path).name
     return config.task
@@ -289,7 +289,7 @@ def build_plan(spec: Spec, store: Any = None) -> Plan:
     task_fps: list[str] = []
     evaluations: dict[str, Job] = {}
     if spec.evaluate is not None:
-        from ckptlab.evaluate import plan_units
+        from ckptlab.evaluation.plan import plan_units
 
         units = plan_units(spec.evaluate_config, lambda line: None)
         task_fps = sorted({unit.task.fingerprint for unit in units})

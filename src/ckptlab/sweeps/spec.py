@@ -12,18 +12,32 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ckptlab import config as configlib
 from ckptlab.errors import ConfigError, UserError
 
-# kind -> (module, config class, keys the sweep sets itself)
-VERB_CONFIGS = {
-    "pretrain": ("ckptlab.pretrain", "PretrainConfig", ("out", "resume")),
-    "finetune": ("ckptlab.finetune", "FinetuneConfig", ("init_from", "out", "resume")),
-    "cpt": ("ckptlab.cpt", "CptConfig", ("init_from", "out", "resume")),
-    "evaluate": ("ckptlab.evaluate", "EvaluateConfig", ("model", "store", "export", "checkpoints")),
+# job kind -> the keys of its verb's config that the sweep sets itself
+SET_BY_SWEEP = {
+    "pretrain": ("out", "resume"),
+    "finetune": ("init_from", "out", "resume"),
+    "cpt": ("init_from", "out", "resume"),
+    "evaluate": ("model", "store", "export", "checkpoints"),
 }
+TRAINING_KINDS = ("pretrain", "finetune", "cpt")
+
+
+class Verbs(Protocol):
+    """The training verbs a sweep runs, handed in by the `sweep` command (`ckptlab.commands.VerbTable`):
+    the sweep engine sits below the commands and never imports them."""
+
+    def config_class(self, verb: str) -> type:
+        """The config dataclass of a training verb."""
+        ...
+
+    def run(self, verb: str, config: Any) -> int:
+        """Run a training verb with a built config."""
+        ...
 ENTRY_KEYS = {"name", "config", "preset", "variant", "from", "after", "resources", "seeds"}
 RESOURCE_KEYS = {"num_cpus", "num_gpus"}
 DEFAULT_RESOURCES = {"num_cpus": 1, "num_gpus": 0}
@@ -81,6 +95,8 @@ class Spec:
     evaluate_config: Any
     resources: dict[str, dict[str, float]]
     """Per job kind: num_cpus, num_gpus (the Ray executor reserves them)."""
+    verbs: Verbs
+    """The training verbs the jobs run."""
 
 
 def nested(values: dict[str, Any], where: str) -> dict[str, Any]:
@@ -99,20 +115,22 @@ def nested(values: dict[str, Any], where: str) -> dict[str, Any]:
     return tree
 
 
-def verb_class(kind: str) -> type:
-    import importlib
+def config_class(kind: str, verbs: Verbs) -> type:
+    """The config dataclass of a job kind: a training verb's, or evaluation's."""
+    if kind == "evaluate":
+        from ckptlab.evaluation.plan import EvaluateConfig
 
-    module, name, _ = VERB_CONFIGS[kind]
-    return getattr(importlib.import_module(module), name)
+        return EvaluateConfig
+    return verbs.config_class(kind)
 
 
-def build_verb_config(kind: str, values: dict[str, Any], where: str) -> Any:
+def build_verb_config(kind: str, values: dict[str, Any], where: str, verbs: Verbs) -> Any:
     """The verb's config dataclass from sweep values, errors naming `where` and the key."""
-    reserved = [k for k in VERB_CONFIGS[kind][2] if k in values]
+    reserved = [k for k in SET_BY_SWEEP[kind] if k in values]
     if reserved:
         raise ConfigError(f"{where}.{reserved[0]}: set by the sweep for every job; leave it out")
     try:
-        return configlib.build(verb_class(kind), values)
+        return configlib.build(config_class(kind, verbs), values)
     except ConfigError as error:
         raise ConfigError(f"{where}: {error}") from None
 
@@ -155,9 +173,9 @@ def _seeds(raw: dict[str, Any], kind: str, where: str, values: dict[str, Any]) -
     return seeds
 
 
-def _train_entries(kind: str, section: str, index: int, raw: Any, names: set[str]) -> list[TrainEntry]:
+def _train_entries(kind: str, section: str, index: int, raw: Any, names: set[str], verbs: Verbs) -> list[TrainEntry]:
     """The entry, or one entry per seed when it lists `seeds` (each with `train.seed` set)."""
-    entry = _train_entry(kind, section, index, raw, names)
+    entry = _train_entry(kind, section, index, raw, names, verbs)
     seeds = _seeds(raw, kind, f"{section}[{index}] ({entry.name})", entry.values)
     if seeds is None:
         return [entry]
@@ -168,14 +186,14 @@ def _train_entries(kind: str, section: str, index: int, raw: Any, names: set[str
             raise ConfigError(f"{section}[{index}].seeds: '{name}' is used by another entry")
         names.add(name)
         values = configlib._merge(entry.values, {"train": {"seed": seed}})
-        config = build_verb_config(kind, values, f"{section}[{index}] ({entry.name}).config")
+        config = build_verb_config(kind, values, f"{section}[{index}] ({entry.name}).config", verbs)
         replicas.append(TrainEntry(kind, name, values, config, with_seed(entry.variant, seed), entry.bases,
                                    entry.resources, None,
                                    replicate_of=entry.name))
     return replicas
 
 
-def _train_entry(kind: str, section: str, index: int, raw: Any, names: set[str]) -> TrainEntry:
+def _train_entry(kind: str, section: str, index: int, raw: Any, names: set[str], verbs: Verbs) -> TrainEntry:
     where = f"{section}[{index}]"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping with name and config")
@@ -194,7 +212,7 @@ def _train_entry(kind: str, section: str, index: int, raw: Any, names: set[str])
     for preset in [presets] if isinstance(presets, str) else presets:
         values = configlib._merge(values, nested(configlib.read_yaml(preset), f"{where}.preset {preset}"))
     values = configlib._merge(values, nested(raw.get("config") or {}, f"{where}.config"))
-    config = build_verb_config(kind, values, f"{where}.config")
+    config = build_verb_config(kind, values, f"{where}.config", verbs)
     bases = raw.get("from")
     if bases is not None:
         bases = [bases] if isinstance(bases, str) else bases
@@ -262,7 +280,7 @@ def chain_bases(entry: TrainEntry, finetunes: list[TrainEntry], listed: list[str
 
 def _checkpoints(raw: Any) -> list[BaseCheckpoint]:
     from ckptlab.evaluation.models import resolve_models
-    from ckptlab.model import parse_source
+    from ckptlab.models.hf import parse_source
 
     if not isinstance(raw, list):
         raise ConfigError("checkpoints: expected a list of {run, steps}, {path} or {hub, revisions} entries")
@@ -324,7 +342,7 @@ def _run_checkpoints(item: dict[str, Any], where: str, resolve_models: Any) -> l
     return [BaseCheckpoint(prefix + Path(r.source).name, r.source, r.kind, r.step, r.tokens_seen) for r in refs]
 
 
-def build_spec(config: Any) -> Spec:
+def build_spec(config: Any, verbs: Verbs) -> Spec:
     """Check a SweepConfig's sections and build the spec (every verb config validated here)."""
     out = Path(config.out)
     name = config.name or out.name
@@ -335,7 +353,7 @@ def build_spec(config: Any) -> Spec:
     sections = {}
     for section, kind in (("pretrain", "pretrain"), ("finetunes", "finetune"), ("cpt", "cpt")):
         raw = getattr(config, section)
-        sections[section] = [e for i, item in enumerate(raw) for e in _train_entries(kind, section, i, item, names)]
+        sections[section] = [e for i, item in enumerate(raw) for e in _train_entries(kind, section, i, item, names, verbs)]
     sections["finetunes"] = chain_order(sections["finetunes"])
     labels = {c.label for c in checkpoints} | {e.name for e in sections["pretrain"]}
     for entry in sections["finetunes"] + sections["cpt"]:
@@ -350,7 +368,7 @@ def build_spec(config: Any) -> Spec:
     evaluate, evaluate_config = None, None
     if config.evaluate:
         evaluate = nested(config.evaluate, "evaluate")
-        evaluate_config = build_verb_config("evaluate", evaluate, "evaluate")
+        evaluate_config = build_verb_config("evaluate", evaluate, "evaluate", verbs)
         if not evaluate_config.tasks:
             raise ConfigError("evaluate.tasks: name the tasks to evaluate every model on")
     for entry in sections["finetunes"]:
@@ -359,11 +377,11 @@ def build_spec(config: Any) -> Spec:
             raise ConfigError(f"finetunes ({entry.name}).config.objective: {entry.config.objective} models cannot be "
                               "scored by the sweep's evaluation (log-likelihood of a causal LM); use objective lm")
     resources = {}
-    for kind in VERB_CONFIGS:
+    for kind in SET_BY_SWEEP:
         given = (config.resources or {}).get(kind)
         resources[kind] = {**DEFAULT_RESOURCES, **_resources(given, f"resources.{kind}")}
-    unknown = sorted(set(config.resources or {}) - set(VERB_CONFIGS))
+    unknown = sorted(set(config.resources or {}) - set(SET_BY_SWEEP))
     if unknown:
-        raise ConfigError(f"unknown key 'resources.{unknown[0]}' (job kinds: {', '.join(VERB_CONFIGS)})")
+        raise ConfigError(f"unknown key 'resources.{unknown[0]}' (job kinds: {', '.join(SET_BY_SWEEP)})")
     return Spec(name, out, checkpoints, sections["pretrain"], sections["finetunes"], sections["cpt"], evaluate,
-                evaluate_config, resources)
+                evaluate_config, resources, verbs)

@@ -104,7 +104,7 @@ def _backward_extent(model: Any, unique: dict[int, Any], tables: set[int], head:
                      matmul_of: Any) -> tuple[int, int] | None:
     """(N_backward, blocks) that activation gradients pass through; None = all of them."""
     from ckptlab.errors import UserError
-    from ckptlab.methods import transformer_blocks
+    from ckptlab.models.methods import transformer_blocks
 
     if any(unique[i].requires_grad for i in tables if i in unique):
         return None  # a trainable embedding needs gradients all the way down

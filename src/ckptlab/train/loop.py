@@ -26,69 +26,8 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Protocol, Sequence
 
 from ckptlab.errors import CheckpointError, ConfigError, TrainingDiverged
-from ckptlab.train.schedules import ScheduleConfig
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation and bookkeeping settings shared by every training verb."""
-
-    max_steps: int = 100
-    """Optimizer steps in the run (the schedule spans them)."""
-    micro_batch_size: int = 8
-    """Sequences per forward/backward pass on each process."""
-    grad_accum_steps: int = 1
-    """Micro-batches accumulated per optimizer step; global batch = micro_batch_size × grad_accum_steps × processes."""
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    """Learning-rate schedule."""
-    weight_decay: float = 0.1
-    """AdamW weight decay, applied to matrices only (not to biases, norms or embeddings' biases)."""
-    beta1: float = 0.9
-    """AdamW β1."""
-    beta2: float = 0.95
-    """AdamW β2."""
-    eps: float = 1e-8
-    """AdamW ε."""
-    grad_clip: float = 1.0
-    """Clip the global gradient norm to this value (0 = no clipping; the norm is still logged)."""
-    val_every: int = 50
-    """Compute validation loss every this many steps, at every kept step and at the end (0 = never)."""
-    val_batches: int = 4
-    """Micro-batches of held-out data per validation."""
-    save_every: int = 50
-    """Write a resume checkpoint every this many steps (0 = only kept steps and on SIGTERM)."""
-    resume_checkpoints: int = 2
-    """Retain resume checkpoints until this many newer checkpoints exist, so a corrupt newest one has a fallback."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16 runs matmuls under autocast (weights and optimizer stay fp32)."""
-    compile: bool = False
-    """Wrap the model in torch.compile (first step is slow: ~30 s cold on CPU)."""
-    device: str = "auto"
-    """cpu, cuda, or auto (CUDA when available)."""
-    seed: int = 0
-    """Seed of initialisation, data order and dropout."""
-    progress: bool = True
-    """Show a progress bar with loss, tokens/s and ETA (on stderr)."""
-    tensorboard: bool = False
-    """Also write TensorBoard scalars under RUN/tensorboard (needs the tensorboard package)."""
-    device_power_w: float | None = None
-    """Power drawn per device (watts) for the energy estimate in run.json's compute record; null = 65 on CPU, 700 on CUDA."""
-
-    def __post_init__(self) -> None:
-        for name in ("max_steps", "micro_batch_size", "grad_accum_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name}: expected a positive integer, got {getattr(self, name)}")
-        if self.resume_checkpoints < 1:
-            raise ConfigError(f"train.resume_checkpoints: expected a positive integer, got {self.resume_checkpoints}")
-        for name in ("val_every", "val_batches", "save_every"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"train.{name}: expected an integer ≥ 0, got {getattr(self, name)}")
-        if self.grad_clip < 0 or self.weight_decay < 0:
-            raise ConfigError("train.grad_clip and train.weight_decay must be ≥ 0")
-        if self.device_power_w is not None and not (math.isfinite(self.device_power_w) and self.device_power_w >= 0):
-            raise ConfigError(f"train.device_power_w: expected watts ≥ 0, got {self.device_power_w}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"train.device: expected auto, cpu or cuda, got {self.device!r}")
+from ckptlab.runs.run_dir import check_fingerprints
+from ckptlab.train.config import TrainConfig
 
 
 class BatchSource(Protocol):
@@ -179,26 +118,6 @@ def make_optimizer(model: Any, config: TrainConfig) -> Any:
     )
 
 
-CHANGEABLE_ON_RESUME = ("data", "tokenizer", "model", "batch")
-
-
-def check_allow_changed(items: Sequence[str]) -> None:
-    """The `allow_changed` key of every training verb names only changes a resume can check."""
-    unknown = sorted(set(items) - set(CHANGEABLE_ON_RESUME))
-    if unknown:
-        raise ConfigError(f"allow_changed: unknown item '{unknown[0]}' (expected any of {', '.join(CHANGEABLE_ON_RESUME)})")
-
-
-def check_fingerprints(saved: dict[str, str], current: dict[str, str], allow: Sequence[str], where: Path) -> None:
-    """Refuse to resume onto different data, tokenizer or model shape unless that change is allowed."""
-    for key, value in current.items():
-        if key in saved and saved[key] != value and key not in allow:
-            raise CheckpointError(
-                f"{where}: the run was trained with a different {key} ({saved[key]} ≠ {value}); "
-                f"resume anyway with --allow_changed {key}"
-            )
-
-
 def train(
     *,
     model: Any,
@@ -238,7 +157,7 @@ def train(
     import torch
     import torch.nn.functional as F
 
-    from ckptlab.train import checkpoint as ckpt
+    from ckptlab.runs import checkpoint as ckpt
     from ckptlab.train.compute import ComputeMeter
 
     torch.set_flush_denormal(True)  # denormal gradients made CPU steps 10x slower

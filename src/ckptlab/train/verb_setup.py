@@ -15,7 +15,8 @@ from ckptlab.errors import ConfigError, DataError, UserError
 
 if TYPE_CHECKING:
     from ckptlab.train.distributed import Dist
-    from ckptlab.train.loop import BatchSource, LoopResult, TrainConfig
+    from ckptlab.train.config import TrainConfig
+    from ckptlab.train.loop import BatchSource, LoopResult
     from ckptlab.train.schedules import KeepConfig
 
 

@@ -4,7 +4,7 @@
 - `last_k`: the last k transformer blocks, the final norm and the output head; everything below
   (embeddings, earlier blocks) is frozen.
 - `head`: the output head (LM head) only.
-- `lora` (`ckptlab.lora`): adapter matrices; the base is frozen by peft.
+- `lora` (`ckptlab.models.lora`): adapter matrices; the base is frozen by peft.
 
 A model whose head shares its matrix with the input embedding (tied embeddings, e.g. SmolLM2,
 Llama-style small models) has its head **untied** for `last_k` and `head`: the head becomes its own
@@ -109,7 +109,7 @@ def set_dropout(model: Any, probability: float) -> list[str]:
     """
     import torch
 
-    from ckptlab.model import DROPOUT_KEYS
+    from ckptlab.models.hf import DROPOUT_KEYS
 
     keys = [key for key in DROPOUT_KEYS if hasattr(model.config, key)]
     for key in keys:
@@ -130,13 +130,13 @@ def make_model(method: str, *, init_source: str, tokenizer: Any, resume_from: An
 
     A resumed run loads the checkpoint's weights (LoRA: the base from `init_source` and the
     checkpoint's adapter); the torch RNG is seeded before anything random (LoRA's A matrices, a new
-    classifier). With `num_labels` the model is a sequence classifier (`ckptlab.classification`).
+    classifier). With `num_labels` the model is a sequence classifier (`ckptlab.data.classification`).
     """
     import torch
 
-    from ckptlab import lora
+    from ckptlab.models import lora
     from ckptlab.errors import CheckpointError
-    from ckptlab.model import load_model, save_model_dir
+    from ckptlab.models.hf import load_model, save_model_dir
 
     if method != "lora":
         if resume_from is not None:
@@ -145,10 +145,10 @@ def make_model(method: str, *, init_source: str, tokenizer: Any, resume_from: An
             auto = AutoModelForCausalLM if num_labels is None else AutoModelForSequenceClassification
             model = auto.from_pretrained(resume_from, dtype=torch.float32)
         elif num_labels is not None:
-            from ckptlab import classification
+            from ckptlab.models.heads import load_classifier
 
             torch.manual_seed(seed)  # the classifier's initial weights
-            model = classification.load(init_source, num_labels)
+            model = load_classifier(init_source, num_labels)
         else:
             model = load_model(init_source)
         if dropout is not None:
@@ -174,7 +174,7 @@ def make_model(method: str, *, init_source: str, tokenizer: Any, resume_from: An
 
 def anchor_reference(init_source: str, method: str) -> dict[str, Any]:
     """θ₀ of L2-SP for a resumed run: the init model's weights by name (a tied head untied as training untied it)."""
-    from ckptlab.model import load_model
+    from ckptlab.models.hf import load_model
 
     reference = load_model(init_source)
     if method in PARTIAL_METHODS:

@@ -18,92 +18,14 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from ckptlab.errors import ConfigError, UserError
+from ckptlab.errors import UserError
+from ckptlab.evaluation.plan import EvaluateConfig, plan_units
 
 if TYPE_CHECKING:
     from ckptlab.evaluation.models import ModelRef
-    from ckptlab.evaluation.runner import Unit, UnitResult
-
-
-@dataclass
-class EvaluateConfig:
-    """Evaluate models on tasks under several prompt templates and shot counts."""
-
-    model: list[str] = field(default_factory=list)
-    """Models (comma-separated): checkpoint dirs, run dirs, HF dirs, .gguf files, or org/name@revision."""
-    tasks: list[str] = field(default_factory=list)
-    """Tasks (comma-separated): shipped names (rte, sst2, ...; `shipped` = all), task YAML files, or folders of them."""
-    task_dirs: list[str] = field(default_factory=list)
-    """Extra folders searched when a task is given by name (e.g. a world's tasks/ folder)."""
-    templates: list[str] = field(default_factory=lambda: ["all"])
-    """Template names to evaluate (comma-separated), or `all`."""
-    shots: list[str] = field(default_factory=list)
-    """Numbers of few-shot demonstrations (comma-separated, e.g. 0,4); empty uses each task's fewshot.shots."""
-    limit: int | None = None
-    """Score only the first N examples of each task's scored split (null = all)."""
-    split: str | None = None
-    """Score this split instead of each task's eval_split (it must not be the few-shot split for k > 0)."""
-    batch_size: int = 16
-    """Examples per forward pass (8-32 is fastest on CPU); recorded with the results."""
-    store: str = "results/ckptlab.sqlite"
-    """SQLite results store: metric rows, per-example rows (the cache) and models."""
-    checkpoints: Literal["kept", "all", "latest"] = "kept"
-    """For a run directory: evaluate its kept checkpoints, all listed ones, or only the latest."""
-    bootstrap: int = 1000
-    """Bootstrap resamples for the 95% confidence intervals (0 = no intervals)."""
-    bootstrap_seed: int = 0
-    """Seed of the bootstrap resampling."""
-    fewshot_seed: int | None = None
-    """Seed choosing the few-shot demonstrations (null = each task's fewshot.seed)."""
-    length_normalized: bool = False
-    """Also report accuracy_norm: choices ranked by log-likelihood per character."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Weights and activations; fp32 keeps scores independent of batch composition."""
-    device: str = "auto"
-    """cpu, cuda, cuda:1, ... or auto (cuda when available)."""
-    export: str | None = None
-    """After evaluating, write every metric row of the store to this .csv (or .parquet) file."""
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError(f"config key 'batch_size': expected a positive integer, got {self.batch_size}")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"config key 'limit': expected a positive integer or null, got {self.limit}")
-        if self.bootstrap < 0:
-            raise ConfigError(f"config key 'bootstrap': expected 0 or more resamples, got {self.bootstrap}")
-        for value in self.shots:
-            if not str(value).strip().isdigit():
-                raise ConfigError(f"config key 'shots': expected numbers like 0,4, got {value!r}")
-
-
-def plan_units(config: EvaluateConfig, say: Callable[[str], None]) -> list[Unit]:
-    """Read, check and expand every task into units (before any model loads)."""
-    from ckptlab.evaluation.runner import Unit
-    from ckptlab.evaluation.tasks import find_task_files, load_task_data, read_task_file
-
-    units = []
-    for path in find_task_files(config.tasks, config.task_dirs):
-        spec = read_task_file(path)
-        data = load_task_data(spec, config.split)
-        names = list(spec.templates) if config.templates in ([], ["all"]) else config.templates
-        unknown = [n for n in names if n not in spec.templates]
-        if unknown:
-            raise UserError(f"task {spec.name} ({path}): no template '{unknown[0]}' (templates: {', '.join(spec.templates)})")
-        shots = [int(s) for s in config.shots] if config.shots else spec.fewshot_shots
-        seed = spec.fewshot_seed if config.fewshot_seed is None else config.fewshot_seed
-        examples = data.examples[: config.limit] if config.limit else data.examples
-        for k in sorted(set(shots)):
-            if k > 0 and data.fewshot_unavailable:
-                say(f"note: task {spec.name}: skipping {k}-shot ({data.fewshot_unavailable})")
-                continue
-            units.extend(Unit(data, name, k, seed, examples) for name in names)
-    if not units:
-        raise UserError("nothing to evaluate (every task × shots combination was skipped)")
-    return units
+    from ckptlab.evaluation.runner import UnitResult
 
 
 def _interval(value: float, low: float | None, high: float | None) -> str:
@@ -154,7 +76,7 @@ def _table(rows: list[tuple[str, ...]]) -> None:
 
 def evaluate(config: EvaluateConfig) -> int:
     """Evaluate as configured; returns the process exit code."""
-    from ckptlab.evaluation.models import content_hash, model_fingerprint, resolve_models
+    from ckptlab.evaluation.models import content_hash, load_for_eval, model_fingerprint, resolve_models
     from ckptlab.evaluation.store import ResultStore, check_export_path, export
 
     if not config.model:
@@ -197,17 +119,3 @@ def evaluate(config: EvaluateConfig) -> int:
     finally:
         store.close()
     return 0
-
-
-def load_for_eval(source: str, dtype: str, device: str, say: Callable[[str], None]) -> tuple[Any, Any]:
-    import torch
-
-    from ckptlab.model import load_model, load_tokenizer
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    started = time.perf_counter()
-    model = load_model(source, dtype=dtype).to(device).eval()
-    tokenizer = load_tokenizer(source)
-    say(f"loaded {source} on {device} ({dtype}) in {time.perf_counter() - started:.1f} s")
-    return model, tokenizer

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ckptlab.errors import ConfigError, UserError
-from ckptlab.lora import LoraConfig
-from ckptlab.train.loop import TrainConfig, check_allow_changed
+from ckptlab.models.lora import LoraConfig
+from ckptlab.train.config import TrainConfig, check_allow_changed
 from ckptlab.train.regularisation import EarlyStoppingConfig
-from ckptlab.train.run_dir import RunDir
+from ckptlab.runs.run_dir import RunDir
 from ckptlab.train.schedules import KeepConfig, ScheduleConfig, ScheduleName
 
 # The config layer resolves the inherited annotations of TrainConfig, ScheduleConfig and KeepConfig
@@ -182,8 +182,8 @@ def finetune(config: FinetuneConfig) -> int:
         raise UserError("finetune: give the model to fine-tune with --init_from (a checkpoint, run, HF directory or hub id)")
     if not config.task and not config.data:
         raise UserError("finetune: give what to train on: --task NAME|TASK.yaml, or --data FILE.jsonl (instruction records)")
-    from ckptlab import finetune_data
-    from ckptlab.init_model import resolve_init
+    from ckptlab.data import finetune as finetune_data
+    from ckptlab.models.init_from import resolve_init
     from ckptlab.train.verb_setup import (
         check_length_fits, check_prepared_data, distributed_run, main_process_printer, max_length_of, train_verb)
 
@@ -197,9 +197,9 @@ def finetune(config: FinetuneConfig) -> int:
     run.refuse_unless_resuming(config.resume)
 
     from ckptlab import config as configlib
-    from ckptlab import methods
-    from ckptlab.init_model import read_model_config, tokenizer_identity
-    from ckptlab.model import count_parameters, load_tokenizer, shape_fingerprint
+    from ckptlab.models import methods
+    from ckptlab.models.init_from import read_model_config, tokenizer_identity
+    from ckptlab.models.hf import count_parameters, load_tokenizer, shape_fingerprint
 
     with distributed_run(config.train.device) as dist:
         tokenizer = load_tokenizer(init.source)
@@ -215,7 +215,7 @@ def finetune(config: FinetuneConfig) -> int:
                         "method": f"last_k={config.last_k}" if config.method == "last_k" else config.method}
         resume_from = run.resume_point(init.source, say, dist.is_main) if config.resume else None
         if config.method == "lora" or config.anchor_weight > 0:
-            from ckptlab.lora import base_identity
+            from ckptlab.models.lora import base_identity
 
             # A resumed run rebuilds the base (LoRA) or θ₀ (L2-SP) from init_from: it must not have changed.
             fingerprints["init"] = base_identity(init.source, init.checkpoint)
@@ -262,9 +262,10 @@ def finetune(config: FinetuneConfig) -> int:
                          "selected": "best_val_loss" if result.best_step is not None else "last_step",
                          "last_step": result.step, "stop_reason": result.stop_reason}
             if config.objective == "classification":
-                from ckptlab import classification
+                from ckptlab.data import classification
+                from ckptlab.models.heads import load_classifier
 
-                chosen_model = classification.load(str(run.root / entry["path"]), len(source.task.choices))
+                chosen_model = load_classifier(str(run.root / entry["path"]), len(source.task.choices))
                 run.final["accuracy"] = classification.accuracy(chosen_model, data.val_rows, data.pad_id)
                 say(f"validation accuracy of the fine-tuned model: {run.final['accuracy']}")
             run.write_run_manifest(run.read_run_manifest())
@@ -276,7 +277,7 @@ def finetune(config: FinetuneConfig) -> int:
 
 def _regularisers(config: FinetuneConfig, model: Any, init_source: str, resume_from: Path | None, data: Any) -> tuple[Any, Any]:
     """(L2-SP anchor or None, early stopping or None), as configured."""
-    from ckptlab import methods
+    from ckptlab.models import methods
     from ckptlab.train.regularisation import L2SP, EarlyStopping
 
     anchor = early = None

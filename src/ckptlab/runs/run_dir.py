@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
 from ckptlab.errors import CheckpointError, UserError
-from ckptlab.train.checkpoint import atomic_write_text, latest_complete, list_step_dirs, remove_stale_temporaries
+from ckptlab.runs.checkpoint import atomic_write_text, latest_complete, list_step_dirs, remove_stale_temporaries
 
 RUN_MANIFEST = "run.json"
 
@@ -53,8 +53,7 @@ class RunDir:
 
     def accept_resume(self, checkpoint: Path, fingerprints: dict[str, str], allow_changed: Any, is_main: bool) -> None:
         """Check `checkpoint` was trained on what this run asks for; drop metrics logged after it."""
-        from ckptlab.train.checkpoint import read_manifest
-        from ckptlab.train.loop import check_fingerprints
+        from ckptlab.runs.checkpoint import read_manifest
 
         saved = read_manifest(checkpoint)
         check_fingerprints(saved.get("fingerprints", {}), fingerprints, allow_changed, checkpoint)
@@ -90,6 +89,16 @@ class RunDir:
             if record.get("step", 0) <= step:
                 kept.append(line)
         atomic_write_text(self.metrics, "".join(line + "\n" for line in kept))
+
+
+def check_fingerprints(saved: dict[str, str], current: dict[str, str], allow: Sequence[str], where: Path) -> None:
+    """Refuse to resume onto different data, tokenizer or model shape unless that change is allowed."""
+    for key, value in current.items():
+        if key in saved and saved[key] != value and key not in allow:
+            raise CheckpointError(
+                f"{where}: the run was trained with a different {key} ({saved[key]} ≠ {value}); "
+                f"resume anyway with --allow_changed {key}"
+            )
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ckptlab import mlm
+from ckptlab.data import mlm
+from ckptlab.models import heads
 from ckptlab.errors import ConfigError, UserError
-from ckptlab.init_model import InitModel, read_model_config, resolve_init, tokenizer_identity
-from ckptlab.train.loop import TrainConfig, check_allow_changed
-from ckptlab.train.run_dir import RunDir
+from ckptlab.models.init_from import InitModel, read_model_config, resolve_init, tokenizer_identity
+from ckptlab.train.config import TrainConfig, check_allow_changed
+from ckptlab.runs.run_dir import RunDir
 from ckptlab.train.schedules import KeepConfig
 
 BLEND_NAMES = ("blend", "second_blend")
@@ -173,7 +174,7 @@ def cpt(config: CptConfig) -> int:
     import torch
 
     from ckptlab import config as configlib
-    from ckptlab.model import count_parameters, load_model, load_tokenizer, save_model_dir, shape_fingerprint
+    from ckptlab.models.hf import count_parameters, load_model, load_tokenizer, save_model_dir, shape_fingerprint
 
     with distributed_run(config.train.device) as dist:
         global_batch = config.train.micro_batch_size * config.train.grad_accum_steps * dist.world_size
@@ -198,7 +199,7 @@ def cpt(config: CptConfig) -> int:
             model = auto.from_pretrained(resume_from, dtype=torch.float32)
             optimizer_note = run.read_run_manifest().get("cpt", {}).get("optimizer_state", "restored on resume")
         else:
-            model = mlm.load_masked_lm(init.source) if config.objective == "mlm" else load_model(init.source)
+            model = heads.load_masked_lm(init.source) if config.objective == "mlm" else load_model(init.source)
             if not config.reset_optimizer:
                 initial_optimizer_state, optimizer_note = _carried_optimizer_state(init, model, config.train)
         model.to(dist.device)
@@ -278,7 +279,7 @@ def _switch_step(config: CptConfig) -> int | None:
 
 def _masked(config: CptConfig, tokenizer: Any, model_config: Any, data: _Data) -> tuple[Any, Any]:
     """The training and validation batches re-masked for MLM (an encoder with a mask token only)."""
-    mlm.require_masked_lm(model_config, config.init_from)
+    heads.require_masked_lm(model_config, config.init_from)
     if tokenizer.mask_token_id is None:
         raise UserError(f"objective: mlm needs a tokenizer with a mask token; {config.init_from}'s has none")
     masking = dict(probability=config.mlm_probability, seed=config.train.seed, mask_id=tokenizer.mask_token_id,
@@ -317,7 +318,7 @@ def _open_data(config: CptConfig, context: int, tokenizer: Any, model_config: An
     from ckptlab.data.tokenizer import load_tokenizer as load_data_tokenizer
     from ckptlab.data.windows import TokenWindows
     from ckptlab.errors import DataError
-    from ckptlab.train.batches import MixtureBatches, WindowBatches
+    from ckptlab.data.batches import MixtureBatches, WindowBatches
     from ckptlab.train.verb_setup import data_errors_named
 
     blends = [config.blend] + ([config.second_blend] if config.second_blend else [])
@@ -385,7 +386,7 @@ def _carried_optimizer_state(init: InitModel, model: Any, train_config: TrainCon
     import torch
 
     from ckptlab.errors import CheckpointError
-    from ckptlab.train.checkpoint import TRAINING_STATE
+    from ckptlab.runs.checkpoint import TRAINING_STATE
     from ckptlab.train.loop import make_optimizer
 
     if init.checkpoint is None or not (init.checkpoint / TRAINING_STATE).is_file():

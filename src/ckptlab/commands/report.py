@@ -108,12 +108,13 @@ def _json_safe(value: Any) -> Any:
 
 def build_study(config: ReportConfig) -> Any:
     """Read the store and resample it: the `analysis.Study` every table, figure and finding is computed from."""
-    from ckptlab.reporting import analysis, data
+    from ckptlab.reporting import analysis, data, replicates
     from ckptlab.reporting.bootstrap import Resampled
     from ckptlab.reporting.taxonomy import Taxonomy
 
     store_path = data.store_path_of(config.sweep, config.store)
     sweep = data.load(store_path, config.sweep_name, config.shots, config.metrics)
+    sweep.seed_rows = replicates.merge_seed_replicates(sweep)  # a fine-tune's seeds become one model
     taxonomy = Taxonomy(config.task_families, config.task_domains, config.knowledge_probes, config.finetune_covers,
                         config.task_dirs)
     if config.template != "mean":

@@ -143,7 +143,7 @@ def merged_copy(peft_model: Any) -> Any:
 
 def save(peft_model: Any, tokenizer: Any, folder: str | Path) -> None:
     """Write the merged model (HF directory) into `folder` and the adapter into `folder/adapter`."""
-    from ckptlab.model import save_model_dir
+    from ckptlab.models.hf import save_model_dir
 
     folder = Path(folder)
     save_model_dir(merged_copy(peft_model), tokenizer, folder)
@@ -165,8 +165,8 @@ def base_identity(source: str, checkpoint: Path | None) -> str:
     import hashlib
     import json
 
-    from ckptlab.model import parse_source
-    from ckptlab.train import checkpoint as ckpt
+    from ckptlab.models.hf import parse_source
+    from ckptlab.runs import checkpoint as ckpt
 
     if checkpoint is not None:
         files = ckpt.read_manifest(checkpoint)["files"]

@@ -19,30 +19,6 @@ from typing import Any, Sequence
 from ckptlab.errors import UserError
 
 
-def require_masked_lm(model_config: Any, init_from: str) -> None:
-    """Raise a one-line UserError unless the model is an encoder with a masked-LM head class."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
-    model_type = getattr(model_config, "model_type", "?")
-    if model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES or getattr(model_config, "is_decoder", False):
-        raise UserError(f"objective: mlm needs an encoder with a masked-LM head (bert, roberta, ...); {init_from} is a "
-                        f"{model_type} causal LM (continue it with --objective causal)")
-
-
-def load_masked_lm(source: str) -> Any:
-    """The model at `source` (a directory or hub id) with its masked-LM head, fp32.
-
-    A sentence-embedding checkpoint (e.g. all-MiniLM-L6-v2) has no MLM head: transformers initialises
-    the head's transform and bias (the output matrix is tied to the word embeddings) and warns.
-    """
-    import torch
-    from transformers import AutoModelForMaskedLM
-
-    from ckptlab.init_model import model_directory
-
-    return AutoModelForMaskedLM.from_pretrained(model_directory(source), dtype=torch.float32)
-
-
 class MaskedBatches:
     """BERT-style masked batches from another batch source's `input_ids` (its labels are ignored).
 

@@ -11,12 +11,42 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ckptlab.errors import UserError
 
-if TYPE_CHECKING:
-    from ckptlab.finetune import FinetuneConfig
+
+class _TrainSettings(Protocol):
+    seed: int
+    micro_batch_size: int
+    grad_accum_steps: int
+    max_steps: int | None
+    val_every: int | None
+    val_batches: int | None
+
+
+class FinetuneConfig(Protocol):
+    """What the data of a fine-tune are built from: the keys of `ckptlab finetune`'s config that this
+    module reads (`ckptlab.commands.finetune.FinetuneConfig` has them; data sit below the commands)."""
+
+    init_from: str
+    task: str
+    template: str
+    data: str
+    instruction_format: str
+    val_data: str
+    train_split: str
+    val_split: str
+    val_fraction: float
+    objective: str
+    epochs: float
+    packing: bool
+    replay: str
+    replay_fraction: float
+    replay_length: int | None
+
+    @property
+    def train(self) -> _TrainSettings: ...
 
 
 @dataclass
@@ -49,7 +79,7 @@ def open_source(config: FinetuneConfig) -> Source:
         records = sft.read_records(config.data)
         val_records = sft.read_records(config.val_data) if config.val_data else None
         return Source(records=records, val_records=val_records)
-    from ckptlab.evaluation.tasks import read_task_file, shipped_tasks
+    from ckptlab.tasks.spec import read_task_file, shipped_tasks
 
     shipped = shipped_tasks()
     path = Path(config.task).expanduser()
@@ -69,7 +99,7 @@ def open_source(config: FinetuneConfig) -> Source:
 def task_examples(config: FinetuneConfig, source: Source) -> tuple[list[Any], list[Any]]:
     """(training, validation) examples of the task: val_split, else val_fraction held out by a hash."""
     from ckptlab.data import sft
-    from ckptlab.evaluation.tasks import load_task_data
+    from ckptlab.tasks.spec import load_task_data
 
     seed, spec, val_split = config.train.seed, source.task, source.val_split(config)
     examples = load_task_data(spec, config.train_split).examples
@@ -145,7 +175,7 @@ def sft_samples(mixture: Any, samples: int) -> int:
 
 def build_data(config: FinetuneConfig, source: Source, tokenizer: Any, model_config: Any, max_length: int,
                 world_size: int, say: Any) -> FinetuneData:
-    from ckptlab import classification
+    from ckptlab.data import classification
     from ckptlab.data import sft
     from ckptlab.errors import DataError
 
@@ -224,7 +254,7 @@ def build_data(config: FinetuneConfig, source: Source, tokenizer: Any, model_con
 
 def open_replay(config: FinetuneConfig, tokenizer: Any, model_config: Any, max_length: int) -> tuple[Any, Any, dict[str, Any]]:
     """The replay windows (checked against the model's tokenizer) and the mixture SFT | replay."""
-    from ckptlab.init_model import tokenizer_identity
+    from ckptlab.models.init_from import tokenizer_identity
     from ckptlab.data.mixture import Mixture
     from ckptlab.data.tokenizer import load_tokenizer as load_data_tokenizer
     from ckptlab.data.windows import TokenWindows

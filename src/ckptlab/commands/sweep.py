@@ -90,9 +90,10 @@ def spec_from_dict(values: dict[str, Any]) -> Any:
 
 
 def build(config: SweepConfig) -> Any:
+    from ckptlab.commands import VerbTable
     from ckptlab.sweeps.spec import build_spec
 
-    return build_spec(config)
+    return build_spec(config, VerbTable())
 
 
 def plan(spec: Any) -> Any:
@@ -134,7 +135,7 @@ def run_sweep(spec: Any, executor: str = "local", progress: bool = True, wait: b
         done = sum(1 for s, _ in before.values() if s == "done")
         say(f"sweep {spec.name}: {len(the_plan.jobs)} jobs, {done} done; executor {executor}; in {out}")
         ticker = Progress(the_plan, done, progress, say)
-        outcome = execute(the_plan, out, executor, ticker, ray_options)
+        outcome = execute(the_plan, out, executor, ticker, spec.verbs, ray_options)
         path, rows = write_results_csv(out, spec.name, {j.id for j in the_plan.jobs if j.kind == "evaluate"},
                                        set(the_plan.task_fps))
         states = state.job_states(out, the_plan)
@@ -151,7 +152,7 @@ def run_sweep(spec: Any, executor: str = "local", progress: bool = True, wait: b
 
 
 def _write_plan(out: Path, the_plan: Any) -> None:
-    from ckptlab.train.checkpoint import atomic_write_text
+    from ckptlab.runs.checkpoint import atomic_write_text
 
     jobs = [{"id": j.id, "kind": j.kind, "name": j.name, "dir": j.dirname, "deps": j.deps} for j in the_plan.jobs]
     atomic_write_text(out / "plan.json", json.dumps({"jobs": jobs, "task_fps": the_plan.task_fps}, indent=1) + "\n")

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckptlab.errors import UserError
-from ckptlab.model import ModelConfig
-from ckptlab.train.loop import TrainConfig, check_allow_changed
+from ckptlab.models.hf import ModelConfig
+from ckptlab.train.config import TrainConfig, check_allow_changed
 from ckptlab.train.schedules import KeepConfig
 
 
@@ -54,9 +54,9 @@ def pretrain(config: PretrainConfig) -> int:
     from ckptlab.data.shards import read_manifest
     from ckptlab.data.tokenizer import load_tokenizer, tokenizer_fingerprint
     from ckptlab.data.windows import TokenWindows
-    from ckptlab.model import build_hf_config, build_model, count_parameters, save_model_dir, shape_fingerprint
-    from ckptlab.train.batches import WindowBatches
-    from ckptlab.train.run_dir import RunDir
+    from ckptlab.models.hf import build_hf_config, build_model, count_parameters, save_model_dir, shape_fingerprint
+    from ckptlab.data.batches import WindowBatches
+    from ckptlab.runs.run_dir import RunDir
     from ckptlab.train.schedules import kept_steps
     from ckptlab.train.verb_setup import check_length_fits, distributed_run, main_process_printer, train_verb
 

@@ -2,7 +2,7 @@
 
 Shared by `ckptlab cpt` and `ckptlab finetune`: a ckptlab run directory resolves to its newest listed
 checkpoint, a checkpoint is verified against its manifest, and anything else is an HF directory, a
-hub id[@revision] or a .gguf file (`ckptlab.model.parse_source`). Cheap to import (no torch).
+hub id[@revision] or a .gguf file (`ckptlab.models.hf.parse_source`). Cheap to import (no torch).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ class InitModel:
 
 def resolve_init(init_from: str) -> InitModel:
     """A ckptlab run directory resolves to its newest listed checkpoint; checkpoints are verified."""
-    from ckptlab.train import checkpoint as ckpt
-    from ckptlab.train.run_dir import RunDir
+    from ckptlab.runs import checkpoint as ckpt
+    from ckptlab.runs.run_dir import RunDir
 
     path = Path(init_from).expanduser()
     if path.is_dir() and (path / "run.json").is_file() and not (path / ckpt.MANIFEST).is_file():
@@ -38,7 +38,7 @@ def resolve_init(init_from: str) -> InitModel:
             raise UserError(f"init_from {init_from}: the run lists no complete checkpoint in run.json")
         path = path / max(entries, key=lambda c: c["step"])["path"]
     if not (path.is_dir() and (path / ckpt.MANIFEST).is_file()):
-        from ckptlab.model import parse_source
+        from ckptlab.models.hf import parse_source
 
         parse_source(init_from)  # a missing path fails here, before torch is imported
         return InitModel(source=init_from, checkpoint=None, run_config=None)
@@ -50,7 +50,7 @@ def resolve_init(init_from: str) -> InitModel:
 
 def model_directory(source: str) -> str:
     """The HF directory of a directory or hub-id source (downloaded or found in the cache)."""
-    from ckptlab.model import hub_snapshot, parse_source
+    from ckptlab.models.hf import hub_snapshot, parse_source
 
     parsed = parse_source(source)
     if parsed.kind == "gguf":
@@ -63,7 +63,7 @@ def model_directory(source: str) -> str:
 
 def read_model_config(source: str) -> Any:
     """The model's HF config without loading its weights (a .gguf file is read whole)."""
-    from ckptlab.model import load_model, parse_source
+    from ckptlab.models.hf import load_model, parse_source
 
     if parse_source(source).kind == "gguf":
         return load_model(source).config

@@ -22,8 +22,8 @@ from typing import Any
 import yaml
 
 from ckptlab.errors import DataError, UserError
-from ckptlab.evaluation import templates as tpl
-from ckptlab.evaluation.data import (
+from ckptlab.tasks import templates as tpl
+from ckptlab.tasks.records import (
     DATA_DIR_VARIABLE,
     FORMATS,
     DataUnavailable,

@@ -125,7 +125,7 @@ def demo(config: DemoConfig) -> int:
 
 
 def _world(config: DemoConfig, out: Path) -> Path:
-    from ckptlab.world import WorldConfig, world
+    from ckptlab.commands.world import WorldConfig, world
 
     world_dir = out / "world"
     if (world_dir / "world.json").exists():
@@ -138,7 +138,7 @@ def _world(config: DemoConfig, out: Path) -> Path:
 
 def _prepare(config: DemoConfig, plan: DemoPlan, world_dir: Path, out: Path) -> Path:
     from ckptlab.data.shards import MANIFEST
-    from ckptlab.prepare import PrepareConfig, prepare
+    from ckptlab.commands.prepare import PrepareConfig, prepare
 
     data_dir = out / "data"
     if (data_dir / MANIFEST).exists():
@@ -151,10 +151,10 @@ def _prepare(config: DemoConfig, plan: DemoPlan, world_dir: Path, out: Path) -> 
 
 
 def _pretrain(config: DemoConfig, plan: DemoPlan, steps: int, data_dir: Path, out: Path) -> Path:
-    from ckptlab.model import ModelConfig
-    from ckptlab.pretrain import PretrainConfig, pretrain
-    from ckptlab.train.loop import TrainConfig
-    from ckptlab.train.run_dir import RunDir
+    from ckptlab.models.hf import ModelConfig
+    from ckptlab.commands.pretrain import PretrainConfig, pretrain
+    from ckptlab.train.config import TrainConfig
+    from ckptlab.runs.run_dir import RunDir
     from ckptlab.train.schedules import KeepConfig, ScheduleConfig
 
     print("[3/5] pretrain: keeping log-spaced checkpoints (resumes if interrupted)")
@@ -218,7 +218,7 @@ def _sweep(config: DemoConfig, plan: DemoPlan, sweep_steps: list[int], world_dir
            out: Path) -> Any:
     import importlib.util
 
-    from ckptlab.sweep import run_sweep, spec_from_dict
+    from ckptlab.commands.sweep import run_sweep, spec_from_dict
     from ckptlab.sweeps.executors import RayOptions
 
     spec = spec_from_dict(sweep_spec(config, plan, sweep_steps, world_dir, run_root, out))
@@ -232,7 +232,7 @@ def _sweep(config: DemoConfig, plan: DemoPlan, sweep_steps: list[int], world_dir
 
 
 def _report(world_dir: Path, out: Path) -> Path:
-    from ckptlab.report import ReportConfig, report
+    from ckptlab.commands.report import ReportConfig, report
 
     print("\n[5/5] report")
     report_dir = out / "report"

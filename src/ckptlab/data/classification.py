@@ -30,7 +30,7 @@ def examples(spec: Any, template: str, task_examples: Sequence[Any], tokenizer: 
     """The task's examples as (token ids, label index); a gold answer outside `choices` is an error."""
     import numpy as np
 
-    from ckptlab.evaluation.templates import render
+    from ckptlab.tasks.templates import render
 
     choices = list(spec.choices or [])
     if len(choices) < 2:
@@ -111,17 +111,3 @@ def accuracy(model: Any, rows: Sequence[Example], pad_id: int, batch_size: int =
             logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
             right += int((logits.argmax(-1).cpu() == batch["labels"][:, 0]).sum())
     return right / len(rows)
-
-
-def load(source: str, num_labels: int) -> Any:
-    """The model at `source` (directory or hub id) with a sequence-classification head of `num_labels`."""
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
-    from ckptlab.init_model import model_directory
-
-    try:
-        return AutoModelForSequenceClassification.from_pretrained(model_directory(source), num_labels=num_labels,
-                                                                  dtype=torch.float32)
-    except ValueError as error:
-        raise UserError(f"objective: classification: {source} has no sequence-classification class ({str(error).splitlines()[0]})") from None
