@@ -14,7 +14,6 @@ import ast
 import dataclasses
 import functools
 import inspect
-import sys
 import textwrap
 import types
 import typing
@@ -51,7 +50,9 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def _type_hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls, globalns=vars(sys.modules[cls.__module__]))
+    # Without an explicit namespace, each annotation resolves in the module of the class that wrote
+    # it, so a subclass in another module need not import the types of its bases' fields.
+    return typing.get_type_hints(cls)
 
 
 def _describe(tp: Any) -> str:
@@ -217,7 +218,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _parse_cli_value(raw: str, tp: Any) -> Any:
+def _parse_cli_value(raw: str, tp: Any, key: str) -> Any:
     # A string field takes the text as written (`--out 007` stays "007"); others parse as YAML so
     # `--train.lr 3e-4`, `--keep_steps [1,2,4]` and `--resume true` mean what they say.
     plain = tp
@@ -232,6 +233,10 @@ def _parse_cli_value(raw: str, tp: Any) -> Any:
         return raw
     if typing.get_origin(plain) is list and typing.get_args(plain) == (str,) and "[" not in raw:
         return [part for part in raw.split(",") if part]
+    item = (typing.get_args(plain) or (None,))[0] if typing.get_origin(plain) is list else None
+    if hasattr(item, "from_cli") and "[" not in raw:
+        # A list of groups with a short command-line form (`--blend DIR=3,DIR`): the group parses it.
+        return [item.from_cli(part.strip(), key) for part in raw.split(",") if part.strip()]
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
@@ -277,7 +282,7 @@ def parse_overrides(cls: type, argv: list[str]) -> tuple[list[str], dict[str, An
             # A list written shell-style: `--tasks rte sst2` (as well as `--tasks rte,sst2`).
             items: list[Any] = []
             for value in values:
-                parsed = _parse_cli_value(value, tp)
+                parsed = _parse_cli_value(value, tp, key)
                 items.extend(parsed if isinstance(parsed, list) else [parsed])
             _set_dotted(tree, key, items)
             i += 1 + len(values)
@@ -290,7 +295,7 @@ def parse_overrides(cls: type, argv: list[str]) -> tuple[list[str], dict[str, An
             raw = "true"  # a bare flag: `--resume`
         else:
             raise ConfigError(f"config key '{key}': missing value (expected {_describe(tp)})")
-        _set_dotted(tree, key, _parse_cli_value(raw, tp))
+        _set_dotted(tree, key, _parse_cli_value(raw, tp, key))
         i += 1
     return files, tree
 
@@ -316,7 +321,10 @@ def help_lines(cls: type, prefix: str = "") -> list[tuple[str, str]]:
     hints = _type_hints(cls)
     docs = field_docs(cls)
     defaults = cls()
-    for f in dataclasses.fields(cls):
+    # The class's own keys first, then those it inherits (a verb's keys before the shared training keys).
+    own = list(vars(cls).get("__annotations__", {}))
+    fields = sorted(dataclasses.fields(cls), key=lambda f: own.index(f.name) if f.name in own else len(own))
+    for f in fields:
         tp = hints[f.name]
         doc = docs.get(f.name, "")
         if dataclasses.is_dataclass(tp):

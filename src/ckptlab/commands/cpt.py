@@ -16,6 +16,7 @@ names the blend its step read, and `run.json` records the switch step under `cpt
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +26,8 @@ from ckptlab.data import mlm
 from ckptlab.models import heads
 from ckptlab.errors import ConfigError, UserError
 from ckptlab.models.init_from import InitModel, read_model_config, resolve_init, tokenizer_identity
-from ckptlab.train.config import TrainConfig, check_allow_changed
 from ckptlab.runs.run_dir import RunDir
-from ckptlab.train.schedules import KeepConfig
+from ckptlab.train.config import TrainConfig, TrainingVerbConfig
 
 BLEND_NAMES = ("blend", "second_blend")
 
@@ -40,6 +40,15 @@ class BlendSource:
     """Prepared data directory (`ckptlab prepare --tokenizer MODEL`); its train split is read."""
     weight: float = 1.0
     """Relative weight within the blend (a blend's weights share out what replay leaves)."""
+
+    @classmethod
+    def from_cli(cls, text: str, key: str) -> dict[str, Any]:
+        """The command-line form of one source, `DIR` or `DIR=WEIGHT`, as config keys."""
+        data, _, weight = text.rpartition("=") if "=" in text else (text, "", "1")
+        try:
+            return {"data": data, "weight": float(weight)}
+        except ValueError:
+            raise ConfigError(f"{key}: '{text}' is not DIR or DIR=WEIGHT (WEIGHT a number)") from None
 
 
 @dataclass
@@ -55,16 +64,16 @@ class ReuseConfig:
 
 
 @dataclass
-class CptConfig:
+class CptConfig(TrainingVerbConfig):
     """Continued pre-training from an existing checkpoint."""
 
     init_from: str = ""
     """Model to continue: a ckptlab checkpoint or run directory, an HF directory, a hub id[@revision], or a .gguf file."""
     out: str = "runs/cpt"
     """Run directory: config.yaml, metrics.jsonl, run.json and checkpoints/ go here."""
-    blend: list[BlendSource | str] = field(default_factory=list)
+    blend: list[BlendSource] = field(default_factory=list)
     """Sources read before the switch: a list of {data, weight}, or DIR[=WEIGHT],DIR[=WEIGHT] on the command line."""
-    second_blend: list[BlendSource | str] = field(default_factory=list)
+    second_blend: list[BlendSource] = field(default_factory=list)
     """Sources read from the switch on (same forms as blend); empty = no switch."""
     switch_step: int | None = None
     """Switch after this many optimizer steps: steps 1..switch_step (as metrics.jsonl counts) read blend, later ones second_blend."""
@@ -88,19 +97,13 @@ class CptConfig:
     """Share of every sequence's tokens (not special tokens or padding) masked with objective mlm."""
     validate_on: str = ""
     """Prepared directory whose val split gives the validation loss; empty = the first source of the last blend."""
-    train: TrainConfig = field(default_factory=TrainConfig)
-    """Optimisation, schedule, precision and bookkeeping."""
-    keep: KeepConfig = field(default_factory=KeepConfig)
-    """Which steps keep a checkpoint for fine-tuning and evaluation later."""
     resume: bool = False
     """Continue from the newest complete checkpoint in `out` (starts from init_from if there is none)."""
-    allow_changed: list[str] = field(default_factory=list)
-    """On resume, accept these changes since the checkpoint: data, tokenizer, model, batch."""
 
     def __post_init__(self) -> None:
-        self.blend = _parse_blend(self.blend, "blend")
-        self.second_blend = _parse_blend(self.second_blend, "second_blend")
-        check_allow_changed(self.allow_changed)
+        _check_blend(self.blend, "blend")
+        _check_blend(self.second_blend, "second_blend")
+        super().__post_init__()
         if not (0.0 <= self.replay_fraction < 1.0):
             raise ConfigError(f"replay_fraction: expected 0 ≤ x < 1, got {self.replay_fraction}")
         if self.replay_fraction > 0 and not self.replay:
@@ -130,27 +133,15 @@ class CptConfig:
             raise ConfigError(f"context_length: expected a positive integer, got {self.context_length}")
 
 
-def _parse_blend(items: list[Any], key: str) -> list[BlendSource]:
-    """Blend entries as BlendSource; `DIR=WEIGHT,DIR` strings (the command-line form) are split here."""
-    parsed: list[BlendSource] = []
-    for item in items:
-        if isinstance(item, BlendSource):
-            parsed.append(item)
-            continue
-        for part in filter(None, (p.strip() for p in str(item).split(","))):
-            data, eq, weight = part.rpartition("=") if "=" in part else (part, "", "1")
-            try:
-                parsed.append(BlendSource(data=data, weight=float(weight)))
-            except ValueError:
-                raise ConfigError(f"{key}: '{part}' is not DIR or DIR=WEIGHT (WEIGHT a number)") from None
-    for i, source in enumerate(parsed):
+def _check_blend(blend: list[BlendSource], key: str) -> None:
+    """Every source names a directory and a finite weight ≥ 0; the weights have a positive sum."""
+    for i, source in enumerate(blend):
         if not source.data:
             raise ConfigError(f"{key}[{i}].data: expected a prepared data directory")
         if not math.isfinite(source.weight) or source.weight < 0:
             raise ConfigError(f"{key}[{i}].weight: expected a finite number ≥ 0, got {source.weight}")
-    if parsed and sum(s.weight for s in parsed) <= 0:
-        raise ConfigError(f"{key}: weights sum to {sum(s.weight for s in parsed)}; expected a positive sum")
-    return parsed
+    if blend and sum(s.weight for s in blend) <= 0:
+        raise ConfigError(f"{key}: weights sum to {sum(s.weight for s in blend)}; expected a positive sum")
 
 
 def cpt(config: CptConfig) -> int:
@@ -164,7 +155,7 @@ def cpt(config: CptConfig) -> int:
     # Checks that need neither torch nor the model come first, so a mistyped path fails at once.
     say = main_process_printer()
     init = resolve_init(config.init_from)
-    _apply_recipe(config, init, say)
+    config = _with_recipe(config, init, say)
     switch_step = _switch_step(config)
     for key, data in _data_keys(config):
         check_prepared_data(key, data)
@@ -177,7 +168,7 @@ def cpt(config: CptConfig) -> int:
     from ckptlab.models.hf import count_parameters, load_model, load_tokenizer, save_model_dir, shape_fingerprint
 
     with distributed_run(config.train.device) as dist:
-        global_batch = config.train.micro_batch_size * config.train.grad_accum_steps * dist.world_size
+        global_batch = config.train.global_batch(dist.world_size)
         resume_from = run.resume_point(init.source, say, dist.is_main) if config.resume else None
         tokenizer = load_tokenizer(init.source)
         model_config = read_model_config(init.source)
@@ -234,10 +225,11 @@ def cpt(config: CptConfig) -> int:
         return 0
 
 
-def _apply_recipe(config: CptConfig, init: InitModel, say: Any) -> None:
-    """recipe reuse: replace train.schedule by Parmar et al.'s, starting at the pre-training run's min LR."""
+def _with_recipe(config: CptConfig, init: InitModel, say: Any) -> CptConfig:
+    """The config as run: with recipe reuse, train.schedule replaced by Parmar et al.'s, starting at the
+    pre-training run's min LR (what config.yaml records)."""
     if config.recipe != "reuse":
-        return
+        return config
     from ckptlab.config import read_yaml
     from ckptlab.train.schedules import ScheduleConfig, reuse_schedule
 
@@ -255,7 +247,8 @@ def _apply_recipe(config: CptConfig, init: InitModel, say: Any) -> None:
         )
     if config.train.schedule != ScheduleConfig():
         say("recipe reuse: train.schedule is replaced by the recipe's schedule")
-    config.train.schedule = reuse_schedule(float(start), config.reuse.decay_to_fraction)
+    schedule = reuse_schedule(float(start), config.reuse.decay_to_fraction)
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, schedule=schedule))
 
 
 def _switch_step(config: CptConfig) -> int | None:

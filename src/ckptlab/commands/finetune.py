@@ -16,6 +16,7 @@ under `final`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +24,10 @@ from typing import Any, Literal
 
 from ckptlab.errors import ConfigError, UserError
 from ckptlab.models.lora import LoraConfig
-from ckptlab.train.config import TrainConfig, check_allow_changed
-from ckptlab.train.regularisation import EarlyStoppingConfig
 from ckptlab.runs.run_dir import RunDir
+from ckptlab.train.config import TrainConfig, TrainingVerbConfig
+from ckptlab.train.regularisation import EarlyStoppingConfig
 from ckptlab.train.schedules import KeepConfig, ScheduleConfig, ScheduleName
-
-# The config layer resolves the inherited annotations of TrainConfig, ScheduleConfig and KeepConfig
-# in this module's namespace: Literal, ScheduleConfig and ScheduleName must stay imported here.
 
 
 @dataclass
@@ -63,15 +61,6 @@ class FinetuneTrainConfig(TrainConfig):
     val_batches: int | None = None
     """Micro-batches of validation examples per validation; null = the whole validation set."""
 
-    def __post_init__(self) -> None:
-        given = {name: getattr(self, name) for name in ("max_steps", "val_every", "val_batches")}
-        for name, value in given.items():
-            if value is None:
-                setattr(self, name, 1)  # resolved later from the data; checked here as if given
-        super().__post_init__()
-        for name, value in given.items():
-            setattr(self, name, value)
-
 
 @dataclass
 class FinetuneKeep(KeepConfig):
@@ -82,7 +71,7 @@ class FinetuneKeep(KeepConfig):
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(TrainingVerbConfig):
     """Supervised fine-tuning of an existing checkpoint."""
 
     init_from: str = ""
@@ -137,11 +126,9 @@ class FinetuneConfig:
     """Which steps keep a checkpoint."""
     resume: bool = False
     """Continue from the newest complete checkpoint in `out` (starts from init_from if there is none)."""
-    allow_changed: list[str] = field(default_factory=list)
-    """On resume, accept these changes since the checkpoint: data, tokenizer, model, batch."""
 
     def __post_init__(self) -> None:
-        check_allow_changed(self.allow_changed)
+        super().__post_init__()
         if self.task and self.data:
             raise ConfigError("task and data: give one of them (a task, or an instruction JSONL file), not both")
         if self.val_data and not self.data:
@@ -207,8 +194,9 @@ def finetune(config: FinetuneConfig) -> int:
         max_length = max_length_of(model_config, "max_length", config.max_length, init.source)
         check_length_fits(model_config, "replay_length", config.replay_length)
         data = finetune_data.build_data(config, source, tokenizer, model_config, max_length, dist.world_size, say)
-        config.train.max_steps, config.train.val_every, config.train.val_batches = (
-            data.max_steps, data.val_every, data.val_batches)
+        # Steps and validation cadence follow from the data; the config as run (config.yaml) holds them.
+        config = dataclasses.replace(config, train=dataclasses.replace(
+            config.train, max_steps=data.max_steps, val_every=data.val_every, val_batches=data.val_batches))
 
         fingerprints = {"data": data.fingerprint, "tokenizer": tokenizer_identity(tokenizer),
                         "model": shape_fingerprint(model_config),

@@ -16,13 +16,11 @@ from pathlib import Path
 
 from ckptlab.errors import UserError
 from ckptlab.models.hf import ModelConfig
-from ckptlab.train.config import TrainConfig, check_allow_changed
-from ckptlab.train.schedules import KeepConfig
-
+from ckptlab.train.config import TrainingVerbConfig
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(TrainingVerbConfig):
     """Pre-training from scratch."""
 
     data: str = ""
@@ -31,17 +29,6 @@ class PretrainConfig:
     """Run directory: config.yaml, metrics.jsonl, run.json and checkpoints/ go here."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The model built from scratch; the vocabulary comes from the data's tokenizer."""
-    train: TrainConfig = field(default_factory=TrainConfig)
-    """Optimisation, schedule, precision and bookkeeping."""
-    keep: KeepConfig = field(default_factory=KeepConfig)
-    """Which steps keep a checkpoint for fine-tuning and evaluation later."""
-    resume: bool = False
-    """Continue from the newest complete checkpoint in `out` (starts fresh if there is none)."""
-    allow_changed: list[str] = field(default_factory=list)
-    """On resume, accept these changes since the checkpoint: data, tokenizer, model, batch."""
-
-    def __post_init__(self) -> None:
-        check_allow_changed(self.allow_changed)
 
 
 def pretrain(config: PretrainConfig) -> int:
@@ -99,7 +86,7 @@ def pretrain(config: PretrainConfig) -> int:
         if dist.is_main:
             run.save_config(configlib.to_dict(config))
         kept = kept_steps(config.keep, config.train.max_steps)
-        global_batch = config.train.micro_batch_size * config.train.grad_accum_steps * dist.world_size
+        global_batch = config.train.global_batch(dist.world_size)
         say(
             f"pretrain: {count_parameters(model, trainable_only=True):,} of {count_parameters(model):,} parameters train, "
             f"{len(train_windows):,} windows of {context} tokens, "

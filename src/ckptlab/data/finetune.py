@@ -24,6 +24,8 @@ class _TrainSettings(Protocol):
     val_every: int | None
     val_batches: int | None
 
+    def global_batch(self, processes: int) -> int: ...
+
 
 class FinetuneConfig(Protocol):
     """What the data of a fine-tune are built from: the keys of `ckptlab finetune`'s config that this
@@ -213,7 +215,7 @@ def build_data(config: FinetuneConfig, source: Source, tokenizer: Any, model_con
     replay_record = None
     if config.replay:
         replay, mixture, replay_record = open_replay(config, tokenizer, model_config, max_length)
-    global_batch = config.train.micro_batch_size * config.train.grad_accum_steps * world_size
+    global_batch = config.train.global_batch(world_size)
 
     def steps_for(sft_needed: int) -> int:
         """The fewest steps whose batches hold `sft_needed` SFT samples."""

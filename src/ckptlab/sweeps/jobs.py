@@ -138,10 +138,10 @@ def _train(job: Any, out: Path, directory: Path, verbs: Verbs) -> dict[str, Any]
         shutil.rmtree(run)
     values = copy.deepcopy(job.values)
     values.update(out=str(run), resume=True)
+    values.setdefault("train", {})["progress"] = False  # the sweep shows one progress line per job instead
     if job.kind != "pretrain":
         values["init_from"] = model_source(job.model, out)
     config = configlib.build(verbs.config_class(job.kind), values)
-    config.train.progress = False  # the sweep shows one progress line per job instead
     verbs.run(job.kind, config)
     manifest = RunDir(run).read_run_manifest()
     if manifest.get("status") != "complete":

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 from ckptlab.errors import ConfigError
-from ckptlab.train.schedules import ScheduleConfig
+from ckptlab.train.schedules import KeepConfig, ScheduleConfig
 
 
 CHANGEABLE_ON_RESUME = ("data", "tokenizer", "model", "batch")
@@ -67,17 +67,43 @@ class TrainConfig:
     """Power drawn per device (watts) for the energy estimate in run.json's compute record; null = 65 on CPU, 700 on CUDA."""
 
     def __post_init__(self) -> None:
+        # None is left to a subclass that resolves it later (fine-tuning's steps follow from the data).
         for name in ("max_steps", "micro_batch_size", "grad_accum_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name}: expected a positive integer, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"train.{name}: expected a positive integer, got {value}")
         if self.resume_checkpoints < 1:
             raise ConfigError(f"train.resume_checkpoints: expected a positive integer, got {self.resume_checkpoints}")
         for name in ("val_every", "val_batches", "save_every"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"train.{name}: expected an integer ≥ 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"train.{name}: expected an integer ≥ 0, got {value}")
         if self.grad_clip < 0 or self.weight_decay < 0:
             raise ConfigError("train.grad_clip and train.weight_decay must be ≥ 0")
         if self.device_power_w is not None and not (math.isfinite(self.device_power_w) and self.device_power_w >= 0):
             raise ConfigError(f"train.device_power_w: expected watts ≥ 0, got {self.device_power_w}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"train.device: expected auto, cpu or cuda, got {self.device!r}")
+
+    def global_batch(self, processes: int) -> int:
+        """Sequences per optimizer step over all `processes` (data-parallel ranks)."""
+        return self.micro_batch_size * self.grad_accum_steps * processes
+
+
+@dataclass
+class TrainingVerbConfig:
+    """The keys every training verb (pretrain, cpt, finetune) has; each verb adds its own."""
+
+    out: str = "runs/run"
+    """Run directory: config.yaml, metrics.jsonl, run.json and checkpoints/ go here."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation, schedule, precision and bookkeeping."""
+    keep: KeepConfig = field(default_factory=KeepConfig)
+    """Which steps keep a checkpoint for fine-tuning and evaluation later."""
+    resume: bool = False
+    """Continue from the newest complete checkpoint in `out` (starts fresh if there is none)."""
+    allow_changed: list[str] = field(default_factory=list)
+    """On resume, accept these changes since the checkpoint: data, tokenizer, model, batch."""
+
+    def __post_init__(self) -> None:
+        check_allow_changed(self.allow_changed)
