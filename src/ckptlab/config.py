@@ -23,6 +23,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from ckptlab.errors import ConfigError
+from ckptlab.files import parse_yaml, read_text
 
 
 @functools.cache
@@ -198,19 +199,7 @@ def _leaf_type(cls: type, dotted: str) -> Any:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; a missing file or a syntax error is a ConfigError naming file and line."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: config file is not UTF-8 text") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    data = parse_yaml(read_text(path, ConfigError, f"{path}: config file"), str(path), ConfigError)
     if data is None:
         return {}
     if not isinstance(data, dict):

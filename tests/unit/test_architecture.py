@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("models",),
     ("runs", "synthetic"),
     ("config",),
+    ("files", "faults"),
     ("errors",),
 ]
 

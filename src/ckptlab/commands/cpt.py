@@ -307,33 +307,22 @@ def _open_data(config: CptConfig, context: int, tokenizer: Any, model_config: An
     import hashlib
     import json
 
-    from ckptlab.data.mixture import Mixture
-    from ckptlab.data.tokenizer import load_tokenizer as load_data_tokenizer
-    from ckptlab.data.windows import TokenWindows
-    from ckptlab.errors import DataError
     from ckptlab.data.batches import MixtureBatches, WindowBatches
-    from ckptlab.train.verb_setup import data_errors_named
+    from ckptlab.data.mixture import Mixture
+    from ckptlab.data.windows import TokenWindows, windows_for_model
+    from ckptlab.errors import DataError
 
     blends = [config.blend] + ([config.second_blend] if config.second_blend else [])
     keyed = [(key, data) for key, data in _data_keys(config) if key != "validate_on"]
-    model_identity = tokenizer_identity(tokenizer)
     paths: list[Path] = []  # one source per distinct directory: its position runs on through every use
     windows: list[Any] = []
     for key, data in keyed:
         path = Path(data).expanduser().resolve()
         if path in paths:
             continue
-        with data_errors_named(key):
-            source = TokenWindows(path, "train", context, config.train.seed)
-        if tokenizer_identity(load_data_tokenizer(path / "tokenizer")) != model_identity:
-            raise UserError(
-                f"{key}: {data} was prepared with another tokenizer than the model's ({init_source}); "
-                f"prepare it with `ckptlab prepare --tokenizer {init_source} ...`"
-            )
-        if int(source.manifest["vocab_size"]) > int(model_config.vocab_size):
-            raise UserError(f"{key}: {data} has a vocabulary of {source.manifest['vocab_size']}, the model only {model_config.vocab_size}")
+        windows.append(windows_for_model(key, data, context, config.train.seed, tokenizer, model_config.vocab_size,
+                                         init_source))
         paths.append(path)
-        windows.append(source)
 
     def weights(blend: list[BlendSource]) -> list[float]:
         row = [0.0] * len(paths)

@@ -152,7 +152,7 @@ def run_sweep(spec: Any, executor: str = "local", progress: bool = True, wait: b
 
 
 def _write_plan(out: Path, the_plan: Any) -> None:
-    from ckptlab.runs.checkpoint import atomic_write_text
+    from ckptlab.files import atomic_write_text
 
     jobs = [{"id": j.id, "kind": j.kind, "name": j.name, "dir": j.dirname, "deps": j.deps} for j in the_plan.jobs]
     atomic_write_text(out / "plan.json", json.dumps({"jobs": jobs, "task_fps": the_plan.task_fps}, indent=1) + "\n")

@@ -256,23 +256,12 @@ def build_data(config: FinetuneConfig, source: Source, tokenizer: Any, model_con
 
 def open_replay(config: FinetuneConfig, tokenizer: Any, model_config: Any, max_length: int) -> tuple[Any, Any, dict[str, Any]]:
     """The replay windows (checked against the model's tokenizer) and the mixture SFT | replay."""
-    from ckptlab.models.init_from import tokenizer_identity
     from ckptlab.data.mixture import Mixture
-    from ckptlab.data.tokenizer import load_tokenizer as load_data_tokenizer
-    from ckptlab.data.windows import TokenWindows
-    from ckptlab.errors import DataError
+    from ckptlab.data.windows import windows_for_model
 
-    path = Path(config.replay).expanduser()
     length = config.replay_length or max_length
-    try:
-        windows = TokenWindows(path, "train", length, config.train.seed)
-    except DataError as error:
-        raise DataError(f"replay: {error}") from None
-    if tokenizer_identity(load_data_tokenizer(path / "tokenizer")) != tokenizer_identity(tokenizer):
-        raise UserError(f"replay: {config.replay} was prepared with another tokenizer than the model's ({config.init_from}); "
-                        f"prepare it with `ckptlab prepare --tokenizer {config.init_from} ...`")
-    if int(windows.manifest["vocab_size"]) > int(model_config.vocab_size):
-        raise UserError(f"replay: {config.replay} has a vocabulary of {windows.manifest['vocab_size']}, the model only {model_config.vocab_size}")
+    windows = windows_for_model("replay", config.replay, length, config.train.seed, tokenizer,
+                                model_config.vocab_size, config.init_from)
     mixture = Mixture([[1.0, 0.0]], replay_source=1, replay_fraction=config.replay_fraction)
     record = {"data": config.replay, "fraction": config.replay_fraction, "window": length,
               "fingerprint": windows.fingerprint}

@@ -36,6 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ckptlab.errors import DataError, UserError
+from ckptlab.files import json_lines, read_text
 
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -197,22 +198,9 @@ def truncate(example: Tokenized, max_length: int) -> Tokenized | None:
 def read_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """(line, record) of every non-blank line of an instruction JSONL file, each record checked."""
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{path}: instruction data file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, expected a JSONL file") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text") from None
+    text = read_text(path, DataError, f"{path}: instruction data file")
     records = []
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}, line {number}: invalid JSON ({error.msg})") from None
+    for number, record in json_lines(text, lambda line: f"{path}, line {line}", DataError):
         problem = _record_problem(record)
         if problem:
             raise DataError(f"{path}, line {number}: {problem}")

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ckptlab.files import fsync_path, fsync_tree
 from ckptlab.errors import DataError
 
 FORMAT = "ckptlab-prepared-data"
@@ -164,38 +165,19 @@ def atomic_output_dir(target: str | Path, overwrite: bool) -> Iterator[Path]:
     os.mkdir(temp)
     try:
         yield temp
-        _fsync_tree(temp)
+        fsync_tree(temp)
         check_output_dir(target, overwrite)  # again: something may have appeared meanwhile
         replaced = None
         if target.exists():
             replaced = Path(tempfile.mkdtemp(prefix=f".{target.name}.replaced-", dir=target.parent))
             os.replace(target, replaced / target.name)
         os.replace(temp, target)
-        _fsync_dir(target.parent)
+        fsync_path(target.parent)
         if replaced is not None:
             shutil.rmtree(replaced, ignore_errors=True)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    for directory, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(directory))
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:

@@ -104,3 +104,24 @@ class TokenWindows:
         state = dict(self.__dict__)
         state.update(_shards=None, _order=None, _epoch=-1)
         return state
+
+
+def windows_for_model(key: str, data: str | Path, length: int, seed: int, tokenizer: Any, vocab_size: int,
+                      model_name: str) -> TokenWindows:
+    """The training windows of prepared directory `data` (named by config `key`) for a model: the data
+    must have been tokenized with the model's tokenizer and fit its vocabulary."""
+    from ckptlab.data.tokenizer import load_tokenizer
+    from ckptlab.errors import UserError
+    from ckptlab.models.init_from import tokenizer_identity
+
+    path = Path(data).expanduser()
+    try:
+        windows = TokenWindows(path, "train", length, seed)
+    except DataError as error:
+        raise DataError(f"{key}: {error}") from None
+    if tokenizer_identity(load_tokenizer(path / "tokenizer")) != tokenizer_identity(tokenizer):
+        raise UserError(f"{key}: {data} was prepared with another tokenizer than the model's ({model_name}); "
+                        f"prepare it with `ckptlab prepare --tokenizer {model_name} ...`")
+    if int(windows.manifest["vocab_size"]) > int(vocab_size):
+        raise UserError(f"{key}: {data} has a vocabulary of {windows.manifest['vocab_size']}, the model only {vocab_size}")
+    return windows

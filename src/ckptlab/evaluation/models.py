@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from ckptlab.errors import UserError
+from ckptlab.runs.checkpoint import MANIFEST, TRAINING_STATE
+from ckptlab.runs.run_dir import RUN_MANIFEST
 
 # Files of a checkpoint directory that do not change the model's outputs.
-NOT_MODEL_FILES = {"training_state.pt", "checkpoint.json"}
+NOT_MODEL_FILES = {TRAINING_STATE, MANIFEST}
 CHECKPOINT_MODES = ("kept", "all", "latest")
 
 
@@ -63,7 +65,7 @@ def resolve_models(sources: list[str], checkpoints: str = "kept") -> list[ModelR
     refs: list[ModelRef] = []
     for source in sources:
         path = Path(source).expanduser()
-        if path.is_dir() and (path / "run.json").is_file():
+        if path.is_dir() and (path / RUN_MANIFEST).is_file():
             run = RunDir(path)
             listed = run.read_run_manifest().get("checkpoints", [])
             chosen = {"kept": [c for c in listed if c.get("kept")], "all": listed,
@@ -71,7 +73,7 @@ def resolve_models(sources: list[str], checkpoints: str = "kept") -> list[ModelR
             if not chosen:
                 raise UserError(f"--model {source}: run.json lists no {checkpoints} checkpoints")
             refs.extend(_checkpoint_ref(run.root / c["path"]) for c in sorted(chosen, key=lambda c: c["step"]))
-        elif path.is_dir() and (path / "checkpoint.json").is_file():
+        elif path.is_dir() and (path / MANIFEST).is_file():
             refs.append(_checkpoint_ref(path))
         else:
             parsed = parse_source(source)

@@ -29,10 +29,10 @@ class InitModel:
 def resolve_init(init_from: str) -> InitModel:
     """A ckptlab run directory resolves to its newest listed checkpoint; checkpoints are verified."""
     from ckptlab.runs import checkpoint as ckpt
-    from ckptlab.runs.run_dir import RunDir
+    from ckptlab.runs.run_dir import RUN_MANIFEST, RunDir
 
     path = Path(init_from).expanduser()
-    if path.is_dir() and (path / "run.json").is_file() and not (path / ckpt.MANIFEST).is_file():
+    if path.is_dir() and (path / RUN_MANIFEST).is_file() and not (path / ckpt.MANIFEST).is_file():
         entries = RunDir(path).read_run_manifest().get("checkpoints", [])
         if not entries:
             raise UserError(f"init_from {init_from}: the run lists no complete checkpoint in run.json")

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from ckptlab.files import atomic_write_text, fsync_path
 from ckptlab.errors import CheckpointError
 
 MANIFEST = "checkpoint.json"
@@ -38,26 +39,6 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a small file so that readers see the old content or the new one, never a torn mix."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_path(path.parent)
-
-
 def write_checkpoint(parent: Path, step: int, write_files: Callable[[Path], None], meta: dict[str, Any]) -> Path:
     """Write checkpoint `step` under `parent` atomically and return its path.
 
@@ -75,11 +56,11 @@ def write_checkpoint(parent: Path, step: int, write_files: Callable[[Path], None
     write_files(tmp)
     files = {}
     for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
-        _fsync_path(path)
+        fsync_path(path)
         files[path.relative_to(tmp).as_posix()] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
     manifest = {"format_version": FORMAT_VERSION, "step": step, **meta, "files": files}
     atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    _fsync_path(tmp)
+    fsync_path(tmp)
     if final.exists():  # the same step written again (e.g. a resumed run that stops at once)
         trash = parent / f".{final.name}.old-{os.getpid()}"
         os.replace(final, trash)
@@ -87,7 +68,7 @@ def write_checkpoint(parent: Path, step: int, write_files: Callable[[Path], None
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _fsync_path(parent)
+    fsync_path(parent)
     return final
 
 

@@ -19,7 +19,8 @@ from typing import Any, Sequence
 import yaml
 
 from ckptlab.errors import CheckpointError, UserError
-from ckptlab.runs.checkpoint import atomic_write_text, latest_complete, list_step_dirs, remove_stale_temporaries
+from ckptlab.files import atomic_write_text
+from ckptlab.runs.checkpoint import latest_complete, list_step_dirs, remove_stale_temporaries
 
 RUN_MANIFEST = "run.json"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ckptlab.evaluation.store import METRIC_COLUMNS, SWEEP_MODEL_COLUMNS, ResultStore
-from ckptlab.runs.checkpoint import atomic_write_text
+from ckptlab.files import atomic_write_text
 
 METRIC_FIELDS = [c for c in METRIC_COLUMNS if c != "created"]
 MODEL_FIELDS = [c for c in SWEEP_MODEL_COLUMNS if c not in ("model_fp", "created")]

@@ -323,9 +323,11 @@ def _checkpoints(raw: Any) -> list[BaseCheckpoint]:
 
 
 def _run_checkpoints(item: dict[str, Any], where: str, resolve_models: Any) -> list[BaseCheckpoint]:
+    from ckptlab.runs.run_dir import RUN_MANIFEST
+
     run = Path(str(item["run"])).expanduser()
-    if not (run / "run.json").is_file():
-        raise ConfigError(f"{where}.run: {run} is not a run directory (no run.json)")
+    if not (run / RUN_MANIFEST).is_file():
+        raise ConfigError(f"{where}.run: {run} is not a run directory (no {RUN_MANIFEST})")
     refs = resolve_models([str(run)], "kept")
     steps = item.get("steps")
     if steps is not None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ckptlab.errors import UserError
-from ckptlab.runs.checkpoint import atomic_write_text
+from ckptlab.files import atomic_write_text
 
 LOCK = "sweep.lock"
 STATES = ("done", "running", "pending", "failed", "blocked")

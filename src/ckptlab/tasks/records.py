@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ckptlab.errors import DataError
+from ckptlab.files import json_lines
 
 FORMATS = ("jsonl", "tsv", "csv")
 DATA_DIR_VARIABLE = "CKPTLAB_DATA_DIR"
@@ -100,13 +101,7 @@ def read_local(path: Path, fmt: str, header: bool, columns: list[str] | None, ta
 
 def _read_jsonl(text: str, path: Path, task: str) -> list[Record]:
     records = []
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{where(task, file=path, line=number)}: invalid JSON ({error.msg})") from None
+    for number, value in json_lines(text, lambda line: where(task, file=path, line=line), DataError):
         if not isinstance(value, dict):
             raise DataError(f"{where(task, file=path, line=number)}: expected a JSON object per line")
         records.append((number, value))

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from ckptlab.errors import DataError, UserError
+from ckptlab.files import parse_yaml, read_text
 from ckptlab.tasks import templates as tpl
 from ckptlab.tasks.records import (
     DATA_DIR_VARIABLE,
@@ -172,18 +173,8 @@ def _line_map(text: str) -> dict[str, int]:
 def read_task_file(path: Path, data_dir: Path | None = None) -> TaskSpec:
     """Parse and validate one task file (its data is read later, by `load_task_data`)."""
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise TaskError(f"task file {path}: not found") from None
-    except UnicodeDecodeError:
-        raise TaskError(f"task file {path}: not UTF-8 text") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        raise TaskError(f"task file {path}" + (f", line {mark.line + 1}" if mark else "")
-                        + f": invalid YAML: {getattr(error, 'problem', None) or error}") from None
+    text = read_text(path, TaskError, f"task file {path}:")
+    raw = parse_yaml(text, f"task file {path}", TaskError)
     if not isinstance(raw, dict):
         raise TaskError(f"task file {path}: expected a mapping of task keys")
     return parse_task(raw, path, _line_map(text), data_dir if data_dir is not None else default_data_dir())
