@@ -182,3 +182,10 @@ def test_the_checks_see_imports_inside_functions_and_relative_ones(tmp_path: Pat
     assert against_layers(graph) == ["ckptlab.data.a -> ckptlab.commands.b"]
     assert [c for c in strongly_connected(graph) if len(c) > 1] == [
         {"ckptlab.data.a", "ckptlab.commands.b", "ckptlab.data.c"}]
+
+
+def test_every_package_is_a_regular_package() -> None:
+    # setuptools' package discovery skips folders without __init__.py: a wheel would miss them.
+    folders = {path.parent for path in (SRC / "ckptlab").rglob("*.py")}
+    missing = sorted(str(f.relative_to(SRC)) for f in folders if not (f / "__init__.py").is_file())
+    assert not missing, f"folders of modules without __init__.py: {missing}"
