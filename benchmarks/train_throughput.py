@@ -113,7 +113,7 @@ def run_ckptlab(samples: tuple[torch.Tensor, torch.Tensor], warmup: int, steps: 
     """
     from ckptlab.train import distributed
     from ckptlab.train.config import TrainConfig
-from ckptlab.train.loop import train
+    from ckptlab.train.loop import train
     from ckptlab.runs.run_dir import RunDir, read_metrics
     from ckptlab.train.schedules import ScheduleConfig
 
