@@ -125,7 +125,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, str):
             raise wrong
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}': expected a mapping of {tp.__name__} fields")
         return build(tp, value, prefix=key + ".")
@@ -183,9 +183,9 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
 def _leaf_type(cls: type, dotted: str) -> Any:
     """The annotation of a dotted key, or a ConfigError naming the first unknown part."""
     tp: Any = cls
-    walked = []
+    walked: list[str] = []
     for part in dotted.split("."):
-        if not dataclasses.is_dataclass(tp):
+        if not (isinstance(tp, type) and dataclasses.is_dataclass(tp)):
             raise ConfigError(f"unknown config key '{dotted}': '{'.'.join(walked)}' has no sub-keys")
         hints = _type_hints(tp)
         if part not in hints:
@@ -223,7 +223,7 @@ def _parse_cli_value(raw: str, tp: Any, key: str) -> Any:
     if typing.get_origin(plain) is list and typing.get_args(plain) == (str,) and "[" not in raw:
         return [part for part in raw.split(",") if part]
     item = (typing.get_args(plain) or (None,))[0] if typing.get_origin(plain) is list else None
-    if hasattr(item, "from_cli") and "[" not in raw:
+    if item is not None and hasattr(item, "from_cli") and "[" not in raw:
         # A list of groups with a short command-line form (`--blend DIR=3,DIR`): the group parses it.
         return [item.from_cli(part.strip(), key) for part in raw.split(",") if part.strip()]
     try:
@@ -264,7 +264,7 @@ def parse_overrides(cls: type, argv: list[str]) -> tuple[list[str], dict[str, An
             i += 1
             continue
         tp = _leaf_type(cls, key)
-        values = []
+        values: list[str] = []
         while not eq and i + 1 + len(values) < len(argv) and not argv[i + 1 + len(values)].startswith("--"):
             values.append(argv[i + 1 + len(values)])
         if len(values) > 1 and _is_list(tp):
@@ -316,7 +316,7 @@ def help_lines(cls: type, prefix: str = "") -> list[tuple[str, str]]:
     for f in fields:
         tp = hints[f.name]
         doc = docs.get(f.name, "")
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             rows.append((f"[{prefix}{f.name}]", doc))
             rows.extend(help_lines(tp, prefix=f"{prefix}{f.name}."))
             continue

@@ -17,35 +17,58 @@ from ckptlab.errors import UserError
 
 
 class _TrainSettings(Protocol):
-    seed: int
-    micro_batch_size: int
-    grad_accum_steps: int
-    max_steps: int | None
-    val_every: int | None
-    val_batches: int | None
+    @property
+    def seed(self) -> int: ...
+    @property
+    def micro_batch_size(self) -> int: ...
+    @property
+    def grad_accum_steps(self) -> int: ...
+    @property
+    def max_steps(self) -> int | None: ...
+    @property
+    def val_every(self) -> int | None: ...
+    @property
+    def val_batches(self) -> int | None: ...
 
     def global_batch(self, processes: int) -> int: ...
 
 
 class FinetuneConfig(Protocol):
     """What the data of a fine-tune are built from: the keys of `ckptlab finetune`'s config that this
-    module reads (`ckptlab.commands.finetune.FinetuneConfig` has them; data sit below the commands)."""
+    module reads (`ckptlab.commands.finetune.FinetuneConfig` has them; data sit below the commands).
+    The keys are read-only properties: this module only reads them, and a read-only member lets the
+    config narrow a type (a Literal for a str, an int for an int | None) and still satisfy it."""
 
-    init_from: str
-    task: str
-    template: str
-    data: str
-    instruction_format: str
-    val_data: str
-    train_split: str
-    val_split: str
-    val_fraction: float
-    objective: str
-    epochs: float
-    packing: bool
-    replay: str
-    replay_fraction: float
-    replay_length: int | None
+    @property
+    def init_from(self) -> str: ...
+    @property
+    def task(self) -> str: ...
+    @property
+    def template(self) -> str: ...
+    @property
+    def data(self) -> str: ...
+    @property
+    def instruction_format(self) -> str: ...
+    @property
+    def val_data(self) -> str: ...
+    @property
+    def train_split(self) -> str: ...
+    @property
+    def val_split(self) -> str: ...
+    @property
+    def val_fraction(self) -> float: ...
+    @property
+    def objective(self) -> str: ...
+    @property
+    def epochs(self) -> float: ...
+    @property
+    def packing(self) -> bool: ...
+    @property
+    def replay(self) -> str: ...
+    @property
+    def replay_fraction(self) -> float: ...
+    @property
+    def replay_length(self) -> int | None: ...
 
     @property
     def train(self) -> _TrainSettings: ...
@@ -185,6 +208,10 @@ def build_data(config: FinetuneConfig, source: Source, tokenizer: Any, model_con
     if eos_id is None and config.objective == "lm":
         say("note: the tokenizer has no end-of-sequence token; targets end without one")
     pad_id = next((t for t in (tokenizer.pad_token_id, eos_id) if t is not None), 0)
+    # Lists of classification.Example or of sft.Tokenized: the objective decides which, here and where they
+    # are batched below. mypy cannot tie the two checks together (and narrows a list[Any] on assignment).
+    train_examples: Any
+    val_examples: Any
     if config.objective == "classification":
         train_raw, val_raw = task_examples(config, source)
         train_examples, val_examples, skipped, val_skipped = (

@@ -163,7 +163,8 @@ def tokenize(segments: Sequence[Segment], tokenizer: Any, eos_id: int | None) ->
     """
     ids: list[int] = []
     target: list[bool] = []
-    context_text, context_ids = "", []
+    context_text = ""
+    context_ids: list[int] = []
     for segment in segments:
         if segment.text:
             whole = tokenizer(context_text + segment.text, add_special_tokens=False)["input_ids"]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +138,7 @@ def _iter_file(path: Path, text_field: str, text_unit: str) -> Iterator[str]:
         raise DataError(f"{path}: no text found")
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
+def _lines(path: Path) -> Generator[tuple[int, str], None, None]:
     """(line number, text without its line ending); undecodable bytes name line and byte offset."""
     try:
         handle = open(path, "rb")

@@ -139,7 +139,9 @@ def load_for_eval(source: str, dtype: str, device: str, say: Callable[[str], Non
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     started = time.perf_counter()
-    model = load_model(source, dtype=dtype).to(device).eval()
+    # Any: transformers wraps PreTrainedModel.to with functools.wraps, which mypy reads as an unbound method.
+    loaded: Any = load_model(source, dtype=dtype)
+    model = loaded.to(device).eval()
     tokenizer = load_tokenizer(source)
     say(f"loaded {source} on {device} ({dtype}) in {time.perf_counter() - started:.1f} s")
     return model, tokenizer

@@ -69,7 +69,7 @@ def plan_units(config: EvaluateConfig, say: Callable[[str], None]) -> list[Unit]
     from ckptlab.evaluation.runner import Unit
     from ckptlab.tasks.spec import find_task_files, load_task_data, read_task_file
 
-    units = []
+    units: list[Unit] = []
     for path in find_task_files(config.tasks, config.task_dirs):
         spec = read_task_file(path)
         data = load_task_data(spec, config.split)

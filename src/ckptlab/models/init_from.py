@@ -55,7 +55,12 @@ def model_directory(source: str) -> str:
     parsed = parse_source(source)
     if parsed.kind == "gguf":
         raise UserError(f"init_from {source}: a .gguf file holds a causal LM; give an HF directory or hub id")
-    directory = parsed.path if parsed.kind == "directory" else hub_snapshot(parsed.repo_id, parsed.revision)
+    if parsed.kind == "directory":
+        assert parsed.path is not None  # parse_source gives a directory its path
+        directory = parsed.path
+    else:
+        assert parsed.repo_id is not None  # and a hub id (the only kind left) its repo id
+        directory = hub_snapshot(parsed.repo_id, parsed.revision)
     if not (Path(directory) / "config.json").is_file():
         raise UserError(f"init_from {source}: {directory} has no config.json (not an HF model directory)")
     return str(directory)

@@ -103,8 +103,9 @@ def _peft_default(model_type: str) -> list[str]:
 def _peft_config(config: LoraConfig, targets: list[str] | str) -> Any:
     from peft import LoraConfig as PeftLoraConfig
 
-    return PeftLoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=targets,
-                          bias="none", task_type="CAUSAL_LM")
+    # peft annotates lora_alpha as int but only divides by it (scaling = lora_alpha / r): a float alpha works.
+    return PeftLoraConfig(r=config.r, lora_alpha=config.alpha,  # type: ignore[arg-type]
+                          lora_dropout=config.dropout, target_modules=targets, bias="none", task_type="CAUSAL_LM")
 
 
 @contextlib.contextmanager

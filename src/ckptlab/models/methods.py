@@ -90,6 +90,7 @@ def select_trainable(model: Any, method: str, last_k: int | None = None) -> dict
     trained = [output_head(model)]
     record: dict[str, Any] = {"method": method, "untied_head": untied}
     if method == "last_k":
+        assert last_k is not None  # checked above
         trained += list(blocks[len(blocks) - last_k:])
         norm = final_norm(model)
         trained += [norm] if norm is not None else []

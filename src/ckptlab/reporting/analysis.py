@@ -234,7 +234,9 @@ def cpt_table(study: Study, domain: str | None = None) -> list[dict[str, Any]]:
                 continue
             group = "domain" if study.taxonomy.domain(task) == target else "general"
             groups[group].append(change)
+            assert parent is not None  # a change is measured against the parent
             start, after = study.score(parent, task), study.score(model, task)
+            assert start is not None and after is not None  # a change needs both scores
             rows.append({**_row_of(study, model), "start": parent.checkpoint, "task": task, "group": group,
                          "start_score": float(start[0]), "cpt_score": float(after[0]), **change_ci(study, change)})
         for group, changes in groups.items():

@@ -33,7 +33,8 @@ def training_flops(study: Study, model: SweepModel) -> float | None:
     """FLOPs of the runs that made the model from its base checkpoint; None when a record lacks them."""
     trained = [m for m in study.lineage(model) if m.role != "base"]
     flops = [(m.compute or {}).get("flops") for m in trained]
-    return None if any(f is None for f in flops) else float(sum(flops))
+    known = [f for f in flops if f is not None]
+    return None if len(known) < len(flops) else float(sum(known))
 
 
 def base_of(study: Study, model: SweepModel) -> SweepModel | None:
@@ -81,14 +82,15 @@ def _gain_over_base(study: Study, model: SweepModel) -> tuple[np.ndarray | None,
     tasks = study.in_task(model)
     if base is None:
         return None, tasks
-    gains = [study.score(model, t) - study.score(base, t) for t in tasks
-             if study.score(model, t) is not None and study.score(base, t) is not None]
+    scores = [(study.score(model, t), study.score(base, t)) for t in tasks]
+    gains = [mine - theirs for mine, theirs in scores if mine is not None and theirs is not None]
     return mean_of(gains), tasks
 
 
 def gain_per_pflop_table(study: Study) -> list[dict[str, Any]]:
     """Per fine-tuned model, then per method: in-task gain over the base ÷ training PFLOPs."""
-    rows, by_method = [], {}
+    rows: list[dict[str, Any]] = []
+    by_method: dict[str, list[tuple[np.ndarray, float, np.ndarray]]] = {}
     for model in study.of_role("finetuned"):
         gain, tasks = _gain_over_base(study, model)
         flops = training_flops(study, model)
@@ -126,7 +128,7 @@ def frontier_table(study: Study) -> list[dict[str, Any]]:
     marks the Pareto set of each eval set (no model is both cheaper and better)."""
     rows = []
     for task in study.tasks:
-        found = []
+        found: list[dict[str, Any]] = []
         for role in ("base", "cpt", "finetuned"):
             for model in study.of_role(role):
                 score = study.score(model, task)
@@ -156,12 +158,15 @@ def recommendation_table(study: Study, frontier: list[dict[str, Any]]) -> list[d
         chance = study.data.chance.get(task) or 0.0
         best = max(points, key=lambda r: r["value"])
         best_values = study.means.score(best["model_fp"], task)
+        assert best_values is not None  # frontier rows are models with a score
         # Above chance: the interval's lower end, or the estimate when there is no interval.
         above = [r for r in points if r["value"] > chance and not r["ci_low"] <= chance]
         efficient = max(above, key=lambda r: ((r["value"] - chance) / r["total_pflops"], r["value"])) if above else None
         ties = []
         for r in points:
-            difference = study.ci(best_values - study.means.score(r["model_fp"], task))
+            values = study.means.score(r["model_fp"], task)
+            assert values is not None  # frontier rows are models with a score
+            difference = study.ci(best_values - values)
             below = difference["ci_low"] > 0 if not math.isnan(difference["ci_low"]) else difference["value"] > 0
             if r is best or not below:  # not significantly below the best
                 ties.append((r, difference))

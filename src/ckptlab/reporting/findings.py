@@ -35,6 +35,7 @@ import numpy as np
 
 from ckptlab.reporting.analysis import Study
 from ckptlab.reporting.bootstrap import interval, mean_of, spearman
+from ckptlab.reporting.data import SweepModel
 
 REPLICATED, NOT_REPLICATED, PARTLY, INCONCLUSIVE = "replicated", "not replicated", "partly replicated", "inconclusive"
 CLAIMS = {
@@ -81,7 +82,7 @@ def _combine(parts: list[int | None]) -> str:
     return PARTLY if any(p == 1 for p in parts) else INCONCLUSIVE
 
 
-def _first_last(study: Study) -> list[tuple[str, Any, Any]]:
+def _first_last(study: Study) -> list[tuple[str, SweepModel, SweepModel]]:
     """(recipe, model at its first checkpoint, model at its last) for recipes on 2+ checkpoints."""
     out = []
     for recipe, models in study.recipes().items():
@@ -106,9 +107,11 @@ def latent_gains(study: Study) -> dict[str, Any]:
             tasks = list(study.tasks)
             notes.append(f"{recipe}: its fine-tuning task is not an eval set; all eval sets used")
         for task in tasks:
+            parent_first, parent_last = study.parent(first), study.parent(last)
+            assert parent_first is not None and parent_last is not None  # _first_last keeps models with a parent
             a, b = study.score(first, task), study.score(last, task)
-            pa, pb = study.score(study.parent(first), task), study.score(study.parent(last), task)
-            if any(v is None for v in (a, b, pa, pb)):
+            pa, pb = study.score(parent_first, task), study.score(parent_last, task)
+            if a is None or b is None or pa is None or pb is None:
                 continue
             tuned.append(b - a)
             base.append(pb - pa)
@@ -117,6 +120,7 @@ def latent_gains(study: Study) -> dict[str, Any]:
     if not tuned:
         return _finding("i", test, INCONCLUSIVE, "Too little data: no in-task scores at both checkpoints.", [], notes)
     d_tuned, d_base = mean_of(tuned), mean_of(base)
+    assert d_tuned is not None and d_base is not None  # tuned and base grow together and tuned is not empty
     level = study.level
     stats = [_stat("ΔFT (last − first checkpoint)", d_tuned, level, len(tuned)),
              _stat("ΔBase (last − first checkpoint)", d_base, level, len(base)),
@@ -126,7 +130,9 @@ def latent_gains(study: Study) -> dict[str, Any]:
         outcome = REPLICATED if s_diff == 1 or s_base == 0 else NOT_REPLICATED
     else:
         outcome = NOT_REPLICATED if s_tuned == -1 else INCONCLUSIVE
-    steps = sorted({p[1].step for p in pairs}), sorted({p[2].step for p in pairs})
+    # _first_last keeps models with a step: the filters only tell mypy so.
+    steps = (sorted({m.step for _, m, _ in pairs if m.step is not None}),
+             sorted({m.step for _, _, m in pairs if m.step is not None}))
     summary = (f"From step {', '.join(map(str, steps[0]))} to step {', '.join(map(str, steps[1]))}, the fine-tuned "
                f"score changed by {_fmt(stats[0])} and the base by {_fmt(stats[1])} (difference {_fmt(stats[2])}), "
                f"over {len(tuned)} (recipe, eval set) pairs.")
@@ -136,20 +142,27 @@ def latent_gains(study: Study) -> dict[str, Any]:
 def gains_where_base_fails(study: Study) -> dict[str, Any]:
     test = ("Spearman ρ across eval sets between the base score above chance and the gain from fine-tuning "
             "(both averaged over fine-tuned models); replicated when ρ < 0 (interval below 0)")
-    base_by_task, gain_by_task, at_chance = {}, {}, []
+    base_by_task: dict[str, np.ndarray] = {}
+    gain_by_task: dict[str, np.ndarray] = {}
+    at_chance: list[bool] = []
     for task in study.tasks:
-        bases, gains = [], []
+        bases: list[np.ndarray] = []
+        gains: list[np.ndarray] = []
         for model in study.of_role("finetuned"):
             parent = study.parent(model)
             change = study.change(model, task)
             if parent is None or change is None:
                 continue
-            bases.append(study.score(parent, task))
+            base = study.score(parent, task)
+            assert base is not None  # a change needs the parent's score
+            bases.append(base)
             gains.append(change)
         if bases:
             chance = study.data.chance.get(task) or 0.0
-            base_by_task[task] = mean_of(bases) - chance
-            gain_by_task[task] = mean_of(gains)
+            base_mean, gain_mean = mean_of(bases), mean_of(gains)
+            assert base_mean is not None and gain_mean is not None  # bases and gains are not empty
+            base_by_task[task] = base_mean - chance
+            gain_by_task[task] = gain_mean
             at_chance.append(study.at_chance(task, float(base_by_task[task][0] + chance)))
     tasks = list(base_by_task)
     if len(tasks) < 3:
@@ -166,7 +179,8 @@ def gains_where_base_fails(study: Study) -> dict[str, Any]:
         return _finding("ii", test, INCONCLUSIVE, f"The base is at chance on every eval set, so its ranking is noise "
                         f"(ρ = {_fmt(stat)}); the mean gain is {np.mean(low_gain):+.3f}.", stats, notes)
     s = side(rho, study.level)
-    outcome = {1: NOT_REPLICATED, -1: REPLICATED}.get(s, INCONCLUSIVE)
+    outcomes: dict[int | None, str] = {1: NOT_REPLICATED, -1: REPLICATED}
+    outcome = outcomes.get(s, INCONCLUSIVE)
     summary = f"Across {len(tasks)} eval sets, ρ = {_fmt(stat)}."
     if low_gain:
         summary += (f" Mean gain where the base is at chance: {np.mean(low_gain):+.3f} ({len(low_gain)} sets); "
@@ -196,7 +210,9 @@ def forgetting(study: Study) -> dict[str, Any]:
                 context["knowledge probes"].append(change)
             # A base at chance knows nothing there to forget: averaging its pairs in would dilute
             # forgetting that exists only at late checkpoints.
-            if not study.at_chance(task, float(study.score(parent, task)[0])):
+            base = study.score(parent, task)
+            assert base is not None  # a change needs the parent's score
+            if not study.at_chance(task, float(base[0])):
                 known["out-of-task"].append(change)
                 if probe:
                     known["knowledge probes"].append(change)

@@ -40,7 +40,7 @@ def merge_seed_replicates(data: SweepData) -> list[dict[str, Any]]:
             data.warnings.append(f"{members[0].label}: seed replicates that other models were trained from are "
                                  "kept apart")
             continue
-        members.sort(key=seed_of)
+        members.sort(key=lambda m: seed_of(m) or 0)  # every member has a seed: it was grouped by one
         merged = _merged_model(members, rest)
         rows += _seed_rows(data, members, merged)
         _merge_results(data, members, merged.model_fp)
@@ -61,19 +61,22 @@ def _merge_results(data: SweepData, members: list[SweepModel], merged_fp: str) -
     fps = [m.model_fp for m in members]
     for task in data.tasks:
         for template in data.templates.get(task, []):
-            per_member = [data.items.get((fp, task, template)) for fp in fps]
-            if all(per_member):
+            found_items = [data.items.get((fp, task, template)) for fp in fps]
+            per_member = [values for values in found_items if values]
+            if len(per_member) == len(found_items):  # every member has (non-empty) item values
                 common = set.intersection(*(set(values) for values in per_member))
                 data.items[(merged_fp, task, template)] = {
                     example: sum(values[example] for values in per_member) / len(per_member) for example in sorted(common)}
-            scores = [data.scores.get((fp, task, template)) for fp in fps]
-            if all(scores):
+            found_scores = [data.scores.get((fp, task, template)) for fp in fps]
+            scores = [score for score in found_scores if score is not None]
+            if len(scores) == len(found_scores):
                 data.scores[(merged_fp, task, template)] = Score(
                     sum(s.value for s in scores) / len(scores), math.nan, math.nan, min(s.n for s in scores))
         stats = {key[2] for key in data.sensitivity if key[0] in fps and key[1] == task}
         for stat in stats:
-            values = [data.sensitivity.get((fp, task, stat)) for fp in fps]
-            if all(v is not None for v in values):
+            found = [data.sensitivity.get((fp, task, stat)) for fp in fps]
+            values = [v for v in found if v is not None]
+            if len(values) == len(found):
                 data.sensitivity[(merged_fp, task, stat)] = sum(values) / len(values)
     for table in (data.items, data.scores, data.sensitivity):
         for key in [k for k in table if k[0] in fps]:

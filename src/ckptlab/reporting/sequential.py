@@ -42,14 +42,17 @@ def _changes(study: Study, first: SweepModel, second: SweepModel) -> list[tuple[
 def sequential_table(study: Study) -> list[dict[str, Any]]:
     """Per chain, checkpoint and in-task eval set of A or B: A's score, A→B's score, the change; then
     per chain the mean over checkpoints on A's sets (`task` = mean of first's sets)."""
-    rows, means = [], {}
+    rows: list[dict[str, Any]] = []
+    means: dict[str, tuple[dict[str, Any], list[np.ndarray]]] = {}
     for first, second in chains(study):
         head = {"chain": study.recipe(second), "first": study.recipe(first), "second": second.finetune or "",
                 "second_task": second.finetune_task or "", "variant": second.variant or ""}
         for task, trained_by, change in _changes(study, first, second):
+            before, after = study.score(first, task), study.score(second, task)
+            assert before is not None and after is not None  # _changes keeps the sets both were scored on
             rows.append({**head, "checkpoint": second.checkpoint, "step": second.step, "task": task,
-                         "trained_by": trained_by, "before": float(study.score(first, task)[0]),
-                         "after": float(study.score(second, task)[0]), **change_ci(study, change)})
+                         "trained_by": trained_by, "before": float(before[0]),
+                         "after": float(after[0]), **change_ci(study, change)})
             if trained_by == "first":
                 means.setdefault(study.recipe(second), (head, []))[1].append(change)
     for head, changes in means.values():
@@ -64,7 +67,8 @@ def replay_comparison(study: Study) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str | None], list[tuple[SweepModel, SweepModel]]] = {}
     for first, second in chains(study):
         groups.setdefault((first.model_fp, second.finetune_task), []).append((first, second))
-    rows, means = [], {}
+    rows: list[dict[str, Any]] = []
+    means: dict[tuple[str, str], list[np.ndarray]] = {}
     for members in groups.values():
         plain = sorted((s for _, s in members if not s.variant), key=lambda s: s.finetune or "")
         if not plain:
@@ -82,8 +86,8 @@ def replay_comparison(study: Study) -> list[dict[str, Any]]:
                 rows.append({"reference": key[0], "compared": key[1], "variant": other.variant or "",
                              "checkpoint": other.checkpoint, "step": other.step, "task": task,
                              **change_ci(study, mine - theirs)})
-    for (reference, other), differences in means.items():
-        rows.append({"reference": reference, "compared": other, "variant": "", "checkpoint": "", "step": None,
+    for (ref, compared), differences in means.items():  # recipes (the loop above used the names for models)
+        rows.append({"reference": ref, "compared": compared, "variant": "", "checkpoint": "", "step": None,
                      "task": f"mean of first's sets ({len(differences)})", **change_ci(study, mean_of(differences))})
     return rows
 

@@ -40,7 +40,9 @@ class Collector:
     """Distinct records up to `count`; gives up after many duplicates (the pool is too small)."""
 
     def __init__(self, task: str, count: int):
-        self.task, self.count, self.records, self.seen, self.misses = task, count, [], set(), 0
+        self.task, self.count, self.misses = task, count, 0
+        self.records: list[Record] = []
+        self.seen: set[tuple] = set()
 
     def add(self, record: Record, key: tuple) -> None:
         if key in self.seen:
@@ -226,7 +228,9 @@ def nli(task: str, pool: Pool, count: int, rng: random.Random) -> list[Record]:
             # the trap: born in C does not tell where one lives, nor the other way round
             places = [f for f in premise_facts if {f.type, fact_type} == {"birthplace", "home_city"}]
             if places and rng.random() < 0.5:
-                fact = pool.confusable(places[0], rng)
+                confused = pool.confusable(places[0], rng)
+                assert confused is not None  # birthplace and home_city always have their confusable twin
+                fact = confused
             elif rng.random() < 0.5:
                 fact = pool.other_value(fact, rng)
             hypothesis, _ = F.render_for_task(fact, rng)
@@ -259,6 +263,7 @@ def paraphrase(task: str, pool: Pool, count: int, rng: random.Random) -> list[Re
             if kind == "value":
                 other = pool.other_value(fact, rng)
             elif kind == "confusable":
+                assert confusable is not None  # "confusable" is among the kinds only when there is one
                 other = confusable
             else:
                 other = rng.choice([f for f in facts if f.type != fact.type])

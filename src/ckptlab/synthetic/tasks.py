@@ -50,7 +50,9 @@ class TaskSpec:
         }
 
     def answer(self, record: dict[str, Any]) -> str:
-        return record[self.label_field if self.type == "classification" else self.target_field]
+        field = self.label_field if self.type == "classification" else self.target_field
+        assert field is not None, f"{self.name}: no answer field"  # every spec below names the field its type reads
+        return record[field]
 
     def yaml_data(self) -> dict[str, Any]:
         """The task file's content, in the order a reader expects."""

@@ -262,13 +262,13 @@ def _parse_data(spec: TaskSpec, raw: dict[str, Any], fail: Any, data_dir: Path |
     data = raw.get("data") or {}
     if not isinstance(data, dict) or (not data and not spec.hf):
         raise fail("data", "data must be a mapping of split name -> file (or give an hf: block)")
-    fmt = data.get("format", "jsonl")
+    fmt: str = data.get("format", "jsonl")  # one of FORMATS, checked below
     if fmt not in FORMATS:
         raise fail("data", f"data.format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     for split, value in data.items():
         if split in DATA_OPTIONS:
             continue
-        options = value if isinstance(value, dict) else {"path": value}
+        options: dict[str, Any] = value if isinstance(value, dict) else {"path": value}
         if not isinstance(options.get("path"), str):
             raise fail(f"data.{split}", f"data.{split} must be a path or a mapping with path")
         split_fmt = options.get("format", fmt)
@@ -316,7 +316,7 @@ def _examples(spec: TaskSpec, split: str, records: list[tuple[int, dict[str, Any
                            _template_using(spec, name))
         choices = spec.choices
         if spec.type == "classification":
-            if record.get(spec.label_field) is None:
+            if spec.label_field is None or record.get(spec.label_field) is None:
                 raise fail(f"label field '{spec.label_field}' is missing")
             gold = str(record[spec.label_field])
             if spec.label_map is not None:
@@ -331,7 +331,7 @@ def _examples(spec: TaskSpec, split: str, records: list[tuple[int, dict[str, Any
             if gold not in (choices or []):
                 raise fail(f"label word '{gold}' is missing from the choices ({', '.join(choices or [])})")
         else:
-            if record.get(spec.target_field) is None:
+            if spec.target_field is None or record.get(spec.target_field) is None:
                 raise fail(f"target field '{spec.target_field}' is missing")
             gold = str(record[spec.target_field])
         if spec.id_field and spec.id_field in record:
@@ -354,10 +354,11 @@ def _read_split(spec: TaskSpec, split: str) -> tuple[list[Example], str, str]:
         records, digest = read_local(source.path, source.format, source.header, source.columns, spec.name)
         label = str(source.path)
     elif spec.hf is not None and (split in spec.hf.get("splits", {}) or source is not None):
-        records, digest = read_hf(spec.hf, split, spec.name)
-        if spec.hf.get("label_map") is not None:
-            spec = replace(spec, label_map={str(k): str(v) for k, v in spec.hf["label_map"].items()})
-        label = f"hf:{spec.hf['path']}[{spec.hf.get('splits', {}).get(split, split)}]"
+        hf = spec.hf  # the same block after `replace` below, still known to be there
+        records, digest = read_hf(hf, split, spec.name)
+        if hf.get("label_map") is not None:
+            spec = replace(spec, label_map={str(k): str(v) for k, v in hf["label_map"].items()})
+        label = f"hf:{hf['path']}[{hf.get('splits', {}).get(split, split)}]"
     else:
         shown = (source.path or source.raw) if source else f"split '{split}'"
         raise DataUnavailable(f"{where(spec.name, file=shown)}: data file not found (set {DATA_DIR_VARIABLE} "
