@@ -157,8 +157,8 @@ def cpt(config: CptConfig) -> int:
     init = resolve_init(config.init_from)
     config = _with_recipe(config, init, say)
     switch_step = _switch_step(config)
-    for key, data in _data_keys(config):
-        check_prepared_data(key, data)
+    for key, directory in _data_keys(config):
+        check_prepared_data(key, directory)
     run = CptRunDir(config.out)
     run.refuse_unless_resuming(config.resume)
 
@@ -182,6 +182,7 @@ def cpt(config: CptConfig) -> int:
         if config.objective == "mlm":
             fingerprints["objective"] = f"mlm={config.mlm_probability}"
         initial_optimizer_state, optimizer_note = None, "fresh (reset_optimizer)"
+        model: Any  # a transformers model (untyped here)
         if resume_from is not None:
             from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 

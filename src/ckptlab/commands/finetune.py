@@ -48,7 +48,8 @@ class FinetuneSchedule(ScheduleConfig):
 class FinetuneTrainConfig(TrainConfig):
     """Optimisation and bookkeeping (fine-tuning defaults)."""
 
-    max_steps: int | None = None
+    # None until resolved from the data (the run uses a copy with ints), hence the narrowed override.
+    max_steps: int | None = None  # type: ignore[assignment]
     """Optimizer steps; null = enough steps for `epochs` passes over the training examples."""
     schedule: FinetuneSchedule = field(default_factory=FinetuneSchedule)
     """Learning-rate schedule."""
@@ -56,9 +57,9 @@ class FinetuneTrainConfig(TrainConfig):
     """AdamW weight decay on matrices (0, as Sun & Dredze 2024)."""
     beta2: float = 0.999
     """AdamW β2."""
-    val_every: int | None = None
+    val_every: int | None = None  # type: ignore[assignment]
     """Validation loss every this many steps and at the end; null = once per epoch; 0 = never."""
-    val_batches: int | None = None
+    val_batches: int | None = None  # type: ignore[assignment]
     """Micro-batches of validation examples per validation; null = the whole validation set."""
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ckptlab.errors import UserError
 from ckptlab.models.hf import ModelConfig
@@ -74,6 +75,7 @@ def pretrain(config: PretrainConfig) -> int:
             "tokenizer": tokenizer_fingerprint(tokenizer_dir),
             "model": shape_fingerprint(hf_config),
         }
+        model: Any  # a transformers model (untyped here)
         if resume_from is not None:
             from transformers import AutoModelForCausalLM
 
