@@ -156,6 +156,11 @@ def test_unknown_key_and_unknown_metric_are_refused(tmp_path):
     assert "metric 'bleu'" in _error(tmp_path, {**WORLD_STYLE, "metrics": ["bleu"]})
 
 
+def test_unknown_format_of_one_split_is_refused(tmp_path):
+    data = {**WORLD_STYLE["data"], "test": {"path": "toy/test.jsonl", "format": "xlsx"}}
+    assert "data.test.format must be one of jsonl, tsv, csv, got 'xlsx'" in _error(tmp_path, {**WORLD_STYLE, "data": data})
+
+
 def test_fingerprint_changes_with_template_and_data_only(tmp_path):
     path = write_task(tmp_path, WORLD_STYLE)
     first = T.load_task_data(T.read_task_file(path)).fingerprint

@@ -272,6 +272,8 @@ def _parse_data(spec: TaskSpec, raw: dict[str, Any], fail: Any, data_dir: Path |
         if not isinstance(options.get("path"), str):
             raise fail(f"data.{split}", f"data.{split} must be a path or a mapping with path")
         split_fmt = options.get("format", fmt)
+        if split_fmt not in FORMATS:  # else an unknown format would be read as CSV
+            raise fail(f"data.{split}.format", f"data.{split}.format must be one of {', '.join(FORMATS)}, got {split_fmt!r}")
         columns = options.get("columns", data.get("columns"))
         spec.splits[split] = SplitFile(raw=options["path"], path=resolve_path(options["path"], spec.path, data_dir),
                                        format=split_fmt, header=bool(options.get("header", data.get("header", True))),
