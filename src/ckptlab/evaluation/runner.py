@@ -47,9 +47,11 @@ class UnitResult:
 
 def fault_after() -> int | None:
     """N from `CKPTLAB_FAULT=kill:examples=N`, else None."""
-    spec = os.environ.get("CKPTLAB_FAULT", "")
-    if spec.startswith("kill:examples="):
-        return int(spec.split("=", 1)[1])
+    from ckptlab.faults import injected_fault
+
+    fault = injected_fault()
+    if fault is not None and fault.kind == "kill" and "examples" in fault.at:
+        return fault.at["examples"]
     return None
 
 
