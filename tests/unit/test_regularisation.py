@@ -13,7 +13,8 @@ from ckptlab.errors import ConfigError
 from ckptlab.train import distributed
 from ckptlab.train.config import TrainConfig
 from ckptlab.train.loop import train
-from ckptlab.train.regularisation import L2SP, EarlyStopping, EarlyStoppingConfig
+from ckptlab.train.callbacks.early_stopping import EarlyStopping, EarlyStoppingConfig
+from ckptlab.train.callbacks.l2sp import L2SP
 from ckptlab.runs.run_dir import RunDir, read_metrics
 from tiny_models import one_thread, random_rows, tiny_model  # noqa: F401
 
@@ -66,7 +67,7 @@ def test_a_large_anchor_weight_keeps_the_weights_near_the_start(tmp_path):
     free, start = tiny(), tiny()
     fit(free, tmp_path / "free", steps=30)
     anchored = tiny()
-    result, run = fit(anchored, tmp_path / "anchored", steps=30, anchor=L2SP(1e4, anchored))
+    result, run = fit(anchored, tmp_path / "anchored", steps=30, callbacks=[L2SP(1e4, anchored)])
     # Adam moves every weight by about LR per step: 30 free steps drift up to ~30·LR (measured 0.27);
     # the anchor's pull reverses any drift within a step or two (measured 0.004 with weight 1e4).
     assert drift(free, start) > 10 * LR
@@ -78,7 +79,7 @@ def test_a_large_anchor_weight_keeps_the_weights_near_the_start(tmp_path):
 def test_anchor_weight_zero_is_bit_identical_to_no_anchor(tmp_path):
     plain, zero = tiny(), tiny()
     _, a = fit(plain, tmp_path / "plain", steps=4)
-    _, b = fit(zero, tmp_path / "zero", steps=4, anchor=L2SP(0.0, zero))
+    _, b = fit(zero, tmp_path / "zero", steps=4, callbacks=[L2SP(0.0, zero)])
     assert [r["loss"] for r in read_metrics(a.metrics)] == [r["loss"] for r in read_metrics(b.metrics)]
     assert all(torch.equal(p, q) for p, q in zip(plain.parameters(), zero.parameters()))
 
@@ -118,7 +119,7 @@ def test_the_loop_stops_at_the_right_step_and_keeps_the_best_checkpoint(tmp_path
     from transformers import AutoModelForCausalLM
 
     model = tiny()
-    result, run = fit(model, tmp_path / "run", steps=10, val=True, kept=[2], save_every=4, early_stopping=Designed(patience=3))
+    result, run = fit(model, tmp_path / "run", steps=10, val=True, kept=[2], save_every=4, callbacks=[Designed(patience=3)])
     # best 1.5 at step 5; steps 6, 7, 8 do not improve: stop after step 8 (9 and 10 never run).
     assert (result.step, result.status, result.stop_reason, result.best_step) == (8, "complete", "early_stopping", 5)
     assert [r["step"] for r in read_metrics(run.metrics)] == list(range(1, 9))
@@ -135,7 +136,7 @@ def test_the_loop_stops_at_the_right_step_and_keeps_the_best_checkpoint(tmp_path
     assert best is not None
     # Resuming a run that stopped early trains no further.
     again, _ = fit(tiny(), tmp_path / "run", steps=10, val=True, kept=[2], save_every=4,
-                   early_stopping=Designed(patience=3), resume_from=run.checkpoints / "step-00000008")
+                   callbacks=[Designed(patience=3)], resume_from=run.checkpoints / "step-00000008")
     assert (again.step, again.stop_reason, again.best_step) == (8, "early_stopping", 5)
 
 

@@ -25,8 +25,8 @@ from typing import Any, Literal
 from ckptlab.errors import ConfigError, UserError
 from ckptlab.models.lora import LoraConfig
 from ckptlab.runs.run_dir import RunDir
+from ckptlab.train.callbacks.early_stopping import EarlyStoppingConfig
 from ckptlab.train.config import TrainConfig, TrainingVerbConfig
-from ckptlab.train.regularisation import EarlyStoppingConfig
 from ckptlab.train.schedules import KeepConfig, ScheduleConfig, ScheduleName
 
 
@@ -240,7 +240,7 @@ def finetune(config: FinetuneConfig) -> int:
         result = train_verb(
             config, model=model, save_model=save_model, train_data=data.train, val_data=data.val,
             run=run, fingerprints=fingerprints, resume_from=resume_from, dist=dist, log=say,
-            step_fields=data.step_fields, anchor=anchor, early_stopping=early,
+            step_fields=data.step_fields, callbacks=[c for c in (anchor, early) if c is not None],
         )
         if result.status == "complete" and dist.is_main:
             # With early stopping the final model is the best checkpoint by validation loss.
@@ -267,7 +267,8 @@ def finetune(config: FinetuneConfig) -> int:
 def _regularisers(config: FinetuneConfig, model: Any, init_source: str, resume_from: Path | None, data: Any) -> tuple[Any, Any]:
     """(L2-SP anchor or None, early stopping or None), as configured."""
     from ckptlab.models import methods
-    from ckptlab.train.regularisation import L2SP, EarlyStopping
+    from ckptlab.train.callbacks.early_stopping import EarlyStopping
+    from ckptlab.train.callbacks.l2sp import L2SP
 
     anchor = early = None
     if config.anchor_weight > 0:

@@ -3,31 +3,40 @@
 What differs between them is the batch source (which tokens, which are targets), the schedule,
 and which parameters are trainable — never the loop. Read top to bottom:
 
-1. restore the training state when resuming (optimizer, RNG, data position);
+1. restore the training state when resuming (optimizer, RNG, data position, callbacks' states);
 2. for every optimizer step: the step's micro-batches are a pure function of the step, the loss
    is summed over target tokens and divided by the *global* number of target tokens (so batch
    8 × 1 equals batch 1 × accumulation 8 equals 2 processes × 4), NaN stops the run, gradients
    are clipped, AdamW steps;
 3. metrics every step, validation every `val_every`, a checkpoint at every kept step, every
    `save_every` steps, and when SIGTERM/SIGINT asks the run to stop.
+
+Features (early stopping, L2-SP, compute accounting, TensorBoard, fault injection, the metrics file,
+the progress bar) are callbacks (`train/callbacks/`); checkpoints and run.json are `train/checkpointing.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
-import random
-import shutil
 import signal
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol, Sequence
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from ckptlab.errors import CheckpointError, ConfigError, TrainingDiverged
-from ckptlab.runs.run_dir import check_fingerprints
+from ckptlab.errors import TrainingDiverged
 from ckptlab.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from ckptlab.runs.run_dir import RunDir
+    from ckptlab.train.callbacks.base import Callback, StepCounts
+    from ckptlab.train.distributed import Dist
 
 
 class BatchSource(Protocol):
@@ -41,6 +50,8 @@ class BatchSource(Protocol):
 
 @dataclass
 class LoopResult:
+    """How a call of `train` ended."""
+
     step: int
     status: Literal["complete", "stopped"]
     last_loss: float | None
@@ -50,95 +61,26 @@ class LoopResult:
     """The step of the best validation loss, when early stopping watched it."""
 
 
-def _fault_injection() -> dict[str, int]:
-    # Tests simulate crashes at exact points: CKPTLAB_FAULT="kill:step=5,micro=1" or "nan:step=3".
-    spec = os.environ.get("CKPTLAB_FAULT", "")
-    if not spec:
-        return {}
-    kind, _, args = spec.partition(":")
-    fault = {"kind_" + kind: 1}
-    for part in filter(None, args.split(",")):
-        key, _, value = part.partition("=")
-        fault[key] = int(value)
-    return fault
-
-
-class _StopFlag:
-    """Set by SIGTERM/SIGINT; the loop finishes the current step, checkpoints and exits 0."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "_StopFlag":
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def rng_state() -> dict[str, Any]:
-    import torch
-
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    import torch
-
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def make_optimizer(model: Any, config: TrainConfig) -> Any:
-    """AdamW with weight decay on matrices only; frozen parameters are left out."""
-    import torch
-
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 and "norm" not in name.lower() else no_decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(
-        groups, lr=config.schedule.lr, betas=(config.beta1, config.beta2), eps=config.eps, fused=True
-    )
-
-
 def train(
     *,
-    model: Any,
-    save_model: Callable[[Path], None],
+    model: torch.nn.Module,
+    save_model: Callable[[Path], object],
     train_data: BatchSource,
     val_data: BatchSource | None,
     config: TrainConfig,
     lr_at: Callable[[int], float],
     kept: Sequence[int],
-    run: Any,
+    run: RunDir,
     fingerprints: dict[str, str],
     resume_from: Path | None,
     allow_changed: Sequence[str],
-    dist: Any,
+    dist: Dist,
     log: Callable[[str], None] = print,
     initial_optimizer_state: dict[str, Any] | None = None,
     step_fields: Callable[[int], dict[str, Any]] | None = None,
-    anchor: Any = None,
-    early_stopping: Any = None,
+    callbacks: Sequence[Callback] = (),
 ) -> LoopResult:
-    """Train `model` in place; checkpoints and metrics go to `run` (a RunDir).
+    """Train `model` in place; checkpoints and metrics go to `run`.
 
     Args:
         save_model: writes the loadable HF directory (weights, config, tokenizer) into a folder.
@@ -151,252 +93,253 @@ def train(
         initial_optimizer_state: AdamW state to start from when not resuming (continued
             pre-training from another run's checkpoint keeps its moments unless reset).
         step_fields: extra fields for the metrics line of each 0-based step (e.g. which blend).
-        anchor: an `L2SP` regulariser whose gradient joins every step's (`train/regularisation.py`).
-        early_stopping: an `EarlyStopping` watching every validation loss; the best checkpoint is kept.
+        callbacks: optional features, e.g. `L2SP` and `EarlyStopping` (`train/callbacks/`).
     """
     import torch
-    import torch.nn.functional as F
 
-    from ckptlab.runs import checkpoint as ckpt
-    from ckptlab.train.compute import ComputeMeter
+    from ckptlab.train.checkpointing import Checkpointer, Position
+    from ckptlab.train.loss import summed_loss
 
+    # Here, not in the verbs' set-up: every caller (tests and benchmarks too) gets the same speed.
     torch.set_flush_denormal(True)  # denormal gradients made CPU steps 10x slower
-    device = dist.device
-    step, samples_seen, tokens_seen = 0, 0, 0
+    callbacks = [*_builtin_callbacks(model, config, run, dist), *callbacks]
     optimizer = make_optimizer(model, config)
-    global_batch = config.micro_batch_size * config.grad_accum_steps * dist.world_size
-    meter = ComputeMeter(model, device, dist.world_size, config.device_power_w)
-
-    if initial_optimizer_state is not None and resume_from is None:
-        optimizer.load_state_dict(initial_optimizer_state)
+    checkpointer = Checkpointer(run=run, save_model=save_model, config=config, kept=kept,
+                                fingerprints=fingerprints, dist=dist, callbacks=callbacks)
+    position = Position()
     if resume_from is not None:
-        state = torch.load(resume_from / ckpt.TRAINING_STATE, map_location="cpu", weights_only=False)
-        check_fingerprints(state.get("fingerprints", {}), fingerprints, allow_changed, resume_from)
-        if state["global_batch"] != global_batch and "batch" not in allow_changed:
-            raise CheckpointError(
-                f"{resume_from}: the run used a global batch of {state['global_batch']}, now "
-                f"{global_batch}; resume anyway with --allow_changed batch"
-            )
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        step, samples_seen, tokens_seen = state["step"], state["samples_seen"], state["tokens_seen"]
-        if "compute" in state:
-            meter.load_state(state["compute"])
-        if early_stopping is not None and state.get("early_stopping") is not None:
-            early_stopping.load_state(state["early_stopping"])
-        log(f"resuming from {resume_from} (step {step})")
+        position = checkpointer.restore(resume_from, optimizer, allow_changed, log)
+    elif initial_optimizer_state is not None:
+        optimizer.load_state_dict(initial_optimizer_state)
 
-    forward_model = model
-    if dist.enabled:
-        forward_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    forward_model = _data_parallel(model, dist)
+    autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
 
-    def summed_loss(input_ids: Any, attention_mask: Any, labels: Any) -> Any:
-        with autocast:
-            logits = forward_model(input_ids=input_ids, attention_mask=attention_mask).logits
-        if logits.ndim == 2:  # sequence classification: one position per sequence, labels [batch, 1]
-            logits = logits.unsqueeze(1)
-        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+    def train_loss(input_ids: torch.Tensor, mask: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
+        return summed_loss(forward_model, input_ids, mask, labels, autocast)
 
     # Compiling the loss with the forward lets inductor fuse the upcast and log-softmax into the graph.
-    loss_fn = torch.compile(summed_loss) if config.compile else summed_loss
+    loss_fn = torch.compile(train_loss) if config.compile else train_loss
     params = [p for p in model.parameters() if p.requires_grad]
-    fault = _fault_injection()
-    manifest = run.read_run_manifest() if resume_from is not None else {"checkpoints": []}
-    manifest.update(status="running", fingerprints=fingerprints, max_steps=config.max_steps)
-    writer = _tensorboard(run.root) if (config.tensorboard and dist.is_main) else None
-    last_val: dict[int, float] = {}
-    stop_reason = "max_steps"
+    max_norm = config.grad_clip if config.grad_clip > 0 else float("inf")
 
-    def annotate() -> None:
-        manifest.update(compute=meter.record(), stop_reason=stop_reason)
-        if early_stopping is not None:
-            manifest["early_stopping"] = early_stopping.record()
-
-    def save_checkpoint(at_step: int) -> None:
-        # The best checkpoint so far (early stopping) is kept until a better one replaces it.
-        is_best = early_stopping is not None and early_stopping.best_step == at_step
-        is_kept = at_step in kept or is_best
-        if dist.is_main:
-            def write(folder: Path) -> None:
-                save_model(folder)
-                torch.save(
-                    {
-                        "step": at_step,
-                        "samples_seen": samples_seen,
-                        "tokens_seen": tokens_seen,
-                        "global_batch": global_batch,
-                        "optimizer": optimizer.state_dict(),
-                        "rng": rng_state(),
-                        "fingerprints": fingerprints,
-                        "compute": meter.state(),
-                        "early_stopping": early_stopping.state() if early_stopping is not None else None,
-                    },
-                    folder / ckpt.TRAINING_STATE,
-                )
-
-            meta = {"tokens_seen": tokens_seen, "kept": is_kept, "fingerprints": fingerprints}
-            path = ckpt.write_checkpoint(run.checkpoints, at_step, write, meta)
-            entry = {"step": at_step, "path": str(path.relative_to(run.root)), "kept": is_kept,
-                     "tokens_seen": tokens_seen, "val_loss": last_val.get(at_step)}
-            if is_best:
-                entry["best"] = True
-                for old in manifest["checkpoints"]:
-                    if old.pop("best", False):
-                        old["kept"] = old["step"] in kept
-            # Superseded resume checkpoints are deleted only after the new one is complete.
-            entries = sorted([c for c in manifest["checkpoints"] if c["step"] != at_step] + [entry],
-                             key=lambda c: c["step"])
-            # Kept checkpoints can be resumed from too, so they count among the newest retained.
-            newest = entries[-config.resume_checkpoints:]
-            stale = [c for c in entries if not c["kept"] and c not in newest]
-            manifest["checkpoints"] = [c for c in entries if c not in stale]
-            manifest["latest_step"] = at_step
-            annotate()
-            run.write_run_manifest(manifest)
-            for old in stale:
-                shutil.rmtree(run.root / old["path"], ignore_errors=True)
-        dist.barrier()
-
-    def validate() -> float | None:
-        if val_data is None or config.val_batches == 0:
-            return None
-        model.eval()
-        total = torch.zeros(2, dtype=torch.float64, device=device)
-        with torch.no_grad(), autocast:
-            for b in range(dist.rank, config.val_batches, dist.world_size):
-                start = b * config.micro_batch_size
-                batch = _to_device(val_data.batch(range(start, start + config.micro_batch_size)), device)
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
-                logits = logits.unsqueeze(1) if logits.ndim == 2 else logits
-                labels = batch["labels"]
-                total[0] += F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
-                total[1] += (labels != -100).sum()
-        dist.all_reduce_sum(total)
-        model.train()
-        return float(total[0] / total[1]) if total[1] > 0 else None
-
-    progress = _progress_bar(config, step, dist.is_main)
     model.train()
-    last_loss = None
-    if step == 0 and 0 in kept and resume_from is None:
-        last_val[0] = validate() if config.val_every else None
-        save_checkpoint(0)
-    run.metrics.parent.mkdir(parents=True, exist_ok=True)
-    metrics = open(run.metrics, "a", encoding="utf-8") if dist.is_main else None
+    if position.step == 0 and 0 in kept and resume_from is None:
+        val_loss = _validate(model, val_data, config, dist, autocast) if config.val_every else None
+        checkpointer.save(position, optimizer, val_loss, "max_steps")
+    # A run resumed where it stopped early has nothing left to do; every callback still starts.
+    finished = [callback.on_train_start(position.step) for callback in callbacks]
+    stop_reason: Literal["max_steps", "early_stopping", "signal"] = "early_stopping" if any(finished) else "max_steps"
     status: Literal["complete", "stopped"] = "complete"
-    if early_stopping is not None and early_stopping.stopped_at is not None:
-        stop_reason = "early_stopping"  # resumed from the checkpoint where the run stopped early: nothing left
+    last_loss = None
     try:
         with _StopFlag() as stop:
-            while step < config.max_steps and stop_reason != "early_stopping":
+            while position.step < config.max_steps and stop_reason != "early_stopping":
                 started = time.perf_counter()
+                step = position.step
                 lr = lr_at(step)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                first = samples_seen + dist.rank * config.micro_batch_size * config.grad_accum_steps
-                micro_batches = [
-                    train_data.batch(range(first + m * config.micro_batch_size, first + (m + 1) * config.micro_batch_size))
-                    for m in range(config.grad_accum_steps)
-                ]
-                counts = torch.tensor(
-                    [sum(int((b["labels"] != -100).sum()) for b in micro_batches),
-                     sum(int(b["input_ids"].numel()) for b in micro_batches),
-                     # Σ b·T²: the attention term of the FLOP count (train/compute.py).
-                     sum(int(b["input_ids"].numel()) * int(b["input_ids"].shape[-1]) for b in micro_batches)],
-                    # Counted on the CPU: only a multi-process run needs them on the device (NCCL).
-                    dtype=torch.float64, device=device if dist.enabled else "cpu",
-                )
-                dist.all_reduce_sum(counts)
-                targets = counts[0].item()
-                loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+                micro_batches = _micro_batches(train_data, position.samples_seen, config, dist)
+                counts = _count(micro_batches, dist)
+                loss_sum = torch.zeros((), dtype=torch.float64, device=dist.device)
                 for m, batch in enumerate(micro_batches):
-                    if fault.get("kind_kill") and fault.get("step") == step and fault.get("micro", 0) == m:
-                        os.kill(os.getpid(), signal.SIGKILL)
-                    batch = _to_device(batch, device)
-                    sync = contextlib.nullcontext()
-                    if dist.enabled and m < len(micro_batches) - 1:
-                        sync = forward_model.no_sync() if hasattr(forward_model, "no_sync") else sync
-                    with sync:
+                    for callback in callbacks:
+                        callback.on_micro_batch(step, m)
+                    batch = _to_device(batch, dist.device)
+                    with _syncing(forward_model, dist, last=m == len(micro_batches) - 1):
                         loss = loss_fn(batch["input_ids"], batch.get("attention_mask"), batch["labels"])
                         # DDP averages gradients over processes; scale so the result is the global mean.
-                        (loss * (dist.world_size / max(targets, 1.0))).backward()
+                        (loss * (dist.world_size / max(counts.targets, 1.0))).backward()
                     loss_sum += loss.detach()
                 dist.all_reduce_sum(loss_sum)
-                mean_loss = loss_sum.item() / max(targets, 1.0)
-                if fault.get("kind_nan") and fault.get("step") == step:
-                    mean_loss = float("nan")
+                mean_loss = loss_sum.item() / max(counts.targets, 1.0)
+                for callback in callbacks:
+                    mean_loss = callback.on_loss(step, mean_loss)
                 if not math.isfinite(mean_loss):
                     optimizer.zero_grad(set_to_none=True)
-                    raise TrainingDiverged(f"loss is {mean_loss} at step {step + 1}; stopped without writing a checkpoint")
-                penalty = anchor.add_gradient() if anchor is not None else None
-                max_norm = config.grad_clip if config.grad_clip > 0 else float("inf")
+                    raise TrainingDiverged(
+                        f"loss is {mean_loss} at step {step + 1}; stopped without writing a checkpoint")
+                gradient_fields = [callback.on_gradients() for callback in callbacks]  # e.g. L2-SP's pull
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                step += 1
-                samples_seen += global_batch
-                tokens_seen += int(counts[1].item())
-                meter.add(int(counts[1].item()), int(targets), int(counts[2].item()))
-                elapsed = time.perf_counter() - started
+                position = Position(step + 1, position.samples_seen + checkpointer.global_batch,
+                                    position.tokens_seen + counts.tokens)
                 last_loss = mean_loss
-                record = {"step": step, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm,
-                          "tokens_seen": tokens_seen, "tokens_per_s": counts[1].item() / elapsed}
-                if penalty is not None:
-                    record["anchor_penalty"] = penalty
+                elapsed = time.perf_counter() - started
+                record: dict[str, Any] = {"step": position.step, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm,
+                                          "tokens_seen": position.tokens_seen, "tokens_per_s": counts.tokens / elapsed}
+                for fields in gradient_fields:
+                    record.update(fields)
                 if step_fields is not None:
-                    record.update(step_fields(step - 1))
+                    record.update(step_fields(step))
+                stop_message = None
                 # Kept checkpoints always get a validation loss: they are what users compare later.
-                if config.val_every and (step % config.val_every == 0 or step == config.max_steps or step in kept):
-                    last_val[step] = record["val_loss"] = validate()
-                    if early_stopping is not None and early_stopping.observe(step, last_val[step])[1]:
-                        stop_reason = "early_stopping"
-                if metrics is not None:
-                    metrics.write(_json_line(record))
-                    metrics.flush()
-                if writer is not None:
-                    for key in ("loss", "lr", "grad_norm", "tokens_per_s", "val_loss"):
-                        if record.get(key) is not None:
-                            writer.add_scalar(f"train/{key}", record[key], step)
-                progress.update(1)
-                progress.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                if config.val_every and (position.step % config.val_every == 0 or position.step == config.max_steps
+                                         or position.step in kept):
+                    record["val_loss"] = _validate(model, val_data, config, dist, autocast)
+                    messages = [callback.on_validation(position.step, record["val_loss"]) for callback in callbacks]
+                    stop_message = next((message for message in messages if message is not None), None)
+                    stop_reason = "early_stopping" if stop_message is not None else stop_reason
+                for callback in callbacks:
+                    callback.on_step_end(position.step, record, counts)
                 stopping = _agree_to_stop(stop.requested, dist)
-                ending = stopping or step == config.max_steps or stop_reason == "early_stopping"
-                best = early_stopping is not None and early_stopping.best_step == step
-                if step in kept or (config.save_every and step % config.save_every == 0) or ending or best:
-                    save_checkpoint(step)
-                if stop_reason == "early_stopping":
-                    log(f"early stopping at step {step}: {early_stopping.patience} validations without a better "
-                        f"val_loss than {early_stopping.best} (step {early_stopping.best_step})")
+                ending = stopping or position.step == config.max_steps or stop_message is not None
+                best = any(callback.best_step == position.step for callback in callbacks)
+                if (position.step in kept or (config.save_every and position.step % config.save_every == 0)
+                        or ending or best):
+                    checkpointer.save(position, optimizer, record.get("val_loss"), stop_reason)
+                if stop_message is not None:
+                    log(stop_message)
                     break
-                if stopping and step < config.max_steps:
+                if stopping and position.step < config.max_steps:
                     status, stop_reason = "stopped", "signal"
-                    log(f"stop requested: checkpoint written at step {step}; resume with --resume")
+                    log(f"stop requested: checkpoint written at step {position.step}; resume with --resume")
                     break
     except TrainingDiverged:
-        if dist.is_main:
-            stop_reason = "diverged"
-            annotate()
-            manifest.update(status="diverged")
-            run.write_run_manifest(manifest)
+        checkpointer.finish("diverged", "diverged")
         raise
     finally:
-        progress.close()
-        if metrics is not None:
-            metrics.close()
-        if writer is not None:
-            writer.close()
-    annotate()
-    manifest.update(status=status)
+        for callback in callbacks:
+            callback.on_end()
+    checkpoints = checkpointer.finish(status, stop_reason)
+    best_step = next((c.best_step for c in callbacks if c.best_step is not None), None)
+    return LoopResult(step=position.step, status=status, last_loss=last_loss, checkpoints=checkpoints,
+                      stop_reason=stop_reason, best_step=best_step)
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only; frozen parameters are left out."""
+    import torch
+
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 and "norm" not in name.lower() else no_decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        groups, lr=config.schedule.lr, betas=(config.beta1, config.beta2), eps=config.eps, fused=True
+    )
+
+
+def _builtin_callbacks(model: torch.nn.Module, config: TrainConfig, run: RunDir, dist: Dist) -> list[Callback]:
+    """What every run has: compute accounting, the metrics file, the progress bar; TensorBoard and faults on request."""
+    from ckptlab.faults import injected_fault
+    from ckptlab.train.callbacks.compute_meter import ComputeMeterCallback
+    from ckptlab.train.callbacks.fault_injection import FaultInjectionCallback
+    from ckptlab.train.callbacks.metrics_file import MetricsFileCallback
+    from ckptlab.train.callbacks.progress import ProgressBarCallback
+    from ckptlab.train.callbacks.tensorboard import TensorBoardCallback
+
+    callbacks: list[Callback] = [ComputeMeterCallback(model, dist.device, dist.world_size, config.device_power_w)]
+    fault = injected_fault()
+    if fault is not None:
+        callbacks.append(FaultInjectionCallback(fault))
     if dist.is_main:
-        run.write_run_manifest(manifest)
-    return LoopResult(step=step, status=status, last_loss=last_loss, checkpoints=manifest["checkpoints"],
-                      stop_reason=stop_reason, best_step=early_stopping.best_step if early_stopping is not None else None)
+        callbacks.append(MetricsFileCallback(run.metrics))
+        if config.tensorboard:
+            callbacks.append(TensorBoardCallback(run.root))
+    callbacks.append(ProgressBarCallback(config.max_steps, enabled=dist.is_main and config.progress))
+    return callbacks
 
 
-def _agree_to_stop(requested: bool, dist: Any) -> bool:
+def _micro_batches(data: BatchSource, samples_seen: int, config: TrainConfig, dist: Dist) -> list[dict[str, Any]]:
+    """This process's micro-batches of the step that starts at global sample `samples_seen`."""
+    first = samples_seen + dist.rank * config.micro_batch_size * config.grad_accum_steps
+    size = config.micro_batch_size
+    return [data.batch(range(first + m * size, first + (m + 1) * size)) for m in range(config.grad_accum_steps)]
+
+
+def _count(micro_batches: list[dict[str, Any]], dist: Dist) -> StepCounts:
+    """Targets, tokens and Σ b·T² of the step, summed over every process."""
+    import torch
+
+    from ckptlab.train.callbacks.base import StepCounts
+
+    counts = torch.tensor(
+        [sum(int((b["labels"] != -100).sum()) for b in micro_batches),
+         sum(int(b["input_ids"].numel()) for b in micro_batches),
+         sum(int(b["input_ids"].numel()) * int(b["input_ids"].shape[-1]) for b in micro_batches)],
+        # Counted on the CPU: only a multi-process run needs them on the device (NCCL).
+        dtype=torch.float64, device=dist.device if dist.enabled else "cpu",
+    )
+    dist.all_reduce_sum(counts)
+    return StepCounts(targets=int(counts[0].item()), tokens=int(counts[1].item()),
+                      token_positions=int(counts[2].item()))
+
+
+def _validate(model: torch.nn.Module, val_data: BatchSource | None, config: TrainConfig, dist: Dist,
+              autocast: AbstractContextManager[Any]) -> float | None:
+    """Mean loss per target token over the first `val_batches` batches, shared out among the processes."""
+    import torch
+
+    from ckptlab.train.loss import summed_loss
+
+    if val_data is None or config.val_batches == 0:
+        return None
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=dist.device)
+    with torch.no_grad():
+        # The bare model, not the DDP wrapper: processes may score different numbers of batches.
+        for b in range(dist.rank, config.val_batches, dist.world_size):
+            start = b * config.micro_batch_size
+            batch = _to_device(val_data.batch(range(start, start + config.micro_batch_size)), dist.device)
+            total[0] += summed_loss(model, batch["input_ids"], batch.get("attention_mask"), batch["labels"], autocast)
+            total[1] += (batch["labels"] != -100).sum()
+    dist.all_reduce_sum(total)
+    model.train()
+    return float(total[0] / total[1]) if total[1] > 0 else None
+
+
+def _data_parallel(model: torch.nn.Module, dist: Dist) -> torch.nn.Module:
+    """The model wrapped in DDP when several processes train it, else the model itself."""
+    if not dist.enabled:
+        return model
+    import torch
+
+    device_ids = [dist.device.index] if dist.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def _syncing(forward_model: torch.nn.Module, dist: Dist, last: bool) -> AbstractContextManager[Any]:
+    """DDP all-reduces gradients only on the step's last micro-batch; the others accumulate locally."""
+    if not dist.enabled or last:
+        return contextlib.nullcontext()
+    from torch.nn.parallel import DistributedDataParallel
+
+    return forward_model.no_sync() if isinstance(forward_model, DistributedDataParallel) else contextlib.nullcontext()
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: (v.to(device, non_blocking=True) if hasattr(v, "to") else v) for k, v in batch.items()}
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT; the loop finishes the current step, checkpoints and exits 0."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _agree_to_stop(requested: bool, dist: Dist) -> bool:
     """Every process must stop at the same step, or the others would hang in all-reduce."""
     if not dist.enabled:
         return requested
@@ -404,29 +347,3 @@ def _agree_to_stop(requested: bool, dist: Any) -> bool:
 
     flag = torch.tensor([1.0 if requested else 0.0], device=dist.device)
     return bool(dist.all_reduce_sum(flag).item() > 0)
-
-
-def _to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:
-    return {k: (v.to(device, non_blocking=True) if hasattr(v, "to") else v) for k, v in batch.items()}
-
-
-def _json_line(record: dict[str, Any]) -> str:
-    import json
-
-    # Python's float repr round-trips exactly, so per-step losses can be compared bit for bit.
-    return json.dumps(record) + "\n"
-
-
-def _progress_bar(config: TrainConfig, start: int, enabled: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=config.max_steps, initial=start, unit="step", disable=not (enabled and config.progress),
-                dynamic_ncols=True, smoothing=0.1)
-
-
-def _tensorboard(root: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise ConfigError("train.tensorboard: the tensorboard package is not installed (pip install tensorboard)") from None
-    return SummaryWriter(log_dir=str(root / "tensorboard"))

@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 from ckptlab.errors import ConfigError, DataError, UserError
 
 if TYPE_CHECKING:
+    import torch
+
+    from ckptlab.runs.run_dir import RunDir
     from ckptlab.train.distributed import Dist
     from ckptlab.train.config import TrainConfig
     from ckptlab.train.loop import BatchSource, LoopResult
@@ -84,12 +87,9 @@ def max_length_of(model_config: Any, key: str, requested: int | None, source: st
 @contextmanager
 def distributed_run(requested_device: str) -> Iterator[Dist]:
     """The data-parallel state for the run; the process group is left however the run ends."""
-    import torch
-
     from ckptlab.train import distributed
 
-    # Denormal gradients made CPU steps 10x slower.
-    torch.set_flush_denormal(True)
+    # torch.set_flush_denormal is the training loop's own: tests call it without this set-up.
     dist = distributed.setup(requested_device)
     try:
         yield dist
@@ -100,11 +100,11 @@ def distributed_run(requested_device: str) -> Iterator[Dist]:
 def train_verb(
     config: VerbConfig,
     *,
-    model: Any,
-    save_model: Callable[[Path], None],
+    model: torch.nn.Module,
+    save_model: Callable[[Path], object],
     train_data: BatchSource,
     val_data: BatchSource | None,
-    run: Any,
+    run: RunDir,
     fingerprints: dict[str, str],
     resume_from: Path | None,
     dist: Dist,
