@@ -34,8 +34,10 @@ def job_times(sweep_dir: Path) -> dict[str, dict[str, float]]:
     for done in sorted(sweep_dir.glob("jobs/*/done.json")):
         record = json.loads(done.read_text())
         by_kind.setdefault(record["kind"], []).append(float(record["wall_s"]))
-    return {kind: {"jobs": len(t), "total_s": sum(t), "median_s": statistics.median(t), "max_s": max(t)}
-            for kind, t in by_kind.items()}
+    return {
+        kind: {"jobs": len(t), "total_s": sum(t), "median_s": statistics.median(t), "max_s": max(t)}
+        for kind, t in by_kind.items()
+    }
 
 
 def main() -> None:
@@ -50,22 +52,42 @@ def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="ckptlab_demo_")) / "demo-out"
     load_before = os.getloadavg()
     started = time.perf_counter()
-    proc = subprocess.run([args.ckptlab, "demo", "--size", args.size, "--precision", args.precision,
-                           "--out", str(out), "--progress", "false"],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            args.ckptlab,
+            "demo",
+            "--size",
+            args.size,
+            "--precision",
+            args.precision,
+            "--out",
+            str(out),
+            "--progress",
+            "false",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     wall = time.perf_counter() - started
     load_after = os.getloadavg()
     (out.parent / "demo.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         sys.exit(f"ckptlab demo exited {proc.returncode}; log: {out.parent / 'demo.log'}\n{proc.stderr[-2000:]}")
     found = re.search(r"^stage times: (.*)$", proc.stdout, re.MULTILINE)
-    stages = {name: float(seconds) for name, seconds in re.findall(r"(\w+) ([0-9.]+) s", found.group(1))} if found else {}
+    stages = (
+        {name: float(seconds) for name, seconds in re.findall(r"(\w+) ([0-9.]+) s", found.group(1))} if found else {}
+    )
     findings = json.loads((out / "report" / "findings.json").read_text())
     result = {
-        "size": args.size, "precision": args.precision, "wall_s": wall, "stages_s": stages,
+        "size": args.size,
+        "precision": args.precision,
+        "wall_s": wall,
+        "stages_s": stages,
         "sweep_jobs": job_times(out / "sweep"),
         "findings": {f["id"]: f["outcome"] for f in findings},
-        "load_average_before": load_before, "load_average_after": load_after,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

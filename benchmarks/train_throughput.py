@@ -33,8 +33,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -51,17 +52,34 @@ def build_model() -> Any:
     """The benchmark model, built by ckptlab's builder (the plain GPT-NeoX fallback is the same model)."""
     torch.manual_seed(SEED)
     try:
-        from ckptlab.models.hf import ModelConfig, build_model as ckptlab_build
+        from ckptlab.models.hf import ModelConfig
+        from ckptlab.models.hf import build_model as ckptlab_build
 
-        config = ModelConfig(architecture="gpt_neox", hidden_size=WIDTH, num_layers=LAYERS, num_heads=HEADS,
-                             intermediate_size=FFN, context_length=CONTEXT, init_std=0.02)
+        config = ModelConfig(
+            architecture="gpt_neox",
+            hidden_size=WIDTH,
+            num_layers=LAYERS,
+            num_heads=HEADS,
+            intermediate_size=FFN,
+            context_length=CONTEXT,
+            init_std=0.02,
+        )
         return ckptlab_build(config, vocab_size=VOCAB, bos_token_id=0, eos_token_id=0, pad_token_id=None)
     except ImportError:
         from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-        config = GPTNeoXConfig(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=LAYERS,
-                               num_attention_heads=HEADS, intermediate_size=FFN, max_position_embeddings=CONTEXT,
-                               initializer_range=0.02, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
+        config = GPTNeoXConfig(
+            vocab_size=VOCAB,
+            hidden_size=WIDTH,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            intermediate_size=FFN,
+            max_position_embeddings=CONTEXT,
+            initializer_range=0.02,
+            tie_word_embeddings=False,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
         return GPTNeoXForCausalLM(config)
 
 
@@ -111,10 +129,10 @@ def run_ckptlab(samples: tuple[torch.Tensor, torch.Tensor], warmup: int, steps: 
     the metrics.jsonl line, progress and the checkpoint decision. The run has one extra step so
     that the end of the window is a step start too; the end-of-run checkpoint comes after it.
     """
+    from ckptlab.runs.run_dir import RunDir, read_metrics
     from ckptlab.train import distributed
     from ckptlab.train.config import TrainConfig
     from ckptlab.train.loop import train
-    from ckptlab.runs.run_dir import RunDir, read_metrics
     from ckptlab.train.schedules import ScheduleConfig
 
     model = build_model()
@@ -125,23 +143,51 @@ def run_ckptlab(samples: tuple[torch.Tensor, torch.Tensor], warmup: int, steps: 
         return LR
 
     config = TrainConfig(
-        max_steps=warmup + steps + 1, micro_batch_size=BATCH, grad_accum_steps=1,
-        schedule=ScheduleConfig(name="constant", lr=LR), weight_decay=WEIGHT_DECAY, beta1=BETAS[0],
-        beta2=BETAS[1], eps=EPS, grad_clip=CLIP, val_every=0, save_every=0,
-        precision="bf16" if bf16 else "fp32", compile=bf16, device="cpu", seed=SEED, progress=False,
+        max_steps=warmup + steps + 1,
+        micro_batch_size=BATCH,
+        grad_accum_steps=1,
+        schedule=ScheduleConfig(name="constant", lr=LR),
+        weight_decay=WEIGHT_DECAY,
+        beta1=BETAS[0],
+        beta2=BETAS[1],
+        eps=EPS,
+        grad_clip=CLIP,
+        val_every=0,
+        save_every=0,
+        precision="bf16" if bf16 else "fp32",
+        compile=bf16,
+        device="cpu",
+        seed=SEED,
+        progress=False,
     )
     with tempfile.TemporaryDirectory(prefix="ckptlab-bench-") as root:
         run = RunDir(root)
-        train(model=model, save_model=lambda folder: None, train_data=SampleBatches(samples), val_data=None,
-              config=config, lr_at=lr_at, kept=[], run=run, fingerprints={}, resume_from=None,
-              allow_changed=[], dist=distributed.setup("cpu"), log=lambda message: None)
+        train(
+            model=model,
+            save_model=lambda folder: None,
+            train_data=SampleBatches(samples),
+            val_data=None,
+            config=config,
+            lr_at=lr_at,
+            kept=[],
+            run=run,
+            fingerprints={},
+            resume_from=None,
+            allow_changed=[],
+            dist=distributed.setup("cpu"),
+            log=lambda message: None,
+        )
         records = [r for r in read_metrics(run.metrics) if "tokens_per_s" in r]
     seconds = starts[warmup + steps] - starts[warmup]
     measured = [r for r in records if warmup < r["step"] <= warmup + steps]
     # The loop's own per-step timer stops after zero_grad (before the metrics line is written).
     in_loop = sum(BATCH * CONTEXT / r["tokens_per_s"] for r in measured)
-    return {"seconds": seconds, "in_loop_tokens_per_s": BATCH * CONTEXT * steps / in_loop,
-            "loss": measured[-1]["loss"], "step_seconds": _durations([starts[k] for k in sorted(starts)])}
+    return {
+        "seconds": seconds,
+        "in_loop_tokens_per_s": BATCH * CONTEXT * steps / in_loop,
+        "loss": measured[-1]["loss"],
+        "step_seconds": _durations([starts[k] for k in sorted(starts)]),
+    }
 
 
 def run_bare(samples: tuple[torch.Tensor, torch.Tensor], warmup: int, steps: int, bf16: bool) -> dict[str, Any]:
@@ -155,8 +201,8 @@ def run_bare(samples: tuple[torch.Tensor, torch.Tensor], warmup: int, steps: int
     marks, losses = [], []
     for step in range(warmup + steps):
         marks.append(time.perf_counter())
-        inputs = samples[0][step * BATCH:(step + 1) * BATCH]
-        targets = samples[1][step * BATCH:(step + 1) * BATCH]
+        inputs = samples[0][step * BATCH : (step + 1) * BATCH]
+        targets = samples[1][step * BATCH : (step + 1) * BATCH]
         with autocast:
             # shift_labels: targets are already aligned with the inputs (as in ckptlab's batches).
             loss = forward(input_ids=inputs, labels=targets, shift_labels=targets).loss
@@ -166,11 +212,16 @@ def run_bare(samples: tuple[torch.Tensor, torch.Tensor], warmup: int, steps: int
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.detach())
     marks.append(time.perf_counter())
-    return {"seconds": marks[warmup + steps] - marks[warmup], "loss": float(losses[-1]),
-            "step_seconds": _durations(marks)}
+    return {
+        "seconds": marks[warmup + steps] - marks[warmup],
+        "loss": float(losses[-1]),
+        "step_seconds": _durations(marks),
+    }
 
 
-def run_trainer(samples: tuple[torch.Tensor, torch.Tensor], warmup: int, steps: int, bf16: bool, optim: str) -> dict[str, Any]:
+def run_trainer(
+    samples: tuple[torch.Tensor, torch.Tensor], warmup: int, steps: int, bf16: bool, optim: str
+) -> dict[str, Any]:
     """Timed window: from the end of step `warmup` to the end of step `warmup + steps` (callback
     `on_step_end`), which also holds `steps` whole iterations: fetch, collate, forward, backward,
     clip, step, zero_grad and the Trainer's logging/saving checks."""
@@ -205,17 +256,39 @@ def run_trainer(samples: tuple[torch.Tensor, torch.Tensor], warmup: int, steps: 
     losses: list[torch.Tensor] = []
     with tempfile.TemporaryDirectory(prefix="trainer-bench-") as root:
         args = TrainingArguments(
-            output_dir=root, max_steps=warmup + steps, per_device_train_batch_size=BATCH,
-            gradient_accumulation_steps=1, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0,
-            weight_decay=WEIGHT_DECAY, adam_beta1=BETAS[0], adam_beta2=BETAS[1], adam_epsilon=EPS,
-            max_grad_norm=CLIP, optim=optim, eval_strategy="no", save_strategy="no", report_to="none",
-            logging_steps=1000, dataloader_num_workers=0, use_cpu=True, bf16=bf16, torch_compile=bf16,
-            seed=SEED, disable_tqdm=True, remove_unused_columns=False, train_sampling_strategy="sequential",
+            output_dir=root,
+            max_steps=warmup + steps,
+            per_device_train_batch_size=BATCH,
+            gradient_accumulation_steps=1,
+            learning_rate=LR,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            weight_decay=WEIGHT_DECAY,
+            adam_beta1=BETAS[0],
+            adam_beta2=BETAS[1],
+            adam_epsilon=EPS,
+            max_grad_norm=CLIP,
+            optim=optim,
+            eval_strategy="no",
+            save_strategy="no",
+            report_to="none",
+            logging_steps=1000,
+            dataloader_num_workers=0,
+            use_cpu=True,
+            bf16=bf16,
+            torch_compile=bf16,
+            seed=SEED,
+            disable_tqdm=True,
+            remove_unused_columns=False,
+            train_sampling_strategy="sequential",
         )
         trainer = LastLossTrainer(model=model, args=args, train_dataset=Rows(), callbacks=[clock])
         trainer.train()
-    return {"seconds": clock.ends[warmup + steps] - clock.ends[warmup], "loss": float(losses[-1]),
-            "step_seconds": _durations([clock.ends[k] for k in sorted(clock.ends)])}
+    return {
+        "seconds": clock.ends[warmup + steps] - clock.ends[warmup],
+        "loss": float(losses[-1]),
+        "step_seconds": _durations([clock.ends[k] for k in sorted(clock.ends)]),
+    }
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 2048, runs: int = 5, bursts: int = 1) -> float:
@@ -245,8 +318,10 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
     samples = make_samples((args.warmup + args.steps + 1) * BATCH)
     n_params, per_token = flops_per_token(build_model())
     peak_runs = {"fp32": [matmul_peak(torch.float32, bursts=5)], "bf16": [matmul_peak(torch.bfloat16, bursts=5)]}
-    log(f"matmul peak (2048², {threads} threads): fp32 {peak_runs['fp32'][0]:.0f} GFLOP/s, "
-        f"bf16 {peak_runs['bf16'][0]:.0f} GFLOP/s")
+    log(
+        f"matmul peak (2048², {threads} threads): fp32 {peak_runs['fp32'][0]:.0f} GFLOP/s, "
+        f"bf16 {peak_runs['bf16'][0]:.0f} GFLOP/s"
+    )
     runners = {
         "ckptlab": run_ckptlab,
         "bare": run_bare,
@@ -255,36 +330,63 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
     runs: list[dict[str, Any]] = []
     for round_index in range(args.repeats):
         for precision in precisions:
-            order = IMPLS[round_index % 3:] + IMPLS[:round_index % 3]
+            order = IMPLS[round_index % 3 :] + IMPLS[: round_index % 3]
             for impl in order:
                 torch._dynamo.reset()  # each run compiles afresh (from the warm on-disk cache)
                 # The machine's speed right before the run: co-tenants can halve it for minutes.
                 probe = matmul_peak(torch.float32, runs=3)
                 started = time.perf_counter()
                 result = runners[impl](samples, args.warmup, args.steps, precision == "bf16")
-                measured = result["step_seconds"][-args.steps:]
-                result.update(impl=impl, precision=precision, round=round_index,
-                              tokens_per_s=tokens / result["seconds"],
-                              median_step_tokens_per_s=BATCH * CONTEXT / statistics.median(measured),
-                              run_seconds=time.perf_counter() - started, probe_fp32_gflops=probe)
+                measured = result["step_seconds"][-args.steps :]
+                result.update(
+                    impl=impl,
+                    precision=precision,
+                    round=round_index,
+                    tokens_per_s=tokens / result["seconds"],
+                    median_step_tokens_per_s=BATCH * CONTEXT / statistics.median(measured),
+                    run_seconds=time.perf_counter() - started,
+                    probe_fp32_gflops=probe,
+                )
                 runs.append(result)
-                log(f"round {round_index} {precision:>4} {impl:<8} {result['tokens_per_s']:8.0f} tokens/s, "
-                    f"median step {result['median_step_tokens_per_s']:8.0f} tokens/s (run {result['run_seconds']:.0f} s, "
-                    f"loss {result['loss']:.4f}, probe {probe:.0f} GFLOP/s)")
+                log(
+                    f"round {round_index} {precision:>4} {impl:<8} {result['tokens_per_s']:8.0f} tokens/s, "
+                    f"median step {result['median_step_tokens_per_s']:8.0f} tokens/s (run "
+                    f"{result['run_seconds']:.0f} s, "
+                    f"loss {result['loss']:.4f}, probe {probe:.0f} GFLOP/s)"
+                )
     # Measured again at the end; the higher median is the peak (a co-tenant can only slow it down).
     peak_runs["fp32"].append(matmul_peak(torch.float32, bursts=5))
     peak_runs["bf16"].append(matmul_peak(torch.bfloat16, bursts=5))
     peaks = {dtype: max(values) for dtype, values in peak_runs.items()}
-    settings = {"steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "precisions": precisions,
-                "layers": LAYERS, "d_model": WIDTH, "heads": HEADS, "ffn": FFN, "context": CONTEXT,
-                "vocab": VOCAB, "batch": BATCH, "tokens_per_step": BATCH * CONTEXT,
-                "trainer_optim": args.trainer_optim}
+    settings = {
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "precisions": precisions,
+        "layers": LAYERS,
+        "d_model": WIDTH,
+        "heads": HEADS,
+        "ffn": FFN,
+        "context": CONTEXT,
+        "vocab": VOCAB,
+        "batch": BATCH,
+        "tokens_per_step": BATCH * CONTEXT,
+        "trainer_optim": args.trainer_optim,
+    }
     return {
         "settings": settings,
-        "machine": {"threads": threads, "cpu": _cpu_name(), "python": platform.python_version(),
-                    "torch": torch.__version__, "transformers": _version("transformers")},
-        "flops": {"params_in_matmuls": n_params, "flops_per_token": per_token,
-                  "formula": "6*N + 12*L*d*T, N = all parameters but the input embedding"},
+        "machine": {
+            "threads": threads,
+            "cpu": _cpu_name(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": _version("transformers"),
+        },
+        "flops": {
+            "params_in_matmuls": n_params,
+            "flops_per_token": per_token,
+            "formula": "6*N + 12*L*d*T, N = all parameters but the input embedding",
+        },
         "matmul_peak_gflops": peaks,
         "matmul_peak_gflops_start_end": peak_runs,
         "summary": summarize(runs, precisions, args.steps, peaks, per_token),
@@ -292,8 +394,9 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
     }
 
 
-def summarize(runs: list[dict[str, Any]], precisions: list[str], steps: int, peaks: dict[str, float],
-              per_token: float) -> dict[str, Any]:
+def summarize(
+    runs: list[dict[str, Any]], precisions: list[str], steps: int, peaks: dict[str, float], per_token: float
+) -> dict[str, Any]:
     """Medians over rounds, ranges, the fastest measured step, ratios and MFU."""
     summary: dict[str, Any] = {}
     for precision in precisions:
@@ -302,7 +405,9 @@ def summarize(runs: list[dict[str, Any]], precisions: list[str], steps: int, pea
             values = [r["tokens_per_s"] for r in mine]
             median = statistics.median(values)
             summary[f"{impl}/{precision}"] = {
-                "tokens_per_s_median": median, "tokens_per_s_min": min(values), "tokens_per_s_max": max(values),
+                "tokens_per_s_median": median,
+                "tokens_per_s_min": min(values),
+                "tokens_per_s_max": max(values),
                 "median_step_tokens_per_s_median": statistics.median(r["median_step_tokens_per_s"] for r in mine),
                 # The fastest measured step of all rounds: the loop's cost when no co-tenant slowed it.
                 "fastest_step_tokens_per_s": BATCH * CONTEXT / min(min(r["step_seconds"][-steps:]) for r in mine),
@@ -313,9 +418,15 @@ def summarize(runs: list[dict[str, Any]], precisions: list[str], steps: int, pea
         ours = summary[f"ckptlab/{precision}"]["tokens_per_s_median"]
         for other in ("bare", "trainer"):
             # Per-round ratios cancel slow drifts in the machine's load better than a ratio of medians.
-            paired = [a["tokens_per_s"] / b["tokens_per_s"] for a in runs for b in runs
-                      if a["impl"] == "ckptlab" and b["impl"] == other and a["precision"] == b["precision"] == precision
-                      and a["round"] == b["round"]]
+            paired = [
+                a["tokens_per_s"] / b["tokens_per_s"]
+                for a in runs
+                for b in runs
+                if a["impl"] == "ckptlab"
+                and b["impl"] == other
+                and a["precision"] == b["precision"] == precision
+                and a["round"] == b["round"]
+            ]
             summary[f"ckptlab/{other}/{precision}"] = {
                 "ratio_of_medians": ours / summary[f"{other}/{precision}"]["tokens_per_s_median"],
                 "median_per_round_ratio": statistics.median(paired),
@@ -328,30 +439,40 @@ def summarize(runs: list[dict[str, Any]], precisions: list[str], steps: int, pea
 def table(results: dict[str, Any]) -> str:
     """The Markdown table of medians, ranges, ratios and MFU."""
     summary = results["summary"]
-    lines = ["| precision | loop | tokens/s, median of rounds | min–max | fastest step, tokens/s | "
-             "ckptlab ÷ this: medians | per-round | fastest steps | MFU: median | fastest step |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| precision | loop | tokens/s, median of rounds | min–max | fastest step, tokens/s | "
+        "ckptlab ÷ this: medians | per-round | fastest steps | MFU: median | fastest step |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for precision in results["settings"]["precisions"]:
         for impl in IMPLS:
             cell = summary[f"{impl}/{precision}"]
             ratios = "— | — | —"
             if impl != "ckptlab":
                 pair = summary[f"ckptlab/{impl}/{precision}"]
-                ratios = (f"{pair['ratio_of_medians']:.2f}× | {pair['median_per_round_ratio']:.2f}× | "
-                          f"{pair['ratio_of_fastest_steps']:.2f}×")
-            lines.append(f"| {precision} | {impl} | {cell['tokens_per_s_median']:,.0f} | "
-                         f"{cell['tokens_per_s_min']:,.0f}–{cell['tokens_per_s_max']:,.0f} | "
-                         f"{cell['fastest_step_tokens_per_s']:,.0f} | {ratios} | "
-                         f"{100 * cell['mfu']:.0f}% | {100 * cell['mfu_fastest_step']:.0f}% |")
+                ratios = (
+                    f"{pair['ratio_of_medians']:.2f}× | {pair['median_per_round_ratio']:.2f}× | "
+                    f"{pair['ratio_of_fastest_steps']:.2f}×"
+                )
+            lines.append(
+                f"| {precision} | {impl} | {cell['tokens_per_s_median']:,.0f} | "
+                f"{cell['tokens_per_s_min']:,.0f}–{cell['tokens_per_s_max']:,.0f} | "
+                f"{cell['fastest_step_tokens_per_s']:,.0f} | {ratios} | "
+                f"{100 * cell['mfu']:.0f}% | {100 * cell['mfu_fastest_step']:.0f}% |"
+            )
     peaks = results["matmul_peak_gflops"]
     lines.append("")
-    lines.append(f"Matmul peak (2048×2048, {results['machine']['threads']} threads, best burst median): "
-                 f"fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s. "
-                 f"FLOPs per token {results['flops']['flops_per_token'] / 1e6:.2f} M "
-                 f"(6·N + 12·L·d·T, N = {results['flops']['params_in_matmuls']:,}).")
+    lines.append(
+        f"Matmul peak (2048×2048, {results['machine']['threads']} threads, best burst median): "
+        f"fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s. "
+        f"FLOPs per token {results['flops']['flops_per_token'] / 1e6:.2f} M "
+        f"(6·N + 12·L·d·T, N = {results['flops']['params_in_matmuls']:,})."
+    )
     settings = results["settings"]
-    lines.append(f"{settings['steps']} measured steps after {settings['warmup']} warm-up steps, "
-                 f"{settings['repeats']} rounds, {settings['tokens_per_step']:,} tokens per step.")
+    lines.append(
+        f"{settings['steps']} measured steps after {settings['warmup']} warm-up steps, "
+        f"{settings['repeats']} rounds, {settings['tokens_per_step']:,} tokens per step."
+    )
     return "\n".join(lines)
 
 
@@ -394,12 +515,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before them (compilation happens here)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds; each runs every loop once, order rotated")
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16")
-    parser.add_argument("--trainer-optim", default="adamw_torch",
-                        help="Trainer optimizer (adamw_torch = the same torch.optim.AdamW as the other two)")
+    parser.add_argument(
+        "--trainer-optim",
+        default="adamw_torch",
+        help="Trainer optimizer (adamw_torch = the same torch.optim.AdamW as the other two)",
+    )
     parser.add_argument("--results", default=str(HERE / "results" / "train_throughput.json"))
     parser.add_argument("--out", help="Markdown file whose generated section gets the table (e.g. BENCHMARKS.md)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
-    parser.add_argument("--render", metavar="RESULTS_JSON", help="measure nothing: print (and --out) the table of a results file")
+    parser.add_argument(
+        "--render", metavar="RESULTS_JSON", help="measure nothing: print (and --out) the table of a results file"
+    )
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 1 or args.repeats < 1:
         parser.error("--steps, --warmup and --repeats must be ≥ 1")

@@ -15,6 +15,7 @@ from ckptlab import __version__
 from ckptlab.commands import VERBS
 from ckptlab.errors import TrainingDiverged, UserError
 
+
 def _usage() -> str:
     width = max(len(v) for v in VERBS)
     rows = "\n".join(f"  {verb:<{width}}  {VERBS[verb].summary}" for verb in VERBS)

@@ -39,8 +39,13 @@ def synthetic_corpus(path: Path, documents: int = 400, seed: int = 0) -> Path:
 
 def cli_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+    )
     env.pop("CKPTLAB_FAULT", None)
     env.update(extra)
     return env
@@ -50,7 +55,10 @@ def run_cli(*args: str, check: bool = True, timeout: float = 300, **env: str) ->
     """Run `python -m ckptlab ARGS` and return the completed process."""
     proc = subprocess.run(
         [sys.executable, "-m", "ckptlab", *args],
-        capture_output=True, text=True, timeout=timeout, env=cli_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(**env),
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"ckptlab {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
@@ -69,6 +77,5 @@ def prepared(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("prepared")
     corpus = synthetic_corpus(root / "corpus.txt")
     out = root / "data"
-    run_cli("prepare", "--sources", str(corpus), "--out", str(out), "--vocab_size", "512",
-            "--val_fraction", "0.1")
+    run_cli("prepare", "--sources", str(corpus), "--out", str(out), "--vocab_size", "512", "--val_fraction", "0.1")
     return out

@@ -18,9 +18,9 @@ HEAVY = ("torch", "transformers", "numpy", "tokenizers")
 @pytest.mark.parametrize("argv", [["--help"]] + [[verb, "--help"] for verb in VERBS])
 def test_help_imports_nothing_heavy(argv):
     code = (
-        "import sys; from ckptlab.cli import main; code = main(%r); "
-        "heavy = [m for m in %r if m in sys.modules]; "
-        "assert code == 0 and not heavy, heavy" % (argv, HEAVY)
+        f"import sys; from ckptlab.cli import main; code = main({argv!r}); "
+        f"heavy = [m for m in {HEAVY!r} if m in sys.modules]; "
+        "assert code == 0 and not heavy, heavy"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

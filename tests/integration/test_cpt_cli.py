@@ -8,16 +8,47 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import run_cli
 
-TINY = ["--model.size", "tiny", "--model.context_length", "32", "--train.micro_batch_size", "4",
-        "--train.progress", "false", "--train.schedule.warmup_steps", "2", "--train.schedule.lr", "3e-3",
-        "--train.schedule.min_lr", "3e-4"]
+TINY = [
+    "--model.size",
+    "tiny",
+    "--model.context_length",
+    "32",
+    "--train.micro_batch_size",
+    "4",
+    "--train.progress",
+    "false",
+    "--train.schedule.warmup_steps",
+    "2",
+    "--train.schedule.lr",
+    "3e-3",
+    "--train.schedule.min_lr",
+    "3e-4",
+]
 # Global batch 8 as 4 × 2 accumulated; checkpoints at 0 (kept), 2, 4, 6 and 8 (kept, final).
-COMMON = ["--train.micro_batch_size", "4", "--train.grad_accum_steps", "2", "--train.max_steps", "8",
-          "--train.progress", "false", "--train.save_every", "2", "--train.val_every", "8", "--train.val_batches", "2",
-          "--train.weight_decay", "0.0", "--keep.schedule", "list", "--keep.steps", "0"]
+COMMON = [
+    "--train.micro_batch_size",
+    "4",
+    "--train.grad_accum_steps",
+    "2",
+    "--train.max_steps",
+    "8",
+    "--train.progress",
+    "false",
+    "--train.save_every",
+    "2",
+    "--train.val_every",
+    "8",
+    "--train.val_batches",
+    "2",
+    "--train.weight_decay",
+    "0.0",
+    "--keep.schedule",
+    "list",
+    "--keep.steps",
+    "0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -26,20 +57,66 @@ def base(tmp_path_factory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("cpt")
     run_cli("world", "--size", "tiny", "--out", str(root / "world"))
     general, domain, pre = root / "general", root / "domain", root / "pre"
-    run_cli("prepare", "--sources", str(root / "world" / "corpus" / "general.txt"), "--out", str(general),
-            "--vocab_size", "512", "--val_fraction", "0.1")
-    run_cli("pretrain", "--data", str(general), "--out", str(pre), *TINY, "--train.max_steps", "10",
-            "--keep.schedule", "none", "--train.val_every", "0")
+    run_cli(
+        "prepare",
+        "--sources",
+        str(root / "world" / "corpus" / "general.txt"),
+        "--out",
+        str(general),
+        "--vocab_size",
+        "512",
+        "--val_fraction",
+        "0.1",
+    )
+    run_cli(
+        "pretrain",
+        "--data",
+        str(general),
+        "--out",
+        str(pre),
+        *TINY,
+        "--train.max_steps",
+        "10",
+        "--keep.schedule",
+        "none",
+        "--train.val_every",
+        "0",
+    )
     checkpoint = pre / "checkpoints" / "step-00000010"
-    run_cli("prepare", "--sources", str(root / "world" / "corpus" / "domain.txt"), "--out", str(domain),
-            "--tokenizer", str(checkpoint), "--val_fraction", "0.1")
+    run_cli(
+        "prepare",
+        "--sources",
+        str(root / "world" / "corpus" / "domain.txt"),
+        "--out",
+        str(domain),
+        "--tokenizer",
+        str(checkpoint),
+        "--val_fraction",
+        "0.1",
+    )
     return SimpleNamespace(root=root, general=general, domain=domain, pre=pre, checkpoint=checkpoint)
 
 
 def cpt(base: SimpleNamespace, out: Path, *extra: str, check: bool = True, **env: str):
-    return run_cli("cpt", "--init_from", str(base.pre), "--out", str(out), "--blend", str(base.domain),
-                   "--replay", str(base.general), "--replay_fraction", "0.25", "--recipe", "reuse", *COMMON, *extra,
-                   check=check, **env)
+    return run_cli(
+        "cpt",
+        "--init_from",
+        str(base.pre),
+        "--out",
+        str(out),
+        "--blend",
+        str(base.domain),
+        "--replay",
+        str(base.general),
+        "--replay_fraction",
+        "0.25",
+        "--recipe",
+        "reuse",
+        *COMMON,
+        *extra,
+        check=check,
+        **env,
+    )
 
 
 def records(run: Path) -> list[dict]:
@@ -81,8 +158,13 @@ def test_reuse_recipe_schedule_and_lower_domain_validation_loss(base, plain):
     val = {c["step"]: c["val_loss"] for c in manifest["checkpoints"] if c["kept"]}
     assert set(val) == {0, 8} and val[8] < val[0]  # validation on the domain corpus's held-out split
     compute = manifest["compute"]  # sequences of context 32: flops = 6·N·tokens + 6·n_layer·32·d_model·tokens
-    assert compute["tokens"] == rows[-1]["tokens_seen"] == 8 * 8 * 32 and compute["trainable_params"] == compute["total_params"]
-    assert compute["flops"] == 6 * compute["tokens"] * (compute["matmul_params"] + compute["n_layer"] * 32 * compute["d_model"])
+    assert (
+        compute["tokens"] == rows[-1]["tokens_seen"] == 8 * 8 * 32
+        and compute["trainable_params"] == compute["total_params"]
+    )
+    assert compute["flops"] == 6 * compute["tokens"] * (
+        compute["matmul_params"] + compute["n_layer"] * 32 * compute["d_model"]
+    )
 
 
 def test_blend_switch_happens_at_exactly_the_configured_step(plain, switched):
@@ -93,7 +175,9 @@ def test_blend_switch_happens_at_exactly_the_configured_step(plain, switched):
     record = json.loads((switched / "run.json").read_text())["cpt"]
     assert record["switch_step"] == 3 and record["switch_sample"] == 24
     assert [(b["name"], b["first_step"], b["last_step"]) for b in record["blends"]] == [
-        ("blend", 1, 3), ("second_blend", 4, 8)]
+        ("blend", 1, 3),
+        ("second_blend", 4, 8),
+    ]
 
 
 def test_reuse_recipe_switches_when_the_lr_reaches_a_fifth_of_its_peak(base, plain, tmp_path):
@@ -109,14 +193,24 @@ def test_reuse_recipe_switches_when_the_lr_reaches_a_fifth_of_its_peak(base, pla
 
 def test_killed_and_resumed_across_the_switch_is_bitwise_identical(base, switched, tmp_path):
     run = tmp_path / "run"
-    killed = cpt(base, run, "--second_blend", str(base.general), "--switch_step", "3", check=False,
-                 CKPTLAB_FAULT="kill:step=3,micro=1")
+    killed = cpt(
+        base,
+        run,
+        "--second_blend",
+        str(base.general),
+        "--switch_step",
+        "3",
+        check=False,
+        CKPTLAB_FAULT="kill:step=3,micro=1",
+    )
     assert killed.returncode == -signal.SIGKILL
     assert max(int(p.name[5:]) for p in (run / "checkpoints").glob("step-*")) == 2  # resumes before the switch
     cpt(base, run, "--second_blend", str(base.general), "--switch_step", "3", "--resume")
     assert records(run) == records(switched)  # same samples (so same replay share) and same losses, bit for bit
     resumed, whole = (json.loads((r / "run.json").read_text())["compute"] for r in (run, switched))
-    assert [resumed[k] for k in ("tokens", "target_tokens", "flops")] == [whole[k] for k in ("tokens", "target_tokens", "flops")]
+    assert [resumed[k] for k in ("tokens", "target_tokens", "flops")] == [
+        whole[k] for k in ("tokens", "target_tokens", "flops")
+    ]
 
 
 def test_optimizer_state_is_carried_over_unless_reset(base, plain, tmp_path):
@@ -142,8 +236,15 @@ def test_optimizer_state_is_carried_over_unless_reset(base, plain, tmp_path):
 @pytest.fixture(scope="module")
 def other_tokenizer(base) -> Path:
     out = base.root / "domain-own-tokenizer"
-    run_cli("prepare", "--sources", str(base.root / "world" / "corpus" / "domain.txt"), "--out", str(out),
-            "--vocab_size", "300")
+    run_cli(
+        "prepare",
+        "--sources",
+        str(base.root / "world" / "corpus" / "domain.txt"),
+        "--out",
+        str(out),
+        "--vocab_size",
+        "300",
+    )
     return out
 
 
@@ -155,7 +256,10 @@ def other_tokenizer(base) -> Path:
         ("tokenizer", "blend[0].data: {other} was prepared with another tokenizer than the model's"),
         ("context", "context_length 64 is longer than the model allows (max_position_embeddings 32)"),
         ("no_switch", "second_blend: say when to switch"),
-        ("mlm_on_causal", "objective: mlm needs an encoder with a masked-LM head (bert, roberta, ...); {pre} is a gpt_neox causal LM"),
+        (
+            "mlm_on_causal",
+            "objective: mlm needs an encoder with a masked-LM head (bert, roberta, ...); {pre} is a gpt_neox causal LM",
+        ),
         ("mlm_probability", "mlm_probability: expected 0 < x < 1, got 1.5"),
     ],
 )
@@ -174,27 +278,46 @@ def test_bad_input_is_one_line_exit_2(base, other_tokenizer, tmp_path, case, exp
     proc = cpt(base, run, *extra, check=False)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and expected.format(missing=missing, other=other_tokenizer, pre=base.pre) in lines[0], proc.stderr
+    assert len(lines) == 1 and expected.format(missing=missing, other=other_tokenizer, pre=base.pre) in lines[0], (
+        proc.stderr
+    )
     assert not (run / "checkpoints").exists()
 
 
 @pytest.fixture(scope="module")
 def encoder(base) -> Path:
     """A tiny BERT (2 blocks, width 32) with a WordPiece tokenizer trained on the world's general corpus."""
+    import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
-    import torch
 
     words = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     words.normalizer = normalizers.BertNormalizer(lowercase=True)
     words.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    words.train([str(base.root / "world" / "corpus" / "general.txt")],
-                trainers.WordPieceTrainer(vocab_size=400, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
-    tokenizer = BertTokenizerFast(tokenizer_object=words, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
-                                  cls_token="[CLS]", mask_token="[MASK]")
+    words.train(
+        [str(base.root / "world" / "corpus" / "general.txt")],
+        trainers.WordPieceTrainer(vocab_size=400, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]),
+    )
+    tokenizer = BertTokenizerFast(
+        tokenizer_object=words,
+        unk_token="[UNK]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        mask_token="[MASK]",
+    )
     torch.manual_seed(0)
-    model = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                       intermediate_size=64, max_position_embeddings=64, pad_token_id=0))
+    model = BertForMaskedLM(
+        BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            pad_token_id=0,
+        )
+    )
     out = base.root / "bert"
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -205,10 +328,35 @@ def test_mlm_continues_an_encoder_on_the_same_loop_and_checkpoint_format(base, e
     from transformers import AutoModelForMaskedLM
 
     data, run = base.root / "general-wordpiece", base.root / "mlm-run"
-    run_cli("prepare", "--sources", str(base.root / "world" / "corpus" / "general.txt"), "--out", str(data),
-            "--tokenizer", str(encoder), "--val_fraction", "0.1")
-    run_cli("cpt", "--init_from", str(encoder), "--out", str(run), "--blend", str(data), "--objective", "mlm",
-            "--context_length", "32", "--train.schedule.lr", "3e-3", "--train.schedule.warmup_steps", "2", *COMMON)
+    run_cli(
+        "prepare",
+        "--sources",
+        str(base.root / "world" / "corpus" / "general.txt"),
+        "--out",
+        str(data),
+        "--tokenizer",
+        str(encoder),
+        "--val_fraction",
+        "0.1",
+    )
+    run_cli(
+        "cpt",
+        "--init_from",
+        str(encoder),
+        "--out",
+        str(run),
+        "--blend",
+        str(data),
+        "--objective",
+        "mlm",
+        "--context_length",
+        "32",
+        "--train.schedule.lr",
+        "3e-3",
+        "--train.schedule.warmup_steps",
+        "2",
+        *COMMON,
+    )
     manifest = json.loads((run / "run.json").read_text())
     assert manifest["status"] == "complete" and manifest["fingerprints"]["objective"] == "mlm=0.15"
     val = {c["step"]: c["val_loss"] for c in manifest["checkpoints"] if c["kept"]}
@@ -218,9 +366,21 @@ def test_mlm_continues_an_encoder_on_the_same_loop_and_checkpoint_format(base, e
     assert type(model).__name__ == "BertForMaskedLM"
     # Then sequence classification of the continued encoder on a world task, evaluated by accuracy.
     tuned = base.root / "classify-run"
-    proc = run_cli("finetune", "--init_from", str(run), "--out", str(tuned), "--objective", "classification",
-                   "--task", str(base.root / "world" / "tasks" / "finance_sentiment.yaml"), "--train.max_steps", "6",
-                   "--train.progress", "false")
+    proc = run_cli(
+        "finetune",
+        "--init_from",
+        str(run),
+        "--out",
+        str(tuned),
+        "--objective",
+        "classification",
+        "--task",
+        str(base.root / "world" / "tasks" / "finance_sentiment.yaml"),
+        "--train.max_steps",
+        "6",
+        "--train.progress",
+        "false",
+    )
     manifest = json.loads((tuned / "run.json").read_text())
     accuracy = manifest["final"]["accuracy"]
     assert 0.0 <= accuracy <= 1.0 and f"validation accuracy of the fine-tuned model: {accuracy}" in proc.stdout

@@ -16,21 +16,37 @@ from conftest import run_cli
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 LABELS = ["entailment", "neutral", "contradiction"]
 TASK = {
-    "task": "toy_nli", "version": 1, "type": "classification",
+    "task": "toy_nli",
+    "version": 1,
+    "type": "classification",
     "data": {"format": "jsonl", "train": "toy/train.jsonl", "test": "toy/test.jsonl"},
-    "fields": ["premise", "hypothesis"], "label_field": "label", "choices": LABELS,
-    "templates": {"train_format": "### Input: Premise: {premise} Hypothesis: {hypothesis}\n### Output:",
-                  "instruction": "Premise: {premise}\nHypothesis: {hypothesis}\nAnswer:",
-                  "bare": "{premise} {hypothesis}"},
-    "metrics": ["accuracy", "macro_f1"], "fewshot": {"split": "train", "seed": 1234},
+    "fields": ["premise", "hypothesis"],
+    "label_field": "label",
+    "choices": LABELS,
+    "templates": {
+        "train_format": "### Input: Premise: {premise} Hypothesis: {hypothesis}\n### Output:",
+        "instruction": "Premise: {premise}\nHypothesis: {hypothesis}\nAnswer:",
+        "bare": "{premise} {hypothesis}",
+    },
+    "metrics": ["accuracy", "macro_f1"],
+    "fewshot": {"split": "train", "seed": 1234},
 }
 
 
 def write_task(root: Path, spec: dict = TASK, rows: int = 10) -> Path:
     (root / "toy").mkdir(parents=True, exist_ok=True)
     for split, n in (("train", 12), ("test", rows)):
-        lines = [json.dumps({"id": f"{split}{i}", "premise": f"The {split} premise number {i}.",
-                             "hypothesis": f"A hypothesis {i}.", "label": LABELS[i % 3]}) for i in range(n)]
+        lines = [
+            json.dumps(
+                {
+                    "id": f"{split}{i}",
+                    "premise": f"The {split} premise number {i}.",
+                    "hypothesis": f"A hypothesis {i}.",
+                    "label": LABELS[i % 3],
+                }
+            )
+            for i in range(n)
+        ]
         (root / "toy" / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     path = root / f"{spec['task']}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
@@ -45,8 +61,11 @@ def model_dir(tmp_path_factory) -> Path:
     from ckptlab.models.hf import ModelConfig, build_model, save_model_dir
 
     root = tmp_path_factory.mktemp("model")
-    tokenizer = train_tokenizer([f"The test premise number {i}. A hypothesis {i}. entailment neutral contradiction"
-                                 for i in range(40)], 300, root / "tok")
+    tokenizer = train_tokenizer(
+        [f"The test premise number {i}. A hypothesis {i}. entailment neutral contradiction" for i in range(40)],
+        300,
+        root / "tok",
+    )
     torch.manual_seed(0)
     model = build_model(ModelConfig(size="tiny", context_length=128), len(tokenizer), 0, 0, 1)
     return save_model_dir(model, tokenizer, root / "tiny")
@@ -61,8 +80,23 @@ def table(store: Path, name: str) -> list[tuple]:
 
 
 def evaluate(model_dir, task, store, *extra, **env):
-    return run_cli("evaluate", "--model", str(model_dir), "--tasks", str(task), "--shots", "0,2",
-                   "--batch_size", "4", "--bootstrap", "100", "--store", str(store), *extra, **env)
+    return run_cli(
+        "evaluate",
+        "--model",
+        str(model_dir),
+        "--tasks",
+        str(task),
+        "--shots",
+        "0,2",
+        "--batch_size",
+        "4",
+        "--bootstrap",
+        "100",
+        "--store",
+        str(store),
+        *extra,
+        **env,
+    )
 
 
 def test_evaluate_prints_tables_stores_rows_and_rerun_is_served_from_the_store(model_dir, tmp_path):
@@ -99,9 +133,21 @@ def test_killed_evaluation_resumes_to_the_same_rows(model_dir, tmp_path):
 def test_world_task_files_evaluate_unchanged(model_dir, tmp_path):
     synthetic = pytest.importorskip("ckptlab.synthetic", reason="the world generator is not in this checkout")
     synthetic.write_world(synthetic.generate(0, "tiny"), tmp_path / "world")
-    proc = run_cli("evaluate", "--model", str(model_dir), "--tasks", "world_nli,world_summarization",
-                   "--task_dirs", str(tmp_path / "world" / "tasks"), "--limit", "6", "--bootstrap", "50",
-                   "--store", str(tmp_path / "r.sqlite"))
+    proc = run_cli(
+        "evaluate",
+        "--model",
+        str(model_dir),
+        "--tasks",
+        "world_nli,world_summarization",
+        "--task_dirs",
+        str(tmp_path / "world" / "tasks"),
+        "--limit",
+        "6",
+        "--bootstrap",
+        "50",
+        "--store",
+        str(tmp_path / "r.sqlite"),
+    )
     assert "world_nli" in proc.stdout and "rouge_l" in proc.stdout
 
 
@@ -127,7 +173,9 @@ def _empty_split(spec, root):
 
 
 def _not_utf8(spec, root):
-    (root / "toy" / "test.jsonl").write_bytes((root / "toy" / "test.jsonl").read_bytes().replace(b"number 2", b"n\xffumber 2"))
+    (root / "toy" / "test.jsonl").write_bytes(
+        (root / "toy" / "test.jsonl").read_bytes().replace(b"number 2", b"n\xffumber 2")
+    )
 
 
 def _few_columns(spec, root):
@@ -137,17 +185,22 @@ def _few_columns(spec, root):
     (root / "toy" / "test.tsv").write_text(good + "Only two\tcolumns\n", encoding="utf-8")
 
 
-@pytest.mark.parametrize("mutate, expected", [
-    (_template_field, ["template instruction", "toy_nli.yaml", "line ", "'claim'"]),
-    (_label_word, ["test.jsonl", "line 3", "'contradiction'", "missing from the choices"]),
-    (_empty_split, ["test.jsonl", "empty"]),
-    (_not_utf8, ["test.jsonl", "line 3", "not UTF-8"]),
-    (_few_columns, ["test.tsv", "line 3", "too few columns"]),
-], ids=["template-field", "label-word", "empty-split", "not-utf8", "too-few-columns"])
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (_template_field, ["template instruction", "toy_nli.yaml", "line ", "'claim'"]),
+        (_label_word, ["test.jsonl", "line 3", "'contradiction'", "missing from the choices"]),
+        (_empty_split, ["test.jsonl", "empty"]),
+        (_not_utf8, ["test.jsonl", "line 3", "not UTF-8"]),
+        (_few_columns, ["test.tsv", "line 3", "too few columns"]),
+    ],
+    ids=["template-field", "label-word", "empty-split", "not-utf8", "too-few-columns"],
+)
 def test_bad_input_is_one_line_exit_2_before_any_model_loads(model_dir, tmp_path, mutate, expected):
     task = _bad(tmp_path, mutate)
-    proc = run_cli("evaluate", "--model", str(model_dir), "--tasks", str(task), "--store",
-                   str(tmp_path / "r.sqlite"), check=False)
+    proc = run_cli(
+        "evaluate", "--model", str(model_dir), "--tasks", str(task), "--store", str(tmp_path / "r.sqlite"), check=False
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "task toy_nli" in lines[0], proc.stderr
@@ -173,8 +226,22 @@ def test_smollm2_on_sst2_is_well_above_chance(tmp_path):
         pytest.skip(f"needs the shared data folder {SHARED_DATA} (SST-2)")
     gguf = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))[0]
     store = tmp_path / "r.sqlite"
-    run_cli("evaluate", "--model", str(gguf), "--tasks", "sst2", "--templates", "instruction", "--limit", "64",
-            "--store", str(store), timeout=900)
+    run_cli(
+        "evaluate",
+        "--model",
+        str(gguf),
+        "--tasks",
+        "sst2",
+        "--templates",
+        "instruction",
+        "--limit",
+        "64",
+        "--store",
+        str(store),
+        timeout=900,
+    )
     with sqlite3.connect(store) as db:
-        (value, low), = db.execute("SELECT value, ci_low FROM metrics WHERE metric='accuracy' AND template='instruction'")
+        ((value, low),) = db.execute(
+            "SELECT value, ci_low FROM metrics WHERE metric='accuracy' AND template='instruction'"
+        )
     assert value >= 0.68 and low > 0.5, (value, low)

@@ -11,13 +11,24 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import cli_env, run_cli
 
 SENTIMENT = "finance_sentiment"
 # Global batch 8 as 4 × 2 accumulated; resume checkpoints every 2 steps.
-SHORT = ["--train.micro_batch_size", "4", "--train.grad_accum_steps", "2", "--train.max_steps", "6",
-         "--train.save_every", "2", "--train.progress", "false", "--train.schedule.lr", "3e-3"]
+SHORT = [
+    "--train.micro_batch_size",
+    "4",
+    "--train.grad_accum_steps",
+    "2",
+    "--train.max_steps",
+    "6",
+    "--train.save_every",
+    "2",
+    "--train.progress",
+    "false",
+    "--train.schedule.lr",
+    "3e-3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +37,47 @@ def base(tmp_path_factory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("finetune")
     world, general, pre = root / "world", root / "general", root / "pre"
     run_cli("world", "--size", "tiny", "--out", str(world))
-    run_cli("prepare", "--sources", str(world / "corpus" / "general.txt"), "--out", str(general),
-            "--vocab_size", "512", "--val_fraction", "0.1")
-    run_cli("pretrain", "--data", str(general), "--out", str(pre), "--model.size", "tiny", "--model.context_length", "256",
-            "--train.micro_batch_size", "8", "--train.max_steps", "60", "--train.progress", "false",
-            "--train.schedule.lr", "3e-3", "--train.schedule.min_lr", "3e-4", "--train.schedule.warmup_steps", "5",
-            "--keep.schedule", "none", "--train.val_every", "0")
-    return SimpleNamespace(root=root, world=world, general=general, pre=pre,
-                           checkpoint=pre / "checkpoints" / "step-00000060")
+    run_cli(
+        "prepare",
+        "--sources",
+        str(world / "corpus" / "general.txt"),
+        "--out",
+        str(general),
+        "--vocab_size",
+        "512",
+        "--val_fraction",
+        "0.1",
+    )
+    run_cli(
+        "pretrain",
+        "--data",
+        str(general),
+        "--out",
+        str(pre),
+        "--model.size",
+        "tiny",
+        "--model.context_length",
+        "256",
+        "--train.micro_batch_size",
+        "8",
+        "--train.max_steps",
+        "60",
+        "--train.progress",
+        "false",
+        "--train.schedule.lr",
+        "3e-3",
+        "--train.schedule.min_lr",
+        "3e-4",
+        "--train.schedule.warmup_steps",
+        "5",
+        "--keep.schedule",
+        "none",
+        "--train.val_every",
+        "0",
+    )
+    return SimpleNamespace(
+        root=root, world=world, general=general, pre=pre, checkpoint=pre / "checkpoints" / "step-00000060"
+    )
 
 
 def task_file(base, name: str = SENTIMENT) -> str:
@@ -53,9 +97,9 @@ def records(run: Path) -> list[dict]:
 def accuracy(model_dir: Path, task_path: str, split: str = "test") -> float:
     """Accuracy by the log-likelihood of each choice, with ckptlab's evaluation scorer."""
     from ckptlab.evaluation import scoring
+    from ckptlab.models.hf import load_model, load_tokenizer
     from ckptlab.tasks import templates
     from ckptlab.tasks.spec import load_task_data, read_task_file
-    from ckptlab.models.hf import load_model, load_tokenizer
 
     spec = read_task_file(Path(task_path))
     examples = load_task_data(spec, split).examples
@@ -71,8 +115,22 @@ def accuracy(model_dir: Path, task_path: str, split: str = "test") -> float:
 def sentiment(base, tmp_path_factory) -> Path:
     """Full fine-tuning on the world's finance sentiment task, 15 epochs, keeping the starting model (step 0)."""
     run = tmp_path_factory.mktemp("sentiment") / "run"
-    finetune(base, run, "--task", task_file(base), "--epochs", "15", "--train.schedule.lr", "3e-3",
-             "--train.progress", "false", "--keep.schedule", "list", "--keep.steps", "0")
+    finetune(
+        base,
+        run,
+        "--task",
+        task_file(base),
+        "--epochs",
+        "15",
+        "--train.schedule.lr",
+        "3e-3",
+        "--train.progress",
+        "false",
+        "--keep.schedule",
+        "list",
+        "--keep.steps",
+        "0",
+    )
     return run
 
 
@@ -95,8 +153,19 @@ def test_finetuning_lowers_validation_loss_and_raises_accuracy(base, sentiment):
 def replayed(base, tmp_path_factory) -> Path:
     """Six steps with a quarter of every batch replayed from the pre-training data."""
     run = tmp_path_factory.mktemp("replayed") / "run"
-    finetune(base, run, "--task", task_file(base), *SHORT, "--replay", str(base.general), "--replay_fraction", "0.25",
-             "--replay_length", "64")
+    finetune(
+        base,
+        run,
+        "--task",
+        task_file(base),
+        *SHORT,
+        "--replay",
+        str(base.general),
+        "--replay_fraction",
+        "0.25",
+        "--replay_length",
+        "64",
+    )
     return run
 
 
@@ -110,8 +179,17 @@ def test_replay_share_of_every_step(replayed):
 
 def test_killed_mid_accumulation_and_resumed_is_bitwise_identical_with_replay(base, replayed, tmp_path):
     run = tmp_path / "run"
-    args = ("--task", task_file(base), *SHORT, "--replay", str(base.general), "--replay_fraction", "0.25",
-            "--replay_length", "64")
+    args = (
+        "--task",
+        task_file(base),
+        *SHORT,
+        "--replay",
+        str(base.general),
+        "--replay_fraction",
+        "0.25",
+        "--replay_length",
+        "64",
+    )
     killed = finetune(base, run, *args, check=False, CKPTLAB_FAULT="kill:step=3,micro=1")
     assert killed.returncode == -signal.SIGKILL
     assert max(int(p.name[5:]) for p in (run / "checkpoints").glob("step-*")) == 2
@@ -127,8 +205,8 @@ def lora_run(base, tmp_path_factory) -> Path:
 
 
 def test_lora_writes_a_merged_model_and_the_adapter_and_changes_only_adapted_weights(base, lora_run):
-    from safetensors.torch import load_file
     import torch
+    from safetensors.torch import load_file
 
     manifest = json.loads((lora_run / "run.json").read_text())
     final = manifest["final"]
@@ -152,8 +230,8 @@ def test_lora_killed_and_resumed_is_bitwise_identical(base, lora_run, tmp_path):
 
 
 def changed_weights(model_dir: Path, base) -> set[str]:
-    from safetensors.torch import load_file
     import torch
+    from safetensors.torch import load_file
 
     trained, original = load_file(model_dir / "model.safetensors"), load_file(base.checkpoint / "model.safetensors")
     assert trained.keys() == original.keys()
@@ -178,7 +256,9 @@ def test_last_k_changes_only_the_last_blocks_norm_and_head_and_records_its_cost(
     assert compute["energy_kwh"] > 0
     changed = changed_weights(run / manifest["final"]["model"], base)
     # (GPT-NeoX checkpoints name the head embed_out)
-    assert changed and all(n.startswith(("gpt_neox.layers.1.", "gpt_neox.final_layer_norm.", "embed_out.")) for n in changed)
+    assert changed and all(
+        n.startswith(("gpt_neox.layers.1.", "gpt_neox.final_layer_norm.", "embed_out.")) for n in changed
+    )
 
 
 def test_head_changes_only_the_head_and_dropout_is_set(base, tmp_path):
@@ -193,8 +273,19 @@ def test_head_changes_only_the_head_and_dropout_is_set(base, tmp_path):
 
 def anchored_args(base) -> tuple[str, ...]:
     """L2-SP and early stopping watching a validation every step (6 steps, resume checkpoints every 2)."""
-    return ("--task", task_file(base), *SHORT, "--anchor_weight", "5", "--early_stopping.patience", "2",
-            "--train.val_every", "1", "--train.val_batches", "1")
+    return (
+        "--task",
+        task_file(base),
+        *SHORT,
+        "--anchor_weight",
+        "5",
+        "--early_stopping.patience",
+        "2",
+        "--train.val_every",
+        "1",
+        "--train.val_batches",
+        "1",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -230,8 +321,18 @@ def test_anchored_run_killed_and_resumed_is_bitwise_identical(base, anchored, tm
 
 def test_world_instruction_mixture_works_out_of_the_box(base, tmp_path):
     run = tmp_path / "run"
-    proc = finetune(base, run, "--data", str(base.world / "instruct" / "mixture.jsonl"), "--train.max_steps", "3",
-                    "--train.progress", "false", "--train.val_batches", "1")
+    proc = finetune(
+        base,
+        run,
+        "--data",
+        str(base.world / "instruct" / "mixture.jsonl"),
+        "--train.max_steps",
+        "3",
+        "--train.progress",
+        "false",
+        "--train.val_batches",
+        "1",
+    )
     manifest = json.loads((run / "run.json").read_text())
     examples = manifest["finetune"]["examples"]
     assert manifest["final"]["step"] == 3 and manifest["final"]["val_loss"] is not None
@@ -250,9 +351,26 @@ def test_nan_loss_stops_with_exit_3(base, tmp_path):
 
 def test_sigterm_stops_at_a_checkpoint_without_a_final_model(base, tmp_path):
     run = tmp_path / "run"
-    args = [sys.executable, "-m", "ckptlab", "finetune", "--init_from", str(base.pre), "--out", str(run),
-            "--task", task_file(base), "--train.max_steps", "2000", "--train.save_every", "0",
-            "--train.val_every", "0", "--train.progress", "false"]
+    args = [
+        sys.executable,
+        "-m",
+        "ckptlab",
+        "finetune",
+        "--init_from",
+        str(base.pre),
+        "--out",
+        str(run),
+        "--task",
+        task_file(base),
+        "--train.max_steps",
+        "2000",
+        "--train.save_every",
+        "0",
+        "--train.val_every",
+        "0",
+        "--train.progress",
+        "false",
+    ]
     proc = subprocess.Popen(args, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text()):
@@ -277,18 +395,31 @@ def _broken_task(base, tmp_path: Path, name: str, edit) -> str:
 @pytest.mark.parametrize(
     "case, expected",
     [
-        ("template", "template: 'nope' is not a template of task finance_sentiment (its templates: train_format, instruction, bare)"),
+        (
+            "template",
+            "template: 'nope' is not a template of task finance_sentiment (its templates: train_format, "
+            "instruction, bare)",
+        ),
         ("unknown_task", "task: 'no_such_task' is not a task YAML file or a shipped task"),
         ("missing_replay", "replay: {missing}: prepared data directory not found"),
-        ("lora_targets", "lora.target_modules: q_proj is not a linear module of this gpt_neox model (its linear modules: "),
-        ("all_truncated", "task finance_sentiment: all 48 training examples have an empty target after truncation to max_length 8"),
+        (
+            "lora_targets",
+            "lora.target_modules: q_proj is not a linear module of this gpt_neox model (its linear modules: ",
+        ),
+        (
+            "all_truncated",
+            "task finance_sentiment: all 48 training examples have an empty target after truncation to max_length 8",
+        ),
         ("answer_shown", "template bare: the prompt shows the answer field 'label'"),
         ("no_gold", "a generation task needs target_field"),
         ("bad_record", "line 2: expected keys instruction, output (and optional input), or messages"),
         ("last_k_large", "last_k: expected 1 ≤ k ≤ 2 (the model's transformer blocks), got 3"),
         ("last_k_zero", "last_k: expected a positive integer (transformer blocks to train), got 0"),
         ("anchor_negative", "anchor_weight: expected a number ≥ 0, got -0.5"),
-        ("patience_zero", "early_stopping.patience: expected a positive integer (validations without improvement), got 0"),
+        (
+            "patience_zero",
+            "early_stopping.patience: expected a positive integer (validations without improvement), got 0",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2(base, tmp_path, case, expected):
@@ -301,11 +432,28 @@ def test_bad_input_is_one_line_exit_2(base, tmp_path, case, expected):
         "missing_replay": ["--task", task_file(base), "--replay", str(missing), "--replay_fraction", "0.1"],
         "lora_targets": ["--task", task_file(base), "--method", "lora", "--lora.target_modules", "q_proj"],
         "all_truncated": ["--task", task_file(base), "--max_length", "8"],
-        "answer_shown": ["--task", _broken_task(base, tmp_path, SENTIMENT, lambda t: t.replace(
-            "fields: [sentence]", "fields: [sentence, label]").replace("bare: '{sentence}'", "bare: '{sentence} {label}'")),
-            "--template", "bare"],
-        "no_gold": ["--task", _broken_task(base, tmp_path, "world_summarization",
-                                           lambda t: t.replace("target_field: summary", "target_field: null"))],
+        "answer_shown": [
+            "--task",
+            _broken_task(
+                base,
+                tmp_path,
+                SENTIMENT,
+                lambda t: t.replace("fields: [sentence]", "fields: [sentence, label]").replace(
+                    "bare: '{sentence}'", "bare: '{sentence} {label}'"
+                ),
+            ),
+            "--template",
+            "bare",
+        ],
+        "no_gold": [
+            "--task",
+            _broken_task(
+                base,
+                tmp_path,
+                "world_summarization",
+                lambda t: t.replace("target_field: summary", "target_field: null"),
+            ),
+        ],
         "bad_record": ["--data", str(records_file)],
         "last_k_large": ["--task", task_file(base), "--method", "last_k", "--last_k", "3"],
         "last_k_zero": ["--task", task_file(base), "--method", "last_k", "--last_k", "0"],

@@ -51,9 +51,7 @@ def test_prepare_fixtures(tmp_path):
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["splits"]["train"]["documents"] + manifest["splits"]["val"]["documents"] == 48
     assert (tmp_path / "out" / "tokenizer" / "tokenizer.json").is_file()
-    again = ckptlab(
-        "prepare", "--sources", str(FIXTURES / "tiny.txt"), "--out", "out", cwd=tmp_path
-    )
+    again = ckptlab("prepare", "--sources", str(FIXTURES / "tiny.txt"), "--out", "out", cwd=tmp_path)
     assert_user_error(again, "already holds prepared data", "--overwrite true")
 
 
@@ -84,9 +82,7 @@ def test_non_utf8_file(tmp_path):
 
 
 def test_bad_jsonl_line(tmp_path):
-    (tmp_path / "records.jsonl").write_text(
-        '{"text": "fine"}\n{"text": "also fine"}\n{"text": oops}\n'
-    )
+    (tmp_path / "records.jsonl").write_text('{"text": "fine"}\n{"text": "also fine"}\n{"text": oops}\n')
     result = ckptlab("prepare", "--sources", "records.jsonl", "--out", "out", cwd=tmp_path)
     assert_user_error(result, "records.jsonl:3: not valid JSON")
     assert_no_output(tmp_path)
@@ -123,9 +119,7 @@ def test_help_does_not_import_torch(tmp_path):
         "import sys; from ckptlab.cli import main; main(['prepare', '--help']); "
         "assert not {'torch', 'transformers', 'numpy'} & set(sys.modules)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path
-    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for key in ("--sources", "--text_unit", "--val_fraction", "--shard_tokens", "--overwrite"):
         assert key in result.stdout

@@ -10,11 +10,22 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import cli_env, losses, run_cli
 
-TINY = ["--model.size", "tiny", "--model.context_length", "32", "--train.micro_batch_size", "4",
-        "--train.progress", "false", "--train.schedule.warmup_steps", "2", "--train.schedule.lr", "3e-3"]
+TINY = [
+    "--model.size",
+    "tiny",
+    "--model.context_length",
+    "32",
+    "--train.micro_batch_size",
+    "4",
+    "--train.progress",
+    "false",
+    "--train.schedule.warmup_steps",
+    "2",
+    "--train.schedule.lr",
+    "3e-3",
+]
 
 
 def pretrain(data: Path, out: Path, *extra: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
@@ -29,20 +40,39 @@ def test_kept_checkpoints_load_and_match_training(prepared, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ckptlab.data.windows import TokenWindows
     from ckptlab.data.batches import WindowBatches
+    from ckptlab.data.windows import TokenWindows
 
     run = tmp_path / "run"
-    proc = pretrain(prepared, run, "--train.max_steps", "12", "--keep.schedule", "log", "--keep.every", "8",
-                    "--train.val_every", "4", "--train.val_batches", "2", "--train.save_every", "5",
-                    "--train.resume_checkpoints", "1")
+    proc = pretrain(
+        prepared,
+        run,
+        "--train.max_steps",
+        "12",
+        "--keep.schedule",
+        "log",
+        "--keep.every",
+        "8",
+        "--train.val_every",
+        "4",
+        "--train.val_batches",
+        "2",
+        "--train.save_every",
+        "5",
+        "--train.resume_checkpoints",
+        "1",
+    )
     assert str(run / "run.json") in proc.stdout
     manifest = json.loads((run / "run.json").read_text())
     assert manifest["status"] == "complete"
     kept = [c["step"] for c in manifest["checkpoints"] if c["kept"]]
     assert kept == [0, 1, 2, 4, 8, 12]
     assert step_dirs(run) == [0, 1, 2, 4, 8, 12]  # the step-10 resume checkpoint was superseded
-    val = {r["step"]: r["val_loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r}
+    val = {
+        r["step"]: r["val_loss"]
+        for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+        if "val_loss" in r
+    }
     windows = WindowBatches(TokenWindows(prepared, "val", 32, seed=0))
     for entry in manifest["checkpoints"]:
         path = run / entry["path"]
@@ -54,7 +84,9 @@ def test_kept_checkpoints_load_and_match_training(prepared, tmp_path):
                 for b in range(2):
                     batch = windows.batch(range(b * 4, b * 4 + 4))
                     logits = model(input_ids=batch["input_ids"]).logits
-                    total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), reduction="sum").item()
+                    total += torch.nn.functional.cross_entropy(
+                        logits.flatten(0, 1), batch["labels"].flatten(), reduction="sum"
+                    ).item()
                     count += batch["labels"].numel()
             assert total / count == pytest.approx(val[entry["step"]], rel=1e-6), entry
     assert (run / "config.yaml").read_text().count("max_steps: 12") == 1
@@ -64,14 +96,33 @@ def test_kept_checkpoints_load_and_match_training(prepared, tmp_path):
 def reference(prepared, tmp_path_factory) -> list[tuple[int, float]]:
     """Per-step losses of an uninterrupted 14-step run with gradient accumulation 2."""
     run = tmp_path_factory.mktemp("reference") / "run"
-    pretrain(prepared, run, "--train.max_steps", "14", "--train.grad_accum_steps", "2", "--train.save_every", "3",
-             "--keep.schedule", "none")
+    pretrain(
+        prepared,
+        run,
+        "--train.max_steps",
+        "14",
+        "--train.grad_accum_steps",
+        "2",
+        "--train.save_every",
+        "3",
+        "--keep.schedule",
+        "none",
+    )
     result = losses(run)
     assert [s for s, _ in result] == list(range(1, 15))
     return result
 
 
-ACCUM = ["--train.max_steps", "14", "--train.grad_accum_steps", "2", "--train.save_every", "3", "--keep.schedule", "none"]
+ACCUM = [
+    "--train.max_steps",
+    "14",
+    "--train.grad_accum_steps",
+    "2",
+    "--train.save_every",
+    "3",
+    "--keep.schedule",
+    "none",
+]
 
 
 def test_sigkill_mid_accumulation_resumes_bitwise(prepared, tmp_path, reference):
@@ -102,8 +153,20 @@ def test_sigkill_at_a_random_moment_resumes_bitwise(prepared, tmp_path, referenc
 
 def test_sigterm_writes_checkpoint_and_exits_zero(prepared, tmp_path, reference):
     run = tmp_path / "run"
-    args = [sys.executable, "-m", "ckptlab", "pretrain", "--data", str(prepared), "--out", str(run), *TINY, *ACCUM,
-            "--train.save_every", "0"]
+    args = [
+        sys.executable,
+        "-m",
+        "ckptlab",
+        "pretrain",
+        "--data",
+        str(prepared),
+        "--out",
+        str(run),
+        *TINY,
+        *ACCUM,
+        "--train.save_every",
+        "0",
+    ]
     proc = subprocess.Popen(args, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -137,11 +200,22 @@ def test_corrupt_newest_checkpoint_is_named_and_skipped(prepared, tmp_path, refe
 
 def test_nan_loss_stops_with_the_step_and_writes_nothing_after(prepared, tmp_path):
     run = tmp_path / "run"
-    proc = pretrain(prepared, run, "--train.max_steps", "10", "--train.save_every", "1", "--keep.schedule", "none",
-                    check=False, CKPTLAB_FAULT="nan:step=5")
+    proc = pretrain(
+        prepared,
+        run,
+        "--train.max_steps",
+        "10",
+        "--train.save_every",
+        "1",
+        "--keep.schedule",
+        "none",
+        check=False,
+        CKPTLAB_FAULT="nan:step=5",
+    )
     assert proc.returncode == 3
     assert proc.stderr.strip().splitlines()[-1] == (
-        "ckptlab pretrain: error: loss is nan at step 6; stopped without writing a checkpoint")
+        "ckptlab pretrain: error: loss is nan at step 6; stopped without writing a checkpoint"
+    )
     assert max(step_dirs(run)) == 5
     assert max(s for s, _ in losses(run)) == 5
     assert json.loads((run / "run.json").read_text())["status"] == "diverged"
@@ -151,8 +225,15 @@ def test_resume_onto_other_data_is_refused_unless_allowed(prepared, tmp_path):
     from conftest import synthetic_corpus
 
     other = tmp_path / "other"
-    run_cli("prepare", "--sources", str(synthetic_corpus(tmp_path / "c.txt", seed=1)), "--out", str(other),
-            "--tokenizer", str(prepared / "tokenizer"))
+    run_cli(
+        "prepare",
+        "--sources",
+        str(synthetic_corpus(tmp_path / "c.txt", seed=1)),
+        "--out",
+        str(other),
+        "--tokenizer",
+        str(prepared / "tokenizer"),
+    )
     run = tmp_path / "run"
     pretrain(prepared, run, "--train.max_steps", "3", "--keep.schedule", "none")
     refused = pretrain(other, run, "--train.max_steps", "5", "--keep.schedule", "none", "--resume", check=False)

@@ -29,7 +29,8 @@ PROBE = """<script>
 window.__probe = {errors: [], alerts: []};
 window.alert = function (message) { window.__probe.alerts.push(String(message)); };
 window.addEventListener('error', function (event) {
-  window.__probe.errors.push(String(event.message || (event.target && (event.target.src || event.target.href)) || 'error'));
+  var source = event.target && (event.target.src || event.target.href);
+  window.__probe.errors.push(String(event.message || source || 'error'));
 }, true);
 window.addEventListener('load', function () {
   var images = Array.prototype.map.call(document.images, function (image) { return image.naturalWidth; });
@@ -51,10 +52,26 @@ def load_in_browser(page: Path, scratch: Path) -> tuple[str, str]:
     scratch.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "XDG_CONFIG_HOME": str(scratch / "config"), "XDG_CACHE_HOME": str(scratch / "cache")}
     proc = subprocess.run(
-        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run", f"--user-data-dir={scratch / 'profile'}",
-         "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", "--dump-dom", page.resolve().as_uri()],
-        capture_output=True, text=True, timeout=120, env=env)
+        [
+            chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            f"--user-data-dir={scratch / 'profile'}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            page.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
     return proc.stdout, "\n".join(console)
@@ -65,8 +82,17 @@ def sweep_report(tmp_path_factory) -> Path:
     """A sweep with every figure, plus an eval set and a recipe whose names are HTML."""
     root = tmp_path_factory.mktemp("sweep")
     path = sun_dredze_store(root / "sweep" / "results.sqlite")
-    build_store(path, ["world_nli", XSS_TASK], [100, 10000], {XSS_RECIPE: "world_nli"},
-                base=lambda task, step: 0.5, tuned=lambda recipe, task, step: 0.7, n=40, seed=1, prefix="html-")
+    build_store(
+        path,
+        ["world_nli", XSS_TASK],
+        [100, 10000],
+        {XSS_RECIPE: "world_nli"},
+        base=lambda task, step: 0.5,
+        tuned=lambda recipe, task, step: 0.7,
+        n=40,
+        seed=1,
+        prefix="html-",
+    )
     proc = run_cli("report", str(root / "sweep"), "--out", str(root / "out"), "--bootstrap", "100")
     assert f"report: {root / 'out' / 'report.html'}" in proc.stdout
     assert "finding (ii): " in proc.stdout
@@ -96,8 +122,9 @@ def test_report_renders_in_chromium_without_errors(sweep_report, tmp_path):
     dom, console = load_in_browser(probed, tmp_path / "probe")
     found = re.search(r'<pre id="ckptlab-probe">(.*?)</pre>', dom, re.S)
     assert found, dom[-2000:]
-    probe = json.loads(found.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"')
-                       .replace("&amp;", "&"))
+    probe = json.loads(
+        found.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&amp;", "&")
+    )
     assert len(probe["images"]) == figures and all(width > 0 for width in probe["images"]), probe["images"]
     assert probe["errors"] == [] and probe["alerts"] == [] and console == ""
     assert probe["scripts"] == 1  # the probe alone: no script came from the data

@@ -22,20 +22,34 @@ import pytest
 import yaml
 from conftest import cli_env, run_cli
 
-FINETUNE = {"task": "TASKS/world_nli.yaml", "train.max_steps": 4, "train.micro_batch_size": 4,
-            "train.save_every": 2, "train.schedule.lr": 3.0e-3}
+FINETUNE = {
+    "task": "TASKS/world_nli.yaml",
+    "train.max_steps": 4,
+    "train.micro_batch_size": 4,
+    "train.save_every": 2,
+    "train.schedule.lr": 3.0e-3,
+}
 
 
 def sweep_yaml(root: Path, out: Path, finetunes: list[dict] | None = None, **extra) -> Path:
     tasks = str(root / "world" / "tasks")
     finetunes = finetunes or [{"name": "nli", "config": FINETUNE}]
     spec = {
-        "name": "tiny", "out": str(out),
+        "name": "tiny",
+        "out": str(out),
         "checkpoints": [{"run": str(root / "pre"), "steps": [15, 30]}],
-        "finetunes": [{**f, "config": {k: (v.replace("TASKS", tasks) if isinstance(v, str) else v)
-                                       for k, v in f["config"].items()}} for f in finetunes],
-        "evaluate": {"tasks": [f"{tasks}/world_nli.yaml", f"{tasks}/finance_sentiment.yaml"], "limit": 8,
-                     "bootstrap": 50},
+        "finetunes": [
+            {
+                **f,
+                "config": {k: (v.replace("TASKS", tasks) if isinstance(v, str) else v) for k, v in f["config"].items()},
+            }
+            for f in finetunes
+        ],
+        "evaluate": {
+            "tasks": [f"{tasks}/world_nli.yaml", f"{tasks}/finance_sentiment.yaml"],
+            "limit": 8,
+            "bootstrap": 50,
+        },
         **extra,
     }
     path = out.parent / f"{out.name}.yaml"
@@ -48,19 +62,59 @@ def tiny(tmp_path_factory) -> SimpleNamespace:
     """A tiny world, a model pre-trained for 30 steps keeping steps 15 and 30, and one complete sweep."""
     root = tmp_path_factory.mktemp("sweep")
     run_cli("world", "--size", "tiny", "--out", str(root / "world"))
-    run_cli("prepare", "--sources", str(root / "world" / "corpus" / "general.txt"), "--out", str(root / "data"),
-            "--vocab_size", "512", "--val_fraction", "0.1")
-    run_cli("pretrain", "--data", str(root / "data"), "--out", str(root / "pre"), "--model.size", "tiny",
-            "--model.context_length", "256", "--train.micro_batch_size", "8", "--train.max_steps", "30",
-            "--train.progress", "false", "--train.schedule.lr", "3e-3", "--train.schedule.min_lr", "3e-4",
-            "--train.schedule.warmup_steps", "3", "--keep.schedule", "list", "--keep.steps", "15", "30",
-            "--train.val_every", "0")
+    run_cli(
+        "prepare",
+        "--sources",
+        str(root / "world" / "corpus" / "general.txt"),
+        "--out",
+        str(root / "data"),
+        "--vocab_size",
+        "512",
+        "--val_fraction",
+        "0.1",
+    )
+    run_cli(
+        "pretrain",
+        "--data",
+        str(root / "data"),
+        "--out",
+        str(root / "pre"),
+        "--model.size",
+        "tiny",
+        "--model.context_length",
+        "256",
+        "--train.micro_batch_size",
+        "8",
+        "--train.max_steps",
+        "30",
+        "--train.progress",
+        "false",
+        "--train.schedule.lr",
+        "3e-3",
+        "--train.schedule.min_lr",
+        "3e-4",
+        "--train.schedule.warmup_steps",
+        "3",
+        "--keep.schedule",
+        "list",
+        "--keep.steps",
+        "15",
+        "30",
+        "--train.val_every",
+        "0",
+    )
     out = root / "reference"
     config = sweep_yaml(root, out)
     started = time.perf_counter()
     proc = run_cli("sweep", "--config", str(config))
-    return SimpleNamespace(root=root, out=out, config=config, stdout=proc.stdout,
-                           seconds=time.perf_counter() - started, table=(out / "results.csv").read_text())
+    return SimpleNamespace(
+        root=root,
+        out=out,
+        config=config,
+        stdout=proc.stdout,
+        seconds=time.perf_counter() - started,
+        table=(out / "results.csv").read_text(),
+    )
 
 
 def rows(table: str) -> list[dict]:
@@ -72,8 +126,11 @@ def test_sweep_runs_every_job_and_writes_the_results_table(tiny):
     table = rows(tiny.table)
     # 4 models × 2 tasks × 3 templates × 2 metrics, plus prompt-sensitivity rows (template `*`).
     assert {(r["role"], r["checkpoint"]) for r in table} == {
-        ("base", "step-00000015"), ("base", "step-00000030"),
-        ("finetuned", "step-00000015"), ("finetuned", "step-00000030")}
+        ("base", "step-00000015"),
+        ("base", "step-00000030"),
+        ("finetuned", "step-00000015"),
+        ("finetuned", "step-00000030"),
+    }
     per_template = [r for r in table if r["template"] != "*"]
     assert len(per_template) == 4 * 2 * 3 * 2
     finetuned = next(r for r in table if r["role"] == "finetuned" and r["checkpoint"] == "step-00000030")
@@ -121,15 +178,21 @@ def test_a_chain_fine_tunes_the_fine_tuned_model_and_the_report_shows_it(tiny, t
     out = tmp_path / "chain"
     shutil.copytree(tiny.out, out)  # the reference jobs keep their ids: done, so skipped
     again = {**FINETUNE, "train.max_steps": 2}
-    chain = [{"name": "nli", "config": FINETUNE},
-             {"name": "again", "after": "nli", "config": again, "from": ["step-00000030"]}]
+    chain = [
+        {"name": "nli", "config": FINETUNE},
+        {"name": "again", "after": "nli", "config": again, "from": ["step-00000030"]},
+    ]
     config = sweep_yaml(tiny.root, out, chain)
     proc = run_cli("sweep", "--config", str(config))
     assert "executed 2 job(s)" in proc.stdout and "8/8 jobs done" in proc.stdout
     table = rows((out / "results.csv").read_text())
     first = next(r for r in table if r["finetune"] == "nli" and r["step"] == "30")
     second = next(r for r in table if r["finetune"] == "again")
-    assert (second["role"], second["finetune_task"], second["checkpoint"]) == ("finetuned", "world_nli", "step-00000030")
+    assert (second["role"], second["finetune_task"], second["checkpoint"]) == (
+        "finetuned",
+        "world_nli",
+        "step-00000030",
+    )
     assert second["parent_fp"] == first["model_fp"] and second["model_fp"] != first["model_fp"]
     base = next(r for r in table if r["role"] == "base" and r["step"] == "30")
     assert json.loads(base["compute"])["flops"] > 0  # pre-training compute up to the checkpoint
@@ -137,7 +200,9 @@ def test_a_chain_fine_tunes_the_fine_tuned_model_and_the_report_shows_it(tiny, t
     with open(out / "report" / "tables" / "sequential.csv", newline="", encoding="utf-8") as handle:
         sequential = list(csv.DictReader(handle))
     assert {(r["chain"], r["trained_by"]) for r in sequential if r["task"] == "world_nli"} == {
-        ("again (world_nli, after nli)", "first"), ("again (world_nli, after nli)", "second")}
+        ("again (world_nli, after nli)", "first"),
+        ("again (world_nli, after nli)", "second"),
+    }
     with open(out / "report" / "tables" / "frontier.csv", newline="", encoding="utf-8") as handle:
         frontier = list(csv.DictReader(handle))
     assert {r["pretrain_flops_from"] for r in frontier} == {"run record"} and len(frontier) == 5 * 2
@@ -149,8 +214,9 @@ def test_a_chain_fine_tunes_the_fine_tuned_model_and_the_report_shows_it(tiny, t
 
 def test_seed_replicates_train_one_model_per_seed_and_the_report_averages_them(tiny, tmp_path):
     out = tmp_path / "seeds"
-    replicated = [{"name": "nli", "config": {**FINETUNE, "train.max_steps": 2}, "from": ["step-00000030"],
-                   "seeds": [0, 1]}]
+    replicated = [
+        {"name": "nli", "config": {**FINETUNE, "train.max_steps": 2}, "from": ["step-00000030"], "seeds": [0, 1]}
+    ]
     proc = run_cli("sweep", "--config", str(sweep_yaml(tiny.root, out, replicated)))
     assert "executed 6 job(s)" in proc.stdout  # 2 base evaluations, 2 fine-tunes and their evaluations
     table = rows((out / "results.csv").read_text())
@@ -176,8 +242,13 @@ def test_killed_three_times_then_rerun_gives_the_same_table(tiny, tmp_path):
     for _ in range(3):
         # A random point: some way into the k-th job this run starts (a job already done is skipped).
         k, delay = rng.randint(1, 3), rng.uniform(0.0, 3.0)
-        proc = subprocess.Popen([sys.executable, "-m", "ckptlab", "sweep", "--config", str(config)],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=cli_env())
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ckptlab", "sweep", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=cli_env(),
+        )
         starts = 0
         for line in proc.stdout:
             starts += "] start " in line
@@ -222,21 +293,29 @@ def test_second_sweep_on_the_same_directory_refuses_while_the_lock_is_held(tiny,
         assert proc.stderr.count("\n") == 1 and "sweep.lock" in proc.stderr and f"pid {os.getpid()}" in proc.stderr
         status = run_cli("sweep", "status", "--config", str(config)).stdout  # status never takes the lock
         assert f"running now (pid {os.getpid()})" in status
-        waiting = subprocess.Popen([sys.executable, "-m", "ckptlab", "sweep", "--config", str(config), "--wait"],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "ckptlab", "sweep", "--config", str(config), "--wait"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+        )
         time.sleep(3)
         assert waiting.poll() is None, "the --wait sweep did not wait for the lock"
     stdout, _ = waiting.communicate(timeout=120)
     assert waiting.returncode == 0 and "waiting for" in stdout and "executed 0 job(s)" in stdout
 
 
-@pytest.mark.parametrize("problem, expected", [
-    ("name: [unclosed\n", "invalid YAML"),
-    ("finetunes: [{name: x, config: {train.lrr: 1}}]\n", "finetunes[0] (x).config: unknown config key 'train.lrr'"),
-    ("finetunes: [{name: x, config: {out: elsewhere}}]\n", "finetunes[0] (x).config.out: set by the sweep"),
-    ("finetunes: [{name: x, config: {}, form: [a]}]\n", "unknown key 'finetunes[0].form'"),
-    ("checkpoints: [{run: RUN, steps: [7]}]\n", "kept no checkpoint at step 7"),
-])
+@pytest.mark.parametrize(
+    "problem, expected",
+    [
+        ("name: [unclosed\n", "invalid YAML"),
+        ("finetunes: [{name: x, config: {train.lrr: 1}}]\n", "finetunes[0] (x).config: unknown config key 'train.lrr'"),
+        ("finetunes: [{name: x, config: {out: elsewhere}}]\n", "finetunes[0] (x).config.out: set by the sweep"),
+        ("finetunes: [{name: x, config: {}, form: [a]}]\n", "unknown key 'finetunes[0].form'"),
+        ("checkpoints: [{run: RUN, steps: [7]}]\n", "kept no checkpoint at step 7"),
+    ],
+)
 def test_bad_sweep_yaml_is_one_line_and_exit_2(tiny, tmp_path, problem, expected):
     path = tmp_path / "bad.yaml"
     path.write_text(f"out: {tmp_path / 'out'}\n" + problem.replace("RUN", str(tiny.root / "pre")), encoding="utf-8")
@@ -253,8 +332,19 @@ def test_ray_executor_gives_the_same_table_as_local(tiny, tmp_path):
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     try:
         config = sweep_yaml(tiny.root, out)
-        proc = run_cli("sweep", "--config", str(config), "--executor", "ray", "--ray_num_cpus", "2",
-                       "--ray_temp_dir", temp, RAY_AUTH_MODE="disabled", timeout=600)
+        proc = run_cli(
+            "sweep",
+            "--config",
+            str(config),
+            "--executor",
+            "ray",
+            "--ray_num_cpus",
+            "2",
+            "--ray_temp_dir",
+            temp,
+            RAY_AUTH_MODE="disabled",
+            timeout=600,
+        )
         assert "6/6 jobs done" in proc.stdout
         assert (out / "results.csv").read_text() == tiny.table
     finally:

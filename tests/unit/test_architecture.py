@@ -181,7 +181,8 @@ def test_the_checks_see_imports_inside_functions_and_relative_ones(tmp_path: Pat
     assert graph["ckptlab.commands.b"] == {"ckptlab.data.c", "ckptlab.errors"}
     assert against_layers(graph) == ["ckptlab.data.a -> ckptlab.commands.b"]
     assert [c for c in strongly_connected(graph) if len(c) > 1] == [
-        {"ckptlab.data.a", "ckptlab.commands.b", "ckptlab.data.c"}]
+        {"ckptlab.data.a", "ckptlab.commands.b", "ckptlab.data.c"}
+    ]
 
 
 def test_every_package_is_a_regular_package() -> None:

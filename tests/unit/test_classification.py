@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_models import one_thread  # noqa: F401
 
+from ckptlab.commands.finetune import FinetuneConfig
 from ckptlab.data import classification
 from ckptlab.errors import ConfigError
-from ckptlab.commands.finetune import FinetuneConfig
+from ckptlab.runs.run_dir import RunDir, read_metrics
 from ckptlab.train import distributed
 from ckptlab.train.config import TrainConfig
 from ckptlab.train.loop import train
-from ckptlab.runs.run_dir import RunDir, read_metrics
-from tiny_models import one_thread  # noqa: F401
 
 CLS, SEP, PAD = 2, 3, 0
 
@@ -33,20 +33,41 @@ def tiny_bert():
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
-    return BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                                    intermediate_size=64, max_position_embeddings=32, num_labels=3,
-                                                    pad_token_id=PAD))
+    return BertForSequenceClassification(
+        BertConfig(
+            vocab_size=50,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=32,
+            num_labels=3,
+            pad_token_id=PAD,
+        )
+    )
 
 
 def test_a_sequence_classifier_learns_on_the_shared_loop_and_accuracy_measures_it(tmp_path):
     model, train_rows, val_rows = tiny_bert(), rows(64, 0), rows(30, 1)
     assert classification.accuracy(model, val_rows, PAD) < 0.6
-    config = TrainConfig(max_steps=80, micro_batch_size=8, progress=False, val_every=40, val_batches=4, save_every=0,
-                         weight_decay=0.0)
+    config = TrainConfig(
+        max_steps=80, micro_batch_size=8, progress=False, val_every=40, val_batches=4, save_every=0, weight_decay=0.0
+    )
     run = RunDir(tmp_path / "run")
-    train(model=model, save_model=lambda folder: None, train_data=classification.ClassificationBatches(train_rows, 0, PAD),
-          val_data=classification.ClassificationValidation(val_rows, PAD), config=config, lr_at=lambda s: 3e-3, kept=[],
-          run=run, fingerprints={}, resume_from=None, allow_changed=[], dist=distributed.Dist())
+    train(
+        model=model,
+        save_model=lambda folder: None,
+        train_data=classification.ClassificationBatches(train_rows, 0, PAD),
+        val_data=classification.ClassificationValidation(val_rows, PAD),
+        config=config,
+        lr_at=lambda s: 3e-3,
+        kept=[],
+        run=run,
+        fingerprints={},
+        resume_from=None,
+        allow_changed=[],
+        dist=distributed.Dist(),
+    )
     metrics = read_metrics(run.metrics)
     assert metrics[-1]["val_loss"] < 0.5 * metrics[0]["loss"]
     assert classification.accuracy(model, val_rows, PAD) == 1.0

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
+from tiny_models import VOCAB, one_thread, random_rows, tiny_model  # noqa: F401
 
 from ckptlab.data import sft
 from ckptlab.errors import ConfigError
+from ckptlab.runs.run_dir import RunDir
 from ckptlab.train import distributed
 from ckptlab.train.compute import forward_flops, model_dims, training_flops
 from ckptlab.train.config import TrainConfig
 from ckptlab.train.loop import train
-from ckptlab.runs.run_dir import RunDir
-from tiny_models import VOCAB, one_thread, random_rows, tiny_model  # noqa: F401
 
 
 def tiny(architecture: str = "gpt_neox", **overrides):
@@ -77,12 +77,30 @@ def test_every_run_records_tokens_flops_params_time_and_energy(tmp_path):
     model = tiny()
     model.gpt_neox.embed_in.weight.requires_grad_(False)
     source = sft.SftBatches(random_rows(16, (6, 14), 3), seed=0, pad_id=1)
-    config = TrainConfig(max_steps=3, micro_batch_size=2, grad_accum_steps=2, progress=False, val_every=0,
-                         save_every=0, device_power_w=100.0)
+    config = TrainConfig(
+        max_steps=3,
+        micro_batch_size=2,
+        grad_accum_steps=2,
+        progress=False,
+        val_every=0,
+        save_every=0,
+        device_power_w=100.0,
+    )
     run = RunDir(tmp_path / "run")
-    train(model=model, save_model=lambda folder: None, train_data=source, val_data=None, config=config,
-          lr_at=lambda s: 1e-3, kept=[], run=run, fingerprints={}, resume_from=None, allow_changed=[],
-          dist=distributed.Dist())
+    train(
+        model=model,
+        save_model=lambda folder: None,
+        train_data=source,
+        val_data=None,
+        config=config,
+        lr_at=lambda s: 1e-3,
+        kept=[],
+        run=run,
+        fingerprints={},
+        resume_from=None,
+        allow_changed=[],
+        dist=distributed.Dist(),
+    )
     compute = json.loads(run.manifest.read_text())["compute"]
     batches = [source.batch(range(i, i + 2)) for i in range(0, 12, 2)]  # 3 steps × 2 micro-batches of 2
     tokens = sum(b["input_ids"].numel() for b in batches)

@@ -89,7 +89,11 @@ def test_missing_config_file():
 
 def test_help_lists_every_leaf_with_its_docstring():
     text = configlib.format_help(Outer, "ckptlab x", "Does x.")
-    for option, doc in [("--inner.lr", "Peak learning rate."), ("--maybe", "Optional integer."), ("--resume", "Resume or not.")]:
+    for option, doc in [
+        ("--inner.lr", "Peak learning rate."),
+        ("--maybe", "Optional integer."),
+        ("--resume", "Resume or not."),
+    ]:
         assert option in text and doc in text
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ckptlab.config import load
 from ckptlab.commands.cpt import CptConfig, _switch_step
+from ckptlab.config import load
 from ckptlab.errors import ConfigError
 from ckptlab.train.schedules import (
     ScheduleConfig,
@@ -37,8 +37,16 @@ def test_reuse_constants_are_configurable():
 
 
 def test_infinite_schedule_shape():
-    s = ScheduleConfig(name="infinite", lr=1.0, min_lr=0.0, constant_lr=0.25, warmup_steps=10,
-                       cooldown_steps=20, decay_steps=30, warmup_start_lr=0.0)
+    s = ScheduleConfig(
+        name="infinite",
+        lr=1.0,
+        min_lr=0.0,
+        constant_lr=0.25,
+        warmup_steps=10,
+        cooldown_steps=20,
+        decay_steps=30,
+        warmup_start_lr=0.0,
+    )
     rates = [lr_at(k, s, 100) for k in range(100)]
     assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)  # linear warm-up
     cooldown = rates[10:30]
@@ -67,8 +75,18 @@ def test_switch_at_lr_ignores_a_rewarming_that_starts_below_the_threshold():
 
 
 def test_switch_step_from_the_config():
-    common = ["--second_blend", "d2", "--train.max_steps", "40", "--train.schedule.lr", "1e-3",
-              "--train.schedule.min_lr", "1e-5", "--train.schedule.warmup_steps", "4"]
+    common = [
+        "--second_blend",
+        "d2",
+        "--train.max_steps",
+        "40",
+        "--train.schedule.lr",
+        "1e-3",
+        "--train.schedule.min_lr",
+        "1e-5",
+        "--train.schedule.warmup_steps",
+        "4",
+    ]
     assert _switch_step(load(CptConfig, common + ["--switch_step", "7"])) == 7
     by_lr = load(CptConfig, common + ["--switch_at_lr", "5e-4"])
     expected = next(k for k in range(4, 40) if lr_at(k, by_lr.train.schedule, 40) <= 5e-4)

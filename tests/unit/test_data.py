@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ckptlab.commands.prepare import PrepareConfig, prepare
 from ckptlab.data import shards, sources
 from ckptlab.data.tokenizer import load_tokenizer, tokenizer_fingerprint, train_tokenizer
 from ckptlab.data.windows import TokenWindows
 from ckptlab.errors import ConfigError, DataError
-from ckptlab.commands.prepare import PrepareConfig, prepare
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "corpus"
 TINY_TXT = FIXTURES / "tiny.txt"
@@ -30,9 +30,7 @@ def write(path: Path, data: str | bytes) -> Path:
 
 
 def run_prepare(out: Path, **overrides) -> dict:
-    values = dict(
-        sources=[str(TINY_TXT), str(TINY_JSONL)], out=str(out), vocab_size=300, val_fraction=0.2
-    )
+    values = dict(sources=[str(TINY_TXT), str(TINY_JSONL)], out=str(out), vocab_size=300, val_fraction=0.2)
     values.update(overrides)
     assert prepare(PrepareConfig(**values)) == 0
     return shards.read_manifest(out)
@@ -42,9 +40,7 @@ def split_documents(data_dir: Path, split: str) -> list[str]:
     """Decode a split back into its documents (each ends with the end-of-text id)."""
     manifest = shards.read_manifest(data_dir)
     tokenizer = load_tokenizer(data_dir / "tokenizer")
-    tokens = np.concatenate(
-        [np.asarray(m) for m in shards.open_split(data_dir, split)] or [np.array([], int)]
-    )
+    tokens = np.concatenate([np.asarray(m) for m in shards.open_split(data_dir, split)] or [np.array([], int)])
     eos = manifest["eos_id"]
     ends = np.flatnonzero(tokens == eos)
     starts = np.concatenate([[0], ends[:-1] + 1])
@@ -70,9 +66,7 @@ def test_text_units(tmp_path):
         "three",
         "four",
     ]
-    assert list(sources.iter_documents(str(path), text_unit="file")) == [
-        "one\ntwo\n\n\n  \nthree\nfour"
-    ]
+    assert list(sources.iter_documents(str(path), text_unit="file")) == ["one\ntwo\n\n\n  \nthree\nfour"]
 
 
 def test_fixture_paragraphs_and_jsonl():
@@ -176,9 +170,7 @@ def test_hf_source_errors(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     with pytest.raises(DataError, match=r"hf:x:train: row 1: missing text field 'text'"):
         list(sources.iter_documents("hf:x:train"))
-    with pytest.raises(
-        DataError, match=r"^hf:offline:train: could not load the dataset \(no network\)$"
-    ):
+    with pytest.raises(DataError, match=r"^hf:offline:train: could not load the dataset \(no network\)$"):
         list(sources.iter_documents("hf:offline:train"))
     with pytest.raises(DataError, match=r"expected hf:NAME\[:CONFIG\]:SPLIT"):
         list(sources.iter_documents("hf:only-a-name"))
@@ -194,9 +186,7 @@ def test_tokenizer_training_is_deterministic_with_pythia_special_tokens(tmp_path
     documents = list(sources.iter_documents(str(TINY_TXT)))
     first = train_tokenizer(iter(documents), 320, tmp_path / "a")
     train_tokenizer(iter(documents), 320, tmp_path / "b")
-    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (
-        tmp_path / "b" / "tokenizer.json"
-    ).read_bytes()
+    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()
     assert tokenizer_fingerprint(tmp_path / "a") == tokenizer_fingerprint(tmp_path / "b")
     assert len(tokenizer_fingerprint(tmp_path / "a")) == 16
     assert (first.eos_token_id, first.bos_token_id, first.pad_token_id) == (0, 0, 1)
@@ -229,9 +219,7 @@ def test_token_dtype():
 def test_manifest_layout(prepared):
     manifest = shards.read_manifest(prepared)
     assert manifest["format_version"] == shards.FORMAT_VERSION
-    assert (
-        manifest["dtype"] == "uint16" and manifest["vocab_size"] == 300 and manifest["eos_id"] == 0
-    )
+    assert manifest["dtype"] == "uint16" and manifest["vocab_size"] == 300 and manifest["eos_id"] == 0
     assert manifest["tokenizer_fingerprint"] == tokenizer_fingerprint(prepared / "tokenizer")
     assert "out" not in manifest["config"] and manifest["config"]["val_fraction"] == 0.2
     assert [s["source"] for s in manifest["sources"]] == [str(TINY_TXT), str(TINY_JSONL)]
@@ -239,9 +227,7 @@ def test_manifest_layout(prepared):
     assert manifest["sources"][0]["sha256"] == sources.source_sha256(str(TINY_TXT))
     splits = manifest["splits"]
     assert splits["train"]["documents"] + splits["val"]["documents"] == 48
-    assert splits["train"]["tokens"] + splits["val"]["tokens"] == sum(
-        s["tokens"] for s in manifest["sources"]
-    )
+    assert splits["train"]["tokens"] + splits["val"]["tokens"] == sum(s["tokens"] for s in manifest["sources"])
     for split in ("train", "val"):
         memmaps = shards.open_split(prepared, split)
         assert [m.dtype for m in memmaps] == [np.uint16] * len(memmaps)
@@ -258,9 +244,7 @@ def test_manifest_layout(prepared):
 
 def test_val_split_is_nonempty_disjoint_and_covers_every_document(prepared):
     train, val = split_documents(prepared, "train"), split_documents(prepared, "val")
-    everything = list(sources.iter_documents(str(TINY_TXT))) + list(
-        sources.iter_documents(str(TINY_JSONL))
-    )
+    everything = list(sources.iter_documents(str(TINY_TXT))) + list(sources.iter_documents(str(TINY_JSONL)))
     assert val and train
     assert not set(train) & set(val)
     assert sorted(train + val) == sorted(everything)
@@ -291,10 +275,7 @@ def test_val_gets_a_document_even_when_the_hash_gives_none(tmp_path):
 def test_train_is_never_empty_and_val_fraction_zero_means_no_val(tmp_path):
     path = write(tmp_path / "three.txt", "a b c\n\nd e f\n\ng h i\n")
     manifest = run_prepare(tmp_path / "nearly-all", sources=[str(path)], val_fraction=0.999999)
-    assert (
-        manifest["splits"]["train"]["documents"] >= 1
-        and manifest["splits"]["val"]["documents"] >= 1
-    )
+    assert manifest["splits"]["train"]["documents"] >= 1 and manifest["splits"]["val"]["documents"] >= 1
     manifest = run_prepare(tmp_path / "none", sources=[str(path)], val_fraction=0.0)
     assert manifest["splits"]["val"] == {"documents": 0, "tokens": 0, "shards": []}
 
@@ -318,9 +299,7 @@ def test_prepare_twice_gives_identical_bytes(tmp_path, prepared):
     run_prepare(tmp_path / "again")
     names = sorted(p.relative_to(prepared).as_posix() for p in prepared.rglob("*") if p.is_file())
     assert names == sorted(
-        p.relative_to(tmp_path / "again").as_posix()
-        for p in (tmp_path / "again").rglob("*")
-        if p.is_file()
+        p.relative_to(tmp_path / "again").as_posix() for p in (tmp_path / "again").rglob("*") if p.is_file()
     )
     for name in names:
         assert (prepared / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
@@ -349,12 +328,10 @@ def test_large_vocabulary_is_stored_as_uint32(tmp_path):
     vocab.update({w: 70000 - len(words) + i for i, w in enumerate(words)})  # real words above 65535
     word_level = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(
-        tokenizer_object=word_level, eos_token="<|endoftext|>", unk_token="<unk>"
-    ).save_pretrained(tmp_path / "big-tokenizer")
-    manifest = run_prepare(
-        tmp_path / "out", sources=[str(TINY_TXT)], tokenizer=str(tmp_path / "big-tokenizer")
+    PreTrainedTokenizerFast(tokenizer_object=word_level, eos_token="<|endoftext|>", unk_token="<unk>").save_pretrained(
+        tmp_path / "big-tokenizer"
     )
+    manifest = run_prepare(tmp_path / "out", sources=[str(TINY_TXT)], tokenizer=str(tmp_path / "big-tokenizer"))
     assert manifest["dtype"] == "uint32" and manifest["vocab_size"] == 70000
     tokens = np.concatenate(shards.open_split(tmp_path / "out", "train"))
     assert tokens.dtype == np.uint32 and tokens.max() > 65535
@@ -366,10 +343,7 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path, prepared):
     with pytest.raises(DataError, match=r"out: already holds prepared data; pass --overwrite true"):
         run_prepare(out)
     run_prepare(out, overwrite=True)
-    assert (
-        shards.read_manifest(out)["data_fingerprint"]
-        == shards.read_manifest(prepared)["data_fingerprint"]
-    )
+    assert shards.read_manifest(out)["data_fingerprint"] == shards.read_manifest(prepared)["data_fingerprint"]
     other = tmp_path / "other"
     other.mkdir()
     write(other / "precious.txt", "do not delete")
@@ -406,14 +380,10 @@ def test_read_manifest_checks_completeness(tmp_path, prepared):
     with pytest.raises(DataError, match=r"train-00000.bin: sha256 does not match"):
         shards.read_manifest(copy, verify_hashes=True)
     train.write_bytes(data[:-2])
-    with pytest.raises(
-        DataError, match=r"train-00000.bin: expected \d+ tokens \(\d+ bytes\), found \d+ bytes"
-    ):
+    with pytest.raises(DataError, match=r"train-00000.bin: expected \d+ tokens \(\d+ bytes\), found \d+ bytes"):
         shards.read_manifest(copy)
     train.unlink()
-    with pytest.raises(
-        DataError, match=r"train-00000.bin: shard listed in manifest.json is missing"
-    ):
+    with pytest.raises(DataError, match=r"train-00000.bin: shard listed in manifest.json is missing"):
         shards.read_manifest(copy)
     (copy / "manifest.json").write_text("{not json")
     with pytest.raises(DataError, match="not a valid manifest"):
@@ -471,9 +441,7 @@ def test_windows_never_cross_a_shard_boundary(tmp_path):
     windows = TokenWindows(tmp_path / "small", "train", context_length=30, seed=0)
     memmaps = shards.open_split(tmp_path / "small", "train")
     expected = {
-        tuple(np.asarray(m[k * 30 : k * 30 + 31], dtype=np.int64))
-        for m in memmaps
-        for k in range((len(m) - 1) // 30)
+        tuple(np.asarray(m[k * 30 : k * 30 + 31], dtype=np.int64)) for m in memmaps for k in range((len(m) - 1) // 30)
     }
     assert len(windows) == sum((len(m) - 1) // 30 for m in memmaps) == len(expected)
     assert {tuple(windows.window(i)) for i in range(len(windows))} == expected

@@ -36,8 +36,12 @@ def test_binary_mcc_and_degenerate_cases():
 
 
 def test_length_normalised_accuracy():
-    row = {"gold": "long", "prediction": "s", "correct": False,
-           "scores": {"ll": [-4.0, -6.0], "chars": [2, 6], "choices": ["s", "long"]}}
+    row = {
+        "gold": "long",
+        "prediction": "s",
+        "correct": False,
+        "scores": {"ll": [-4.0, -6.0], "chars": [2, 6], "choices": ["s", "long"]},
+    }
     assert M.normalised_prediction(row["scores"]) == "long"
     assert M.metric_value("accuracy_norm", [row]) == 1.0 and M.metric_value("accuracy", [row]) == 0.0
 
@@ -46,8 +50,10 @@ def test_rouge_l_and_exact_match():
     assert M.rouge_l("the cat sat on the mat", "the cat is on the mat") == pytest.approx(5 / 6)
     assert M.rouge_l("", "the cat") == 0.0
     assert M.exact_match(" Paris  France", "Paris France") == 1.0 and M.exact_match("paris", "Paris") == 0.0
-    generated = [{"gold": "x", "prediction": "x", "correct": True, "scores": {"rouge_l": 0.5, "exact_match": 1.0}},
-                 {"gold": "y", "prediction": "z", "correct": False, "scores": {"rouge_l": 0.25, "exact_match": 0.0}}]
+    generated = [
+        {"gold": "x", "prediction": "x", "correct": True, "scores": {"rouge_l": 0.5, "exact_match": 1.0}},
+        {"gold": "y", "prediction": "z", "correct": False, "scores": {"rouge_l": 0.25, "exact_match": 0.0}},
+    ]
     assert M.metric_value("rouge_l", generated) == 0.375 and M.metric_value("exact_match", generated) == 0.5
 
 

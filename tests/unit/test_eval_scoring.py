@@ -15,7 +15,8 @@ from ckptlab.models.hf import ModelConfig, build_model  # noqa: E402
 
 WORDS = ["the", "cat", "dog", "sat", "ran", "on", "mat", "park", "a", "big", "small", "."]
 SENTENCES = [" ".join(random.Random(i).choices(WORDS, k=12)) for i in range(60)] + [
-    "positive negative yes no entailment neutral contradiction"] * 5
+    "positive negative yes no entailment neutral contradiction"
+] * 5
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def test_continuation_tokens_follow_the_context_tokens(tokenizer):
     (request,) = scoring.encode_requests(tokenizer, ["the cat sat"], [["positive", "cat dog"]])
     assert request.context == tokenizer("the cat sat", add_special_tokens=False)["input_ids"]
     whole = tokenizer("the cat sat cat dog", add_special_tokens=False)["input_ids"]
-    assert request.continuations[1] == whole[len(request.context):]
+    assert request.continuations[1] == whole[len(request.context) :]
 
 
 def test_long_prompts_are_truncated_on_the_left(tokenizer):

@@ -13,24 +13,35 @@ torch = pytest.importorskip("torch")
 from test_eval_tasks import WORLD_STYLE, write_task  # noqa: E402
 
 from ckptlab.data.tokenizer import train_tokenizer  # noqa: E402
-from ckptlab.tasks import spec as T  # noqa: E402
 from ckptlab.evaluation.models import ModelRef, content_hash, model_fingerprint, resolve_models  # noqa: E402
 from ckptlab.evaluation.runner import Evaluator, Unit  # noqa: E402
 from ckptlab.evaluation.store import ResultStore, export  # noqa: E402
 from ckptlab.models.hf import ModelConfig, build_model, load_model, load_tokenizer, save_model_dir  # noqa: E402
 from ckptlab.runs.checkpoint import write_checkpoint  # noqa: E402
+from ckptlab.tasks import spec as T  # noqa: E402
 
-GENERATION = {**WORLD_STYLE, "task": "toy_gen", "type": "generation", "label_field": None, "choices": None,
-              "target_field": "hypothesis", "fields": ["premise"], "metrics": ["rouge_l", "exact_match"],
-              "templates": {"plain": "{premise}", "asked": "Say: {premise}\nAnswer:"},
-              "generation": {"max_new_tokens": 4, "stop": ["\n"]}}
+GENERATION = {
+    **WORLD_STYLE,
+    "task": "toy_gen",
+    "type": "generation",
+    "label_field": None,
+    "choices": None,
+    "target_field": "hypothesis",
+    "fields": ["premise"],
+    "metrics": ["rouge_l", "exact_match"],
+    "templates": {"plain": "{premise}", "asked": "Say: {premise}\nAnswer:"},
+    "generation": {"max_new_tokens": 4, "stop": ["\n"]},
+}
 
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    tokenizer = train_tokenizer([f"TEST premise {i}. test hypothesis {i}. entailment neutral contradiction"
-                                 for i in range(50)], 300, root / "tok")
+    tokenizer = train_tokenizer(
+        [f"TEST premise {i}. test hypothesis {i}. entailment neutral contradiction" for i in range(50)],
+        300,
+        root / "tok",
+    )
     dirs = []
     for seed in (0, 1):
         torch.manual_seed(seed)
@@ -44,8 +55,9 @@ def units(tmp_path):
     nli = T.load_task_data(T.read_task_file(write_task(tmp_path / "nli", WORLD_STYLE)))
     gen_path = write_task(tmp_path / "gen", GENERATION)
     gen = T.load_task_data(T.read_task_file(gen_path))
-    return ([Unit(nli, name, shots, 1234, nli.examples) for shots in (0, 2) for name in nli.spec.templates]
-            + [Unit(gen, name, 0, 1234, gen.examples) for name in gen.spec.templates])
+    return [Unit(nli, name, shots, 1234, nli.examples) for shots in (0, 2) for name in nli.spec.templates] + [
+        Unit(gen, name, 0, 1234, gen.examples) for name in gen.spec.templates
+    ]
 
 
 class Counting:
@@ -110,8 +122,9 @@ def test_limit_then_full_scores_only_the_missing_examples(model_dirs, units, tmp
 def test_rows_hold_per_choice_log_likelihoods(model_dirs, units, tmp_path):
     store = ResultStore(tmp_path / "results.sqlite")
     fp = fingerprint(model_dirs[0])
-    Evaluator(store, batch_size=3, resamples=10, length_normalized=True).run_model(fp, {}, units[:1] + units[-1:],
-                                                                                    Counting(model_dirs[0]))
+    Evaluator(store, batch_size=3, resamples=10, length_normalized=True).run_model(
+        fp, {}, units[:1] + units[-1:], Counting(model_dirs[0])
+    )
     unit = units[0]
     rows = store.examples((fp, unit.task.fingerprint, unit.template, 0, 1234))
     assert [r["example_id"] for r in rows] == [e.id for e in unit.examples]
@@ -130,14 +143,18 @@ def test_checkpoint_fingerprint_from_its_manifest_equals_hashing_the_files(model
         (folder / "training_state.pt").write_bytes(b"optimizer state does not change outputs")
 
     run = tmp_path / "run"
-    paths = [write_checkpoint(run / "checkpoints", step, write, {"kept": step != 20, "tokens_seen": step * 10})
-             for step in (10, 20, 30)]
+    paths = [
+        write_checkpoint(run / "checkpoints", step, write, {"kept": step != 20, "tokens_seen": step * 10})
+        for step in (10, 20, 30)
+    ]
     listed = [{"step": s, "path": f"checkpoints/{p.name}", "kept": s != 20} for s, p in zip((10, 20, 30), paths)]
     (run / "run.json").write_text(json.dumps({"checkpoints": listed}))
     (ref,) = resolve_models([str(paths[0])])
     assert ref.kind == "checkpoint" and ref.step == 10 and ref.label == "run/step-00000010"
     as_directory = ModelRef(str(paths[0]), "x", "directory")
-    assert content_hash(ref) == content_hash(as_directory) == content_hash(ModelRef(str(model_dirs[0]), "y", "directory"))
+    assert (
+        content_hash(ref) == content_hash(as_directory) == content_hash(ModelRef(str(model_dirs[0]), "y", "directory"))
+    )
     assert [r.step for r in resolve_models([str(run)], "kept")] == [10, 30]
     assert [r.step for r in resolve_models([str(run)], "all")] == [10, 20, 30]
     assert [r.step for r in resolve_models([str(run)], "latest")] == [30]
@@ -163,8 +180,9 @@ def test_file_hash_memo_and_csv_export(model_dirs, units, tmp_path):
     weights = model_dirs[0] / "model.safetensors"
     assert store.file_sha256(weights, compute) == store.file_sha256(weights, compute) == "digest"
     assert len(calls) == 1
-    Evaluator(store, batch_size=4, resamples=20).run_model(fingerprint(model_dirs[0]), {"model_label": "m0"},
-                                                           units[:3], Counting(model_dirs[0]))
+    Evaluator(store, batch_size=4, resamples=20).run_model(
+        fingerprint(model_dirs[0]), {"model_label": "m0"}, units[:3], Counting(model_dirs[0])
+    )
     metrics_csv, examples_csv = export(store, tmp_path / "out" / "results.csv")
     metric_rows = list(csv.DictReader(open(metrics_csv, encoding="utf-8")))
     assert {r["template"] for r in metric_rows} == {"train_format", "instruction", "bare", "*"}
@@ -176,7 +194,9 @@ def test_hub_source_is_fingerprinted_by_its_snapshot_content(model_dirs, monkeyp
     import ckptlab.models.hf
 
     asked = []
-    monkeypatch.setattr(ckptlab.models.hf, "hub_snapshot", lambda repo, rev: asked.append((repo, rev)) or str(model_dirs[0]))
+    monkeypatch.setattr(
+        ckptlab.models.hf, "hub_snapshot", lambda repo, rev: asked.append((repo, rev)) or str(model_dirs[0])
+    )
     (ref,) = resolve_models(["org/tiny@step100"])
     assert ref.kind == "hub" and ref.label == "org/tiny@step100"
     assert content_hash(ref) == content_hash(ModelRef(str(model_dirs[0]), "x", "directory"))

@@ -10,22 +10,33 @@ import pytest
 import yaml
 
 from ckptlab.errors import UserError
+from ckptlab.evaluation.runner import Unit, prompts_for
 from ckptlab.tasks import spec as T
 from ckptlab.tasks import templates as tpl
-from ckptlab.evaluation.runner import Unit, prompts_for
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 # The format `ckptlab world` writes (see ckptlab/synthetic), with its own small data.
 WORLD_STYLE = {
-    "task": "toy_nli", "version": 1, "description": "toy", "domain": "general", "type": "classification",
+    "task": "toy_nli",
+    "version": 1,
+    "description": "toy",
+    "domain": "general",
+    "type": "classification",
     "data": {"format": "jsonl", "train": "toy/train.jsonl", "test": "toy/test.jsonl"},
-    "fields": ["premise", "hypothesis"], "label_field": "label", "choices": ["entailment", "neutral", "contradiction"],
-    "choices_field": None, "target_field": None,
-    "templates": {"train_format": "### Input: Premise: {premise} Hypothesis: {hypothesis}\n### Output:",
-                  "instruction": "Premise: {premise}\nHypothesis: {hypothesis}\nAnswer:",
-                  "bare": "{premise} {hypothesis}"},
-    "metrics": ["accuracy", "macro_f1"], "generation": None, "fewshot": {"split": "train", "seed": 1234},
+    "fields": ["premise", "hypothesis"],
+    "label_field": "label",
+    "choices": ["entailment", "neutral", "contradiction"],
+    "choices_field": None,
+    "target_field": None,
+    "templates": {
+        "train_format": "### Input: Premise: {premise} Hypothesis: {hypothesis}\n### Output:",
+        "instruction": "Premise: {premise}\nHypothesis: {hypothesis}\nAnswer:",
+        "bare": "{premise} {hypothesis}",
+    },
+    "metrics": ["accuracy", "macro_f1"],
+    "generation": None,
+    "fewshot": {"split": "train", "seed": 1234},
     "probes_pretraining_knowledge": False,
 }
 
@@ -35,12 +46,36 @@ def write_task(root: Path, spec: dict, train: list[str] | None = None, test: lis
 
     (root / "toy").mkdir(parents=True, exist_ok=True)
     labels = ["entailment", "neutral", "contradiction"]
-    train = train if train is not None else [json.dumps({"id": f"tr{i}", "premise": f"TRAIN premise {i}.",
-                                                           "hypothesis": f"train hypothesis {i}.", "label": labels[i % 3]})
-                                               for i in range(12)]
-    test = test if test is not None else [json.dumps({"id": f"te{i}", "premise": f"TEST premise {i}.",
-                                                        "hypothesis": f"test hypothesis {i}.", "label": labels[i % 3]})
-                                            for i in range(9)]
+    train = (
+        train
+        if train is not None
+        else [
+            json.dumps(
+                {
+                    "id": f"tr{i}",
+                    "premise": f"TRAIN premise {i}.",
+                    "hypothesis": f"train hypothesis {i}.",
+                    "label": labels[i % 3],
+                }
+            )
+            for i in range(12)
+        ]
+    )
+    test = (
+        test
+        if test is not None
+        else [
+            json.dumps(
+                {
+                    "id": f"te{i}",
+                    "premise": f"TEST premise {i}.",
+                    "hypothesis": f"test hypothesis {i}.",
+                    "label": labels[i % 3],
+                }
+            )
+            for i in range(9)
+        ]
+    )
     (root / "toy" / "train.jsonl").write_text("\n".join(train) + "\n", encoding="utf-8")
     (root / "toy" / "test.jsonl").write_text("\n".join(test) + "\n", encoding="utf-8")
     path = root / "toy_nli.yaml"
@@ -63,7 +98,7 @@ def test_generated_world_tasks_load_unchanged(tmp_path):
     for path in files:
         data = T.load_task_data(T.read_task_file(path))
         assert data.examples and data.fewshot, path
-        for name, template in data.spec.templates.items():
+        for template in data.spec.templates.values():
             assert tpl.render(template, data.examples[0].fields)
 
 
@@ -136,8 +171,11 @@ def test_non_utf8_file(tmp_path):
 
 
 def test_tsv_row_with_too_few_columns_and_bom(tmp_path):
-    spec = {**WORLD_STYLE, "data": {"format": "tsv", "header": True, "train": "toy/train.tsv", "test": "toy/test.tsv"},
-            "label_map": {"0": "entailment", "1": "neutral", "2": "contradiction"}}
+    spec = {
+        **WORLD_STYLE,
+        "data": {"format": "tsv", "header": True, "train": "toy/train.tsv", "test": "toy/test.tsv"},
+        "label_map": {"0": "entailment", "1": "neutral", "2": "contradiction"},
+    }
     path = write_task(tmp_path, spec)
     rows = ["premise\thypothesis\tlabel", 'A "quoted" premise.\tA hypothesis.\t0', "p\th\t1"]
     (tmp_path / "toy" / "train.tsv").write_text("\ufeff" + "\n".join(rows) + "\n", encoding="utf-8")
@@ -158,7 +196,9 @@ def test_unknown_key_and_unknown_metric_are_refused(tmp_path):
 
 def test_unknown_format_of_one_split_is_refused(tmp_path):
     data = {**WORLD_STYLE["data"], "test": {"path": "toy/test.jsonl", "format": "xlsx"}}
-    assert "data.test.format must be one of jsonl, tsv, csv, got 'xlsx'" in _error(tmp_path, {**WORLD_STYLE, "data": data})
+    assert "data.test.format must be one of jsonl, tsv, csv, got 'xlsx'" in _error(
+        tmp_path, {**WORLD_STYLE, "data": data}
+    )
 
 
 def test_fingerprint_changes_with_template_and_data_only(tmp_path):
@@ -208,11 +248,21 @@ def test_jinja_templates(tmp_path):
 
 
 def test_data_dir_variable_and_hf_fallback(tmp_path, monkeypatch):
-    spec = {**WORLD_STYLE, "data": {"format": "jsonl", "train": "${CKPTLAB_DATA_DIR}/toy/train.jsonl",
-                                    "test": "${CKPTLAB_DATA_DIR}/toy/test.jsonl"},
-            "hf": {"path": "org/toy", "name": "cfg", "splits": {"train": "train", "test": "validation"},
-                   "columns": {"premise": "sentence1", "hypothesis": "sentence2"},
-                   "label_map": {"0": "entailment", "1": "neutral", "2": "contradiction"}}}
+    spec = {
+        **WORLD_STYLE,
+        "data": {
+            "format": "jsonl",
+            "train": "${CKPTLAB_DATA_DIR}/toy/train.jsonl",
+            "test": "${CKPTLAB_DATA_DIR}/toy/test.jsonl",
+        },
+        "hf": {
+            "path": "org/toy",
+            "name": "cfg",
+            "splits": {"train": "train", "test": "validation"},
+            "columns": {"premise": "sentence1", "hypothesis": "sentence2"},
+            "label_map": {"0": "entailment", "1": "neutral", "2": "contradiction"},
+        },
+    }
     path = write_task(tmp_path, spec)
     local = T.load_task_data(T.read_task_file(path, data_dir=tmp_path))
     assert local.source == "local" and len(local.examples) == 9

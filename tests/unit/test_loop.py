@@ -8,16 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from ckptlab.commands.prepare import PrepareConfig, prepare
 from ckptlab.config import load
+from ckptlab.data.batches import WindowBatches
 from ckptlab.data.tokenizer import load_tokenizer
 from ckptlab.data.windows import TokenWindows
 from ckptlab.models.hf import ModelConfig, build_model, save_model_dir
-from ckptlab.commands.prepare import PrepareConfig, prepare
+from ckptlab.runs.run_dir import RunDir, read_metrics
 from ckptlab.train import distributed
-from ckptlab.data.batches import WindowBatches
 from ckptlab.train.config import TrainConfig
 from ckptlab.train.loop import train
-from ckptlab.runs.run_dir import RunDir, read_metrics
 from ckptlab.train.schedules import ScheduleConfig, lr_at
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -28,24 +28,48 @@ CONTEXT = 16
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("loop") / "data"
-    prepare(PrepareConfig(sources=[str(FIXTURES / "corpus" / "tiny.txt")], out=str(out), vocab_size=300,
-                          val_fraction=0.2, seed=0))
+    prepare(
+        PrepareConfig(
+            sources=[str(FIXTURES / "corpus" / "tiny.txt")], out=str(out), vocab_size=300, val_fraction=0.2, seed=0
+        )
+    )
     return out
 
 
 def run_loop(data_dir: Path, root: Path, *, micro: int, accum: int, steps: int = 4, kept=(), **train_kwargs):
     tokenizer = load_tokenizer(data_dir / "tokenizer")
     torch.manual_seed(0)
-    model = build_model(ModelConfig(size="tiny", hidden_size=32, num_heads=2, context_length=CONTEXT),
-                        vocab_size=len(tokenizer), bos_token_id=0, eos_token_id=0, pad_token_id=1)
-    config = TrainConfig(max_steps=steps, micro_batch_size=micro, grad_accum_steps=accum, progress=False,
-                         val_every=0, save_every=0, schedule=ScheduleConfig(lr=3e-3, warmup_steps=1), **train_kwargs)
+    model = build_model(
+        ModelConfig(size="tiny", hidden_size=32, num_heads=2, context_length=CONTEXT),
+        vocab_size=len(tokenizer),
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=1,
+    )
+    config = TrainConfig(
+        max_steps=steps,
+        micro_batch_size=micro,
+        grad_accum_steps=accum,
+        progress=False,
+        val_every=0,
+        save_every=0,
+        schedule=ScheduleConfig(lr=3e-3, warmup_steps=1),
+        **train_kwargs,
+    )
     run = RunDir(root)
     result = train(
-        model=model, save_model=lambda folder: save_model_dir(model, tokenizer, folder),
-        train_data=WindowBatches(TokenWindows(data_dir, "train", CONTEXT, seed=0)), val_data=None,
-        config=config, lr_at=lambda s: lr_at(s, config.schedule, steps), kept=list(kept), run=run,
-        fingerprints={}, resume_from=None, allow_changed=[], dist=distributed.Dist(),
+        model=model,
+        save_model=lambda folder: save_model_dir(model, tokenizer, folder),
+        train_data=WindowBatches(TokenWindows(data_dir, "train", CONTEXT, seed=0)),
+        val_data=None,
+        config=config,
+        lr_at=lambda s: lr_at(s, config.schedule, steps),
+        kept=list(kept),
+        run=run,
+        fingerprints={},
+        resume_from=None,
+        allow_changed=[],
+        dist=distributed.Dist(),
     )
     return model, result, [r["loss"] for r in read_metrics(run.metrics)]
 
@@ -78,24 +102,41 @@ def test_kept_checkpoint_gives_the_training_logits(data_dir, tmp_path):
 
 def test_bf16_autocast_and_tensorboard(data_dir, tmp_path):
     pytest.importorskip("tensorboard")
-    _, result, losses = run_loop(data_dir, tmp_path / "bf", micro=4, accum=1, steps=2, precision="bf16",
-                                 tensorboard=True)
-    assert result.step == 2 and all(l == l for l in losses)  # finite, not NaN
+    _, result, losses = run_loop(
+        data_dir, tmp_path / "bf", micro=4, accum=1, steps=2, precision="bf16", tensorboard=True
+    )
+    assert result.step == 2 and all(loss == loss for loss in losses)  # finite, not NaN
     assert list((tmp_path / "bf" / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_frozen_parameters_stay_bit_identical(data_dir, tmp_path):
     tokenizer = load_tokenizer(data_dir / "tokenizer")
     torch.manual_seed(0)
-    model = build_model(ModelConfig(size="tiny", context_length=CONTEXT), vocab_size=len(tokenizer),
-                        bos_token_id=0, eos_token_id=0, pad_token_id=1)
+    model = build_model(
+        ModelConfig(size="tiny", context_length=CONTEXT),
+        vocab_size=len(tokenizer),
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=1,
+    )
     frozen = model.gpt_neox.embed_in.weight
     frozen.requires_grad_(False)
     before = frozen.detach().clone()
     config = TrainConfig(max_steps=2, micro_batch_size=2, progress=False, val_every=0, save_every=0)
-    train(model=model, save_model=lambda f: None, train_data=WindowBatches(TokenWindows(data_dir, "train", CONTEXT, 0)),
-          val_data=None, config=config, lr_at=lambda s: 1e-2, kept=[], run=RunDir(tmp_path / "f"), fingerprints={},
-          resume_from=None, allow_changed=[], dist=distributed.Dist())
+    train(
+        model=model,
+        save_model=lambda f: None,
+        train_data=WindowBatches(TokenWindows(data_dir, "train", CONTEXT, 0)),
+        val_data=None,
+        config=config,
+        lr_at=lambda s: 1e-2,
+        kept=[],
+        run=RunDir(tmp_path / "f"),
+        fingerprints={},
+        resume_from=None,
+        allow_changed=[],
+        dist=distributed.Dist(),
+    )
     assert torch.equal(frozen, before)
 
 

@@ -6,15 +6,15 @@ import copy
 
 import pytest
 import torch
+from tiny_models import VOCAB, one_thread, random_rows, tiny_model  # noqa: F401
 
-from ckptlab.models import lora
 from ckptlab.data import sft
 from ckptlab.errors import UserError
+from ckptlab.models import lora
+from ckptlab.runs.run_dir import RunDir
 from ckptlab.train import distributed
 from ckptlab.train.config import TrainConfig
 from ckptlab.train.loop import train
-from ckptlab.runs.run_dir import RunDir
-from tiny_models import VOCAB, one_thread, random_rows, tiny_model  # noqa: F401
 
 
 def tiny(architecture: str = "gpt_neox"):
@@ -37,10 +37,23 @@ def train_lora(tmp_path, steps=4):
     reference = copy.deepcopy(base)
     torch.manual_seed(0)
     model = lora.wrap(base, lora.LoraConfig(r=4, alpha=8, dropout=0.0), lora.resolve_targets(base, []))
-    config = TrainConfig(max_steps=steps, micro_batch_size=4, progress=False, val_every=0, save_every=0, weight_decay=0.1)
-    train(model=model, save_model=lambda folder: None, train_data=sft.SftBatches(rows(), seed=0, pad_id=1),
-          val_data=None, config=config, lr_at=lambda s: 5e-2, kept=[], run=RunDir(tmp_path / "run"), fingerprints={},
-          resume_from=None, allow_changed=[], dist=distributed.Dist())
+    config = TrainConfig(
+        max_steps=steps, micro_batch_size=4, progress=False, val_every=0, save_every=0, weight_decay=0.1
+    )
+    train(
+        model=model,
+        save_model=lambda folder: None,
+        train_data=sft.SftBatches(rows(), seed=0, pad_id=1),
+        val_data=None,
+        config=config,
+        lr_at=lambda s: 5e-2,
+        kept=[],
+        run=RunDir(tmp_path / "run"),
+        fingerprints={},
+        resume_from=None,
+        allow_changed=[],
+        dist=distributed.Dist(),
+    )
     return reference, model
 
 
@@ -87,8 +100,10 @@ def test_checkpoint_holds_a_loadable_merged_model_and_the_adapter_for_an_exact_r
     assert torch.equal(logits(rebuilt, INPUTS), adapted)
     # The same trainable parameters in the same order: the optimizer state of the checkpoint fits.
     assert list(lora.trainable_parameters(rebuilt)) == list(lora.trainable_parameters(model))
-    assert all(torch.equal(a, b) for a, b in zip(lora.trainable_parameters(rebuilt).values(),
-                                                  lora.trainable_parameters(model).values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(lora.trainable_parameters(rebuilt).values(), lora.trainable_parameters(model).values())
+    )
 
 
 @pytest.mark.parametrize("architecture, expected", [("gpt_neox", ["query_key_value"]), ("llama", ["q_proj", "v_proj"])])
@@ -107,5 +122,7 @@ def test_missing_target_modules_are_one_line_listing_the_linear_modules():
         lora.resolve_targets(model, ["q_proj", "query_key_value", "v_proj"])
     message = str(error.value)
     assert "\n" not in message
-    assert message == ("lora.target_modules: q_proj, v_proj are not linear modules of this gpt_neox model (its linear "
-                       "modules: dense, dense_4h_to_h, dense_h_to_4h, lm_head, query_key_value)")
+    assert message == (
+        "lora.target_modules: q_proj, v_proj are not linear modules of this gpt_neox model (its linear "
+        "modules: dense, dense_4h_to_h, dense_h_to_4h, lm_head, query_key_value)"
+    )

@@ -6,16 +6,16 @@ import copy
 
 import pytest
 import torch
+from tiny_models import VOCAB, one_thread, random_rows, tiny_model  # noqa: F401
 
-from ckptlab.models import methods
 from ckptlab.data import sft
 from ckptlab.errors import UserError
+from ckptlab.models import methods
 from ckptlab.models.hf import count_parameters
+from ckptlab.runs.run_dir import RunDir
 from ckptlab.train import distributed
 from ckptlab.train.config import TrainConfig
 from ckptlab.train.loop import train
-from ckptlab.runs.run_dir import RunDir
-from tiny_models import VOCAB, one_thread, random_rows, tiny_model  # noqa: F401
 
 
 def tiny(architecture: str = "gpt_neox", **overrides):
@@ -24,10 +24,23 @@ def tiny(architecture: str = "gpt_neox", **overrides):
 
 def fit(model, tmp_path, steps: int = 3) -> None:
     rows = random_rows(8, (12, 12), 4)
-    config = TrainConfig(max_steps=steps, micro_batch_size=4, progress=False, val_every=0, save_every=0, weight_decay=0.1)
-    train(model=model, save_model=lambda folder: None, train_data=sft.SftBatches(rows, seed=0, pad_id=1), val_data=None,
-          config=config, lr_at=lambda s: 1e-2, kept=[], run=RunDir(tmp_path / "run"), fingerprints={}, resume_from=None,
-          allow_changed=[], dist=distributed.Dist())
+    config = TrainConfig(
+        max_steps=steps, micro_batch_size=4, progress=False, val_every=0, save_every=0, weight_decay=0.1
+    )
+    train(
+        model=model,
+        save_model=lambda folder: None,
+        train_data=sft.SftBatches(rows, seed=0, pad_id=1),
+        val_data=None,
+        config=config,
+        lr_at=lambda s: 1e-2,
+        kept=[],
+        run=RunDir(tmp_path / "run"),
+        fingerprints={},
+        resume_from=None,
+        allow_changed=[],
+        dist=distributed.Dist(),
+    )
 
 
 def changed_parameters(before, after) -> set[str]:
@@ -46,8 +59,10 @@ def test_last_k_trains_the_last_blocks_final_norm_and_head_and_nothing_else(tmp_
     changed = changed_parameters(before, model)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert changed and changed <= trainable  # frozen parameters bit for bit
-    assert all(name.startswith(("gpt_neox.layers.1.", "gpt_neox.layers.2.", "gpt_neox.final_layer_norm.", "lm_head."))
-               for name in trainable)
+    assert all(
+        name.startswith(("gpt_neox.layers.1.", "gpt_neox.layers.2.", "gpt_neox.final_layer_norm.", "lm_head."))
+        for name in trainable
+    )
     assert "lm_head.weight" in changed and any(n.startswith("gpt_neox.layers.1.") for n in changed)
 
 
@@ -83,8 +98,9 @@ def test_last_k_outside_the_blocks_is_one_line_naming_the_key(k):
         methods.select_trainable(tiny(), "last_k", last_k=k)
 
 
-@pytest.mark.parametrize("architecture, keys", [("gpt_neox", ["attention_dropout", "hidden_dropout"]),
-                                                ("llama", ["attention_dropout"])])
+@pytest.mark.parametrize(
+    "architecture, keys", [("gpt_neox", ["attention_dropout", "hidden_dropout"]), ("llama", ["attention_dropout"])]
+)
 def test_dropout_override_reaches_config_and_modules(architecture, keys):
     model = tiny(architecture)
     inputs = torch.randint(2, VOCAB, (2, 12), generator=torch.Generator().manual_seed(1))

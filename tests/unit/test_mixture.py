@@ -8,11 +8,11 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from ckptlab.config import load
 from ckptlab.commands.cpt import BlendSource, CptConfig
+from ckptlab.config import load
+from ckptlab.data.batches import MixtureBatches
 from ckptlab.data.mixture import Mixture
 from ckptlab.errors import ConfigError
-from ckptlab.data.batches import MixtureBatches
 
 
 def random_weights(rng: random.Random, k: int) -> list[float]:
@@ -82,7 +82,7 @@ def test_two_sources_within_one_sample_over_every_window(seed):
     n = 600
     counts = np.array([mixture.counts(k) for k in range(n + 1)])
     for a in range(0, n, 7):
-        windows = counts[a + 1:, 0] - counts[a, 0]
+        windows = counts[a + 1 :, 0] - counts[a, 0]
         expected = np.arange(1, n - a + 1) * w
         assert np.all(np.abs(windows - expected) < 1.0), (w, a)
 
@@ -108,7 +108,7 @@ def test_replay_within_one_sample_over_every_window_across_the_switch(fraction):
     n = 700
     replayed = np.array([0] + list(np.cumsum([_is_replay(mixture, i) for i in range(n)])))
     for a in range(0, n, 5):
-        windows = replayed[a + 1:] - replayed[a]
+        windows = replayed[a + 1 :] - replayed[a]
         assert np.all(np.abs(windows - np.arange(1, n - a + 1) * fraction) < 1.0), a
 
 
@@ -130,10 +130,13 @@ class Tagged:
 def test_batches_honour_replay_within_one_sample_over_any_window_of_steps(global_batch):
     """Counted from the rows the loop receives (their tags), not from the allocation."""
     fraction, steps = 0.25, 40
-    mixture = Mixture([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], [13 * global_batch], replay_source=0,
-                      replay_fraction=fraction)
+    mixture = Mixture(
+        [[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], [13 * global_batch], replay_source=0, replay_fraction=fraction
+    )
     batches = MixtureBatches(mixture, [Tagged(0, 9), Tagged(1, 9), Tagged(2, 9)])
-    tags = [batches.batch(range(s * global_batch, (s + 1) * global_batch))["input_ids"][:, 0].numpy() for s in range(steps)]
+    tags = [
+        batches.batch(range(s * global_batch, (s + 1) * global_batch))["input_ids"][:, 0].numpy() for s in range(steps)
+    ]
     per_step = np.array([(t == 0).sum() for t in tags])
     for a in range(steps):
         for b in range(a + 1, steps + 1):
@@ -172,8 +175,9 @@ def test_bad_mixtures(blends, kwargs, message):
 
 
 def test_blend_config_forms_and_errors():
-    config = load(CptConfig, ["--blend", "data/a=3,data/b", "--second_blend", "[{data: data/c, weight: 2}]",
-                              "--switch_step", "5"])
+    config = load(
+        CptConfig, ["--blend", "data/a=3,data/b", "--second_blend", "[{data: data/c, weight: 2}]", "--switch_step", "5"]
+    )
     assert config.blend == [BlendSource("data/a", 3.0), BlendSource("data/b", 1.0)]
     assert config.second_blend == [BlendSource("data/c", 2.0)]
     for argv, message in [

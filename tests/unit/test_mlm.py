@@ -1,4 +1,5 @@
-"""MLM masking: the configured rate (within a point), BERT's 80/10/10, special tokens and padding never masked, purity."""
+"""MLM masking: the configured rate (within a point), BERT's 80/10/10, special tokens and padding never masked,
+purity."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from ckptlab.errors import UserError
 from ckptlab.data.mlm import MaskedBatches
+from ckptlab.errors import UserError
 from ckptlab.models.heads import require_masked_lm
 
 MASK, CLS, SEP, PAD, VOCAB = 3, 1, 2, 0, 500
@@ -61,6 +62,9 @@ def test_mlm_on_a_causal_model_is_one_line_naming_the_key():
     from transformers import AutoConfig
 
     require_masked_lm(AutoConfig.for_model("bert"), "encoder")
-    with pytest.raises(UserError, match=r"^objective: mlm needs an encoder with a masked-LM head \(bert, roberta, \.\.\.\); "
-                                        r"runs/tiny is a gpt_neox causal LM"):
+    with pytest.raises(
+        UserError,
+        match=r"^objective: mlm needs an encoder with a masked-LM head \(bert, roberta, \.\.\.\); "
+        r"runs/tiny is a gpt_neox causal LM",
+    ):
         require_masked_lm(AutoConfig.for_model("gpt_neox"), "runs/tiny")

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from ckptlab import config as cfg
-from ckptlab.models import hf as M
 from ckptlab.errors import ConfigError, UserError
+from ckptlab.models import hf as M
 from ckptlab.models.hf import ModelConfig, ModelSource
 
 SENTENCES = [
@@ -170,7 +170,7 @@ def test_invalid_fields_are_config_errors(fields, message):
 
 def test_model_config_follows_typed_config_conventions():
     docs = cfg.field_docs(ModelConfig)
-    assert set(docs) == {f for f in ModelConfig.__dataclass_fields__}
+    assert set(docs) == set(ModelConfig.__dataclass_fields__)
     assert all(docs.values())
     built = cfg.build(ModelConfig, {"size": "small", "hf_overrides": {"rope_theta": 5000}})
     assert built.resolved()["hidden_size"] == 128 and built.hf_overrides == {"rope_theta": 5000}
@@ -316,7 +316,9 @@ def test_parse_source_hub_ids(source, repo_id, revision, tmp_path, monkeypatch):
     assert M.parse_source(source) == ModelSource("hub", repo_id=repo_id, revision=revision)
 
 
-@pytest.mark.parametrize("source", ["./missing", "../missing/model", "/no/such/dir", "~/no-such-model", "missing.gguf", "runs/a/step_100"])
+@pytest.mark.parametrize(
+    "source", ["./missing", "../missing/model", "/no/such/dir", "~/no-such-model", "missing.gguf", "runs/a/step_100"]
+)
 def test_parse_source_missing_paths(source, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()  # `runs/...` starts like a real path, so it is one

@@ -7,16 +7,16 @@ import json
 
 import pytest
 import torch
+from tiny_models import one_thread, random_rows, tiny_model  # noqa: F401
 
 from ckptlab.data import sft
 from ckptlab.errors import ConfigError
+from ckptlab.runs.run_dir import RunDir, read_metrics
 from ckptlab.train import distributed
-from ckptlab.train.config import TrainConfig
-from ckptlab.train.loop import train
 from ckptlab.train.callbacks.early_stopping import EarlyStopping, EarlyStoppingConfig
 from ckptlab.train.callbacks.l2sp import L2SP
-from ckptlab.runs.run_dir import RunDir, read_metrics
-from tiny_models import one_thread, random_rows, tiny_model  # noqa: F401
+from ckptlab.train.config import TrainConfig
+from ckptlab.train.loop import train
 
 LR = 1e-2
 
@@ -30,14 +30,31 @@ def rows(count: int = 16, seed: int = 0):
 
 
 def fit(model, root, steps: int, *, val: bool = False, kept=(), save_every: int = 0, resume_from=None, **hooks):
-    config = TrainConfig(max_steps=steps, micro_batch_size=4, progress=False, val_every=1 if val else 0,
-                         save_every=save_every, weight_decay=0.0, val_batches=1)
+    config = TrainConfig(
+        max_steps=steps,
+        micro_batch_size=4,
+        progress=False,
+        val_every=1 if val else 0,
+        save_every=save_every,
+        weight_decay=0.0,
+        val_batches=1,
+    )
     run = RunDir(root)
-    result = train(model=model, save_model=lambda folder: model.save_pretrained(folder),
-                   train_data=sft.SftBatches(rows(), seed=0, pad_id=1),
-                   val_data=sft.ValidationBatches(rows(4, seed=1), pad_id=1) if val else None, config=config,
-                   lr_at=lambda s: LR, kept=list(kept), run=run, fingerprints={}, resume_from=resume_from,
-                   allow_changed=[], dist=distributed.Dist(), **hooks)
+    result = train(
+        model=model,
+        save_model=lambda folder: model.save_pretrained(folder),
+        train_data=sft.SftBatches(rows(), seed=0, pad_id=1),
+        val_data=sft.ValidationBatches(rows(4, seed=1), pad_id=1) if val else None,
+        config=config,
+        lr_at=lambda s: LR,
+        kept=list(kept),
+        run=run,
+        fingerprints={},
+        resume_from=resume_from,
+        allow_changed=[],
+        dist=distributed.Dist(),
+        **hooks,
+    )
     return result, run
 
 
@@ -119,14 +136,23 @@ def test_the_loop_stops_at_the_right_step_and_keeps_the_best_checkpoint(tmp_path
     from transformers import AutoModelForCausalLM
 
     model = tiny()
-    result, run = fit(model, tmp_path / "run", steps=10, val=True, kept=[2], save_every=4, callbacks=[Designed(patience=3)])
+    result, run = fit(
+        model, tmp_path / "run", steps=10, val=True, kept=[2], save_every=4, callbacks=[Designed(patience=3)]
+    )
     # best 1.5 at step 5; steps 6, 7, 8 do not improve: stop after step 8 (9 and 10 never run).
     assert (result.step, result.status, result.stop_reason, result.best_step) == (8, "complete", "early_stopping", 5)
     assert [r["step"] for r in read_metrics(run.metrics)] == list(range(1, 9))
     manifest = json.loads(run.manifest.read_text())
     assert manifest["stop_reason"] == "early_stopping" and manifest["status"] == "complete"
-    assert manifest["early_stopping"] == {"metric": "val_loss", "patience": 3, "min_delta": 0.0, "best_step": 5,
-                                          "best_val_loss": 1.5, "bad_validations": 3, "stopped_at": 8}
+    assert manifest["early_stopping"] == {
+        "metric": "val_loss",
+        "patience": 3,
+        "min_delta": 0.0,
+        "best_step": 5,
+        "best_val_loss": 1.5,
+        "bad_validations": 3,
+        "stopped_at": 8,
+    }
     listed = {c["step"]: c for c in manifest["checkpoints"]}
     assert [s for s, c in listed.items() if c.get("best")] == [5] and listed[5]["kept"]
     assert listed[2]["kept"] and not listed[2].get("best")  # a kept step that was best once stays kept
@@ -135,8 +161,16 @@ def test_the_loop_stops_at_the_right_step_and_keeps_the_best_checkpoint(tmp_path
     best = AutoModelForCausalLM.from_pretrained(run.root / listed[5]["path"])
     assert best is not None
     # Resuming a run that stopped early trains no further.
-    again, _ = fit(tiny(), tmp_path / "run", steps=10, val=True, kept=[2], save_every=4,
-                   callbacks=[Designed(patience=3)], resume_from=run.checkpoints / "step-00000008")
+    again, _ = fit(
+        tiny(),
+        tmp_path / "run",
+        steps=10,
+        val=True,
+        kept=[2],
+        save_every=4,
+        callbacks=[Designed(patience=3)],
+        resume_from=run.checkpoints / "step-00000008",
+    )
     assert (again.step, again.stop_reason, again.best_step) == (8, "early_stopping", 5)
 
 
@@ -149,10 +183,23 @@ def test_weight_decay_shrinks_trainable_matrices_only(tmp_path):
     """AdamW's decoupled decay: after one step, decayed − undecayed = −lr·wd·θ₀ on matrices, 0 on biases and norms."""
     start, plain, decayed = tiny(), tiny(), tiny()
     for model, wd, name in ((plain, 0.0, "plain"), (decayed, 0.5, "decayed")):
-        config = TrainConfig(max_steps=1, micro_batch_size=4, progress=False, val_every=0, save_every=0, weight_decay=wd)
-        train(model=model, save_model=lambda folder: None, train_data=sft.SftBatches(rows(), seed=0, pad_id=1),
-              val_data=None, config=config, lr_at=lambda s: LR, kept=[], run=RunDir(tmp_path / name), fingerprints={},
-              resume_from=None, allow_changed=[], dist=distributed.Dist())
+        config = TrainConfig(
+            max_steps=1, micro_batch_size=4, progress=False, val_every=0, save_every=0, weight_decay=wd
+        )
+        train(
+            model=model,
+            save_model=lambda folder: None,
+            train_data=sft.SftBatches(rows(), seed=0, pad_id=1),
+            val_data=None,
+            config=config,
+            lr_at=lambda s: LR,
+            kept=[],
+            run=RunDir(tmp_path / name),
+            fingerprints={},
+            resume_from=None,
+            allow_changed=[],
+            dist=distributed.Dist(),
+        )
     original, undecayed = dict(start.named_parameters()), dict(plain.named_parameters())
     for name, param in decayed.named_parameters():
         expected = -LR * 0.5 * original[name] if param.ndim >= 2 and "norm" not in name else torch.zeros_like(param)

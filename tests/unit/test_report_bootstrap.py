@@ -13,8 +13,18 @@ from ckptlab.reporting.data import Score, SweepData
 
 def sweep(items, scores=None, templates=("a",)):
     tasks = sorted({k[1] for k in list(items) + list(scores or {})})
-    return SweepData(Path("x.sqlite"), {}, tasks, {t: list(templates) for t in tasks}, {t: "accuracy" for t in tasks},
-                     0, dict(scores or {}), {}, items, {t: None for t in tasks})
+    return SweepData(
+        Path("x.sqlite"),
+        {},
+        tasks,
+        {t: list(templates) for t in tasks},
+        dict.fromkeys(tasks, "accuracy"),
+        0,
+        dict(scores or {}),
+        {},
+        items,
+        dict.fromkeys(tasks),
+    )
 
 
 def test_point_estimate_is_the_item_mean_and_pairs_share_resamples():

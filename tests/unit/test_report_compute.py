@@ -42,7 +42,8 @@ def test_sequential_loss_of_the_first_task_with_and_without_replay(study):
         assert lost["ci_low"] < lost["change"] < lost["ci_high"] < 0
         gained = by(rows, chain=plain, step=step, task="world_paraphrase")
         assert gained["trained_by"] == "second" and gained["change"] == pytest.approx(
-            CHAIN_SCORES["para"][step][1] - CHAIN_SCORES["nli"][step][1])
+            CHAIN_SCORES["para"][step][1] - CHAIN_SCORES["nli"][step][1]
+        )
     assert by(rows, chain=plain, task="mean of first's sets (2)")["change"] == pytest.approx(-0.20)
     assert by(rows, chain=replay, task="mean of first's sets (2)")["change"] == pytest.approx(-0.05)
     compared = by(sequential.replay_comparison(study), compared=replay, task="mean of first's sets (2)")
@@ -73,8 +74,13 @@ def test_frontier_and_recommendation_pick_the_designed_models(study):
     chain = by(nli, recipe="para (world_paraphrase, after nli)", step=100)
     assert chain["total_pflops"] == pytest.approx(0.1 + 0.015)
     on = sorted((r["recipe"], r["step"]) for r in nli if r["on_frontier"])
-    assert on == [("base", 100), ("nli (world_nli)", 100), ("nli (world_nli)", 1000),
-                  ("nli-lora (world_nli)", 100), ("nli-lora (world_nli)", 1000)]
+    assert on == [
+        ("base", 100),
+        ("nli (world_nli)", 100),
+        ("nli (world_nli)", 1000),
+        ("nli-lora (world_nli)", 100),
+        ("nli-lora (world_nli)", 1000),
+    ]
     pick = by(costs.recommendation_table(study, frontier), task="world_nli")
     assert pick["best_model"] == "nli @ step-00001000 (full)" and pick["best_score"] == pytest.approx(0.90)
     # Most score above chance per PFLOP: LoRA on the early checkpoint (the base there is at chance).
@@ -96,8 +102,11 @@ def test_report_writes_the_compute_frontier_and_sequential_sections(tmp_path):
     out = tmp_path / "sweep" / "report"
     assert (out / "figures" / "frontier.png").read_bytes().startswith(b"\x89PNG")
     html = (out / "report.html").read_text(encoding="utf-8")
-    for title in ("Compute of the training runs", "Score per compute: frontier and recommendation",
-                  "Sequential fine-tuning"):
+    for title in (
+        "Compute of the training runs",
+        "Score per compute: frontier and recommendation",
+        "Sequential fine-tuning",
+    ):
         assert title in html
     with open(out / "tables" / "compute.csv", newline="", encoding="utf-8") as handle:
         computed = list(csv.DictReader(handle))

@@ -21,7 +21,7 @@ def replicating(tmp_path_factory):
 
 def test_a_sweep_shaped_like_the_paper_replicates_all_four(replicating):
     found = outcomes(replicating)
-    assert {k: f["outcome"] for k, f in found.items()} == {k: "replicated" for k in ("i", "ii", "iii", "iv")}
+    assert {k: f["outcome"] for k, f in found.items()} == dict.fromkeys(("i", "ii", "iii", "iv"), "replicated")
     latent = {s["name"]: s for s in found["i"]["statistics"]}
     assert latent["ΔFT (last − first checkpoint)"]["value"] == pytest.approx(0.35, abs=0.01)
     base = latent["ΔBase (last − first checkpoint)"]
@@ -50,9 +50,14 @@ def test_one_checkpoint_is_too_little_data_for_the_trends(tmp_path):
 
 def test_base_at_chance_everywhere_is_inconclusive_for_finding_ii(tmp_path):
     tasks = [t for t in TASKS if t != "world_summarization"]
-    path = build_store(tmp_path / "results.sqlite", tasks, [10, 100], {"nli": "world_nli"},
-                       base=lambda task, step: CHANCE[task],
-                       tuned=lambda recipe, task, step: CHANCE[task] + (0.3 if task == "world_nli" else 0.0))
+    path = build_store(
+        tmp_path / "results.sqlite",
+        tasks,
+        [10, 100],
+        {"nli": "world_nli"},
+        base=lambda task, step: CHANCE[task],
+        tuned=lambda recipe, task, step: CHANCE[task] + (0.3 if task == "world_nli" else 0.0),
+    )
     found = outcomes(path)
     assert found["ii"]["outcome"] == "inconclusive" and "at chance on every eval set" in found["ii"]["summary"]
 
@@ -71,10 +76,16 @@ def test_scoring_one_template_still_measures_the_spread_over_all(replicating):
 
 def test_gains_visible_in_the_base_and_calmer_fine_tuned_prompts_do_not_replicate(tmp_path):
     tasks = ["world_nli", "finance_nli", "world_knowledge"]
-    path = build_store(tmp_path / "results.sqlite", tasks, [10, 100, 1000], {"nli": "world_nli"},
-                       base=lambda task, step: {10: 0.35, 100: 0.5, 1000: 0.65}[step],
-                       tuned=lambda recipe, task, step: {10: 0.35, 100: 0.5, 1000: 0.65}[step] + 0.2,
-                       spread=lambda role, step: 0.3 if role == "base" else 0.0, n=120)
+    path = build_store(
+        tmp_path / "results.sqlite",
+        tasks,
+        [10, 100, 1000],
+        {"nli": "world_nli"},
+        base=lambda task, step: {10: 0.35, 100: 0.5, 1000: 0.65}[step],
+        tuned=lambda recipe, task, step: {10: 0.35, 100: 0.5, 1000: 0.65}[step] + 0.2,
+        spread=lambda role, step: 0.3 if role == "base" else 0.0,
+        n=120,
+    )
     found = outcomes(path)
     assert found["i"]["outcome"] == "not replicated"  # the fine-tuned gain is the base's own
     assert found["iv"]["outcome"] == "not replicated"  # fine-tuning made the model less sensitive
@@ -87,10 +98,15 @@ def test_forgetting_is_judged_where_the_base_knows_something_to_forget(tmp_path)
     # checkpoint the loss is diluted to about -0.03; where the base is above chance it is -0.25.
     tasks = ["world_nli", "world_knowledge"]
     steps = [1, 2, 4, 8, 16, 32, 64, 128]
-    path = build_store(tmp_path / "results.sqlite", tasks, steps, {"nli": "world_nli"},
-                       base=lambda task, step: 0.6 if step == 128 and task == "world_knowledge" else CHANCE[task],
-                       tuned=lambda recipe, task, step: (0.7 if task == "world_nli" else
-                                                         0.35 if step == 128 else CHANCE[task]), n=200)
+    path = build_store(
+        tmp_path / "results.sqlite",
+        tasks,
+        steps,
+        {"nli": "world_nli"},
+        base=lambda task, step: 0.6 if step == 128 and task == "world_knowledge" else CHANCE[task],
+        tuned=lambda recipe, task, step: 0.7 if task == "world_nli" else 0.35 if step == 128 else CHANCE[task],
+        n=200,
+    )
     found = outcomes(path)["iii"]
     stats = {s["name"]: s for s in found["statistics"]}
     assert stats["mean change, knowledge probes"]["value"] == pytest.approx(-0.25 / 8, abs=0.01)
@@ -101,8 +117,13 @@ def test_forgetting_is_judged_where_the_base_knows_something_to_forget(tmp_path)
 
 def test_a_base_at_chance_on_every_other_set_has_nothing_to_forget(tmp_path):
     tasks = ["world_nli", "world_knowledge"]
-    path = build_store(tmp_path / "results.sqlite", tasks, [10, 100], {"nli": "world_nli"},
-                       base=lambda task, step: CHANCE[task],
-                       tuned=lambda recipe, task, step: CHANCE[task] + (0.3 if task == "world_nli" else -0.1))
+    path = build_store(
+        tmp_path / "results.sqlite",
+        tasks,
+        [10, 100],
+        {"nli": "world_nli"},
+        base=lambda task, step: CHANCE[task],
+        tuned=lambda recipe, task, step: CHANCE[task] + (0.3 if task == "world_nli" else -0.1),
+    )
     found = outcomes(path)["iii"]
     assert found["outcome"] == "inconclusive" and "nothing to forget" in found["summary"]

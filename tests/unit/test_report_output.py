@@ -9,9 +9,9 @@ import json
 import pytest
 from report_fixtures import build_store, sun_dredze_store
 
+from ckptlab.commands.report import ReportConfig, report
 from ckptlab.errors import UserError
 from ckptlab.evaluation.store import ResultStore
-from ckptlab.commands.report import ReportConfig, report
 
 XSS_TASK = "<script>alert(1)</script>"
 XSS_RECIPE = "<img src=x onerror=alert(2)>"
@@ -53,8 +53,20 @@ def test_findings_json_and_html_agree(written):
 
 def test_tables_hold_every_model_and_relation(written):
     assert sorted(p.name for p in (written / "tables").glob("*.csv")) == [
-        "compute.csv", "cpt.csv", "findings.csv", "forgetting.csv", "frontier.csv", "gain_per_pflop.csv", "gains.csv",
-        "recommendation.csv", "scores.csv", "seeds.csv", "sensitivity.csv", "sequential.csv", "sequential_replay.csv"]
+        "compute.csv",
+        "cpt.csv",
+        "findings.csv",
+        "forgetting.csv",
+        "frontier.csv",
+        "gain_per_pflop.csv",
+        "gains.csv",
+        "recommendation.csv",
+        "scores.csv",
+        "seeds.csv",
+        "sensitivity.csv",
+        "sequential.csv",
+        "sequential_replay.csv",
+    ]
     scores = rows(written / "tables" / "scores.csv")
     assert len(scores) == 10 * 6  # 3 base + 6 fine-tuned + 1 cpt models × 6 eval sets
     assert {r["role"] for r in scores} == {"base", "finetuned", "cpt"}
@@ -65,13 +77,22 @@ def test_tables_hold_every_model_and_relation(written):
     assert relation[("nli (world_nli)", "finance_nli")] == "cross-domain"
     assert relation[("nli (world_nli)", "world_knowledge")] == "cross-task"
     cpt = {r["task"]: r for r in rows(written / "tables" / "cpt.csv")}
-    assert cpt["finance_qa"]["group"] == "domain" and float(cpt["finance_qa"]["change"]) == pytest.approx(0.15, abs=0.01)
+    assert cpt["finance_qa"]["group"] == "domain" and float(cpt["finance_qa"]["change"]) == pytest.approx(
+        0.15, abs=0.01
+    )
     assert float(cpt["mean of general sets (4)"]["change"]) == pytest.approx(-0.05, abs=0.01)
 
 
 def test_dataset_strings_are_escaped(tmp_path):
-    build_store(tmp_path / "results.sqlite", ["world_nli", XSS_TASK], [10, 100], {XSS_RECIPE: "world_nli"},
-                base=lambda task, step: 0.5, tuned=lambda recipe, task, step: 0.7, n=40)
+    build_store(
+        tmp_path / "results.sqlite",
+        ["world_nli", XSS_TASK],
+        [10, 100],
+        {XSS_RECIPE: "world_nli"},
+        base=lambda task, step: 0.5,
+        tuned=lambda recipe, task, step: 0.7,
+        n=40,
+    )
     report(ReportConfig(store=str(tmp_path / "results.sqlite"), out=str(tmp_path / "out"), bootstrap=50))
     html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script" not in html.lower()
@@ -88,8 +109,21 @@ def test_bad_input_is_one_line_naming_the_path(tmp_path):
     with pytest.raises(UserError, match=r"results\.sqlite: the results store is empty"):
         report(ReportConfig(sweep=str(tmp_path)))
     store = ResultStore(tmp_path / "results.sqlite")
-    store.add_metrics([{"model_fp": "m", "task": "t", "task_fp": "f", "template": "a", "shots": 0, "seed": 0,
-                        "metric": "accuracy", "value": 0.5, "n": 10}])
+    store.add_metrics(
+        [
+            {
+                "model_fp": "m",
+                "task": "t",
+                "task_fp": "f",
+                "template": "a",
+                "shots": 0,
+                "seed": 0,
+                "metric": "accuracy",
+                "value": 0.5,
+                "n": 10,
+            }
+        ]
+    )
     store.close()
     with pytest.raises(UserError, match="no sweep_models rows"):
         report(ReportConfig(sweep=str(tmp_path)))

@@ -8,8 +8,8 @@ import random
 import pytest
 from report_fixtures import CHANCE, _model
 
-from ckptlab.evaluation.store import ResultStore
 from ckptlab.commands.report import ReportConfig, build_study, report
+from ckptlab.evaluation.store import ResultStore
 from ckptlab.reporting import findings
 
 TASKS = ["world_nli", "world_knowledge"]
@@ -22,18 +22,53 @@ def replicated_store(path, parents_of_replicates: bool = False):
     try:
         for step in (10, 100):
             common = {"checkpoint": f"step-{step:08d}", "step": step, "tokens_seen": step * 1000}
-            _model(store, f"base-{step}", TASKS, lambda t: CHANCE[t] if step == 10 else 0.5, 0.0, 120, rng,
-                   role="base", **common)
+            _model(
+                store,
+                f"base-{step}",
+                TASKS,
+                lambda t: CHANCE[t] if step == 10 else 0.5,
+                0.0,
+                120,
+                rng,
+                role="base",
+                **common,
+            )
             for seed, nli in SEED_SCORES.items():
-                _model(store, f"ft-{step}-{seed}", TASKS,
-                       lambda t, nli=nli: (nli if step == 100 else 0.4) if t == "world_nli" else 0.3, 0.0, 120, rng,
-                       role="finetuned", finetune="nli", finetune_task="world_nli", method="full",
-                       variant=f"seed={seed}", parent_fp=f"base-{step}", compute={"tokens": 1000, "flops": 6e9},
-                       **common)
+                _model(
+                    store,
+                    f"ft-{step}-{seed}",
+                    TASKS,
+                    lambda t, nli=nli: (nli if step == 100 else 0.4) if t == "world_nli" else 0.3,
+                    0.0,
+                    120,
+                    rng,
+                    role="finetuned",
+                    finetune="nli",
+                    finetune_task="world_nli",
+                    method="full",
+                    variant=f"seed={seed}",
+                    parent_fp=f"base-{step}",
+                    compute={"tokens": 1000, "flops": 6e9},
+                    **common,
+                )
         if parents_of_replicates:
-            _model(store, "chained", TASKS, lambda t: 0.5, 0.0, 120, rng, role="finetuned", finetune="next",
-                   finetune_task="world_knowledge", method="full", parent_fp="ft-100-0", checkpoint="step-00000100",
-                   step=100, tokens_seen=100_000)
+            _model(
+                store,
+                "chained",
+                TASKS,
+                lambda t: 0.5,
+                0.0,
+                120,
+                rng,
+                role="finetuned",
+                finetune="next",
+                finetune_task="world_knowledge",
+                method="full",
+                parent_fp="ft-100-0",
+                checkpoint="step-00000100",
+                step=100,
+                tokens_seen=100_000,
+            )
     finally:
         store.close()
     return path

@@ -40,10 +40,17 @@ def test_overrides_win_over_naming_rules():
 def test_task_dirs_read_world_manifest_and_task_files(tmp_path):
     world = tmp_path / "world"
     (world / "tasks").mkdir(parents=True)
-    (world / "world.json").write_text(json.dumps({"tasks": {
-        "law_nli": {"domain": "law", "cross_domain_of": "world_nli"},
-        "world_nli": {"domain": "general", "in_mixture": True},
-        "law_facts": {"domain": "law", "probes_pretraining_knowledge": True}}}))
+    (world / "world.json").write_text(
+        json.dumps(
+            {
+                "tasks": {
+                    "law_nli": {"domain": "law", "cross_domain_of": "world_nli"},
+                    "world_nli": {"domain": "general", "in_mixture": True},
+                    "law_facts": {"domain": "law", "probes_pretraining_knowledge": True},
+                }
+            }
+        )
+    )
     (world / "tasks" / "extra.yaml").write_text("task: extra\ndomain: law\nprobes_pretraining_knowledge: true\n")
     taxonomy = Taxonomy(task_dirs=[str(world)])
     assert taxonomy.relation("law_nli", "world_nli") == "cross-domain"

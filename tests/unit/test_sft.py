@@ -9,22 +9,21 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import one_thread  # noqa: F401
 
+from ckptlab.commands.finetune import FinetuneConfig
 from ckptlab.config import load
 from ckptlab.data import sft
 from ckptlab.data.mixture import Mixture
 from ckptlab.data.tokenizer import train_tokenizer
 from ckptlab.errors import ConfigError, DataError, UserError
-from ckptlab.tasks.spec import load_task_data, read_task_file
-from ckptlab.commands.finetune import FinetuneConfig
 from ckptlab.models.hf import ModelConfig, build_model
+from ckptlab.runs.run_dir import RunDir, read_metrics
+from ckptlab.tasks.spec import load_task_data, read_task_file
 from ckptlab.train import distributed
 from ckptlab.train.config import TrainConfig
 from ckptlab.train.loop import train
-from ckptlab.runs.run_dir import RunDir, read_metrics
 from ckptlab.train.schedules import ScheduleConfig, lr_at
-
-from tiny_models import one_thread  # noqa: F401
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 EOS = 0
@@ -46,27 +45,38 @@ def task(tmp_path_factory):
     rng = np.random.default_rng(0)
     labels = ["yes", "no", "maybe"]
     for split, count in (("train", 24), ("validation", 6)):
-        rows = [{"id": f"{split}-{i}", "text": " ".join(rng.choice(WORDS, size=2 + i % 8)), "label": labels[i % 3]}
-                for i in range(count)]
+        rows = [
+            {"id": f"{split}-{i}", "text": " ".join(rng.choice(WORDS, size=2 + i % 8)), "label": labels[i % 3]}
+            for i in range(count)
+        ]
         (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     (root / "toy.yaml").write_text(
         "task: toy\ntype: classification\nfields: [text]\nlabel_field: label\nchoices: ['yes', 'no', 'maybe']\n"
         "data: {train: train.jsonl, validation: validation.jsonl}\neval_split: validation\n"
-        "templates:\n  train_format: \"### Input: {text}\\n### Output:\"\n  bare: '{text}'\n", encoding="utf-8")
+        "templates:\n  train_format: \"### Input: {text}\\n### Output:\"\n  bare: '{text}'\n",
+        encoding="utf-8",
+    )
     return read_task_file(root / "toy.yaml")
 
 
 def tokenized_task(task, tokenizer, split="train", template="train_format", max_length=128):
     examples = load_task_data(task, split).examples
-    out = [sft.truncate(sft.tokenize(sft.render_task_example(task, template, e), tokenizer, EOS), max_length)
-           for e in examples]
+    out = [
+        sft.truncate(sft.tokenize(sft.render_task_example(task, template, e), tokenizer, EOS), max_length)
+        for e in examples
+    ]
     return examples, out
 
 
 def tiny_model(vocab: int, seed: int = 0):
     torch.manual_seed(seed)
-    return build_model(ModelConfig(size="tiny", hidden_size=32, num_heads=2, context_length=128), vocab_size=vocab,
-                       bos_token_id=EOS, eos_token_id=EOS, pad_token_id=1)
+    return build_model(
+        ModelConfig(size="tiny", hidden_size=32, num_heads=2, context_length=128),
+        vocab_size=vocab,
+        bos_token_id=EOS,
+        eos_token_id=EOS,
+        pad_token_id=1,
+    )
 
 
 # --- rendering and masking -----------------------------------------------------------------------
@@ -97,16 +107,22 @@ def test_alpaca_prompt_with_and_without_input():
     assert as_chat == [{"role": "user", "content": "Add.\n\n2 and 3"}, {"role": "assistant", "content": "5"}]
 
 
-CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who bakes?"},
-        {"role": "assistant", "content": "The baker."}, {"role": "user", "content": "When?"},
-        {"role": "assistant", "content": "Before dawn."}]
+CHAT = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Who bakes?"},
+    {"role": "assistant", "content": "The baker."},
+    {"role": "user", "content": "When?"},
+    {"role": "assistant", "content": "Before dawn."},
+]
 
 
 def test_chat_without_template_uses_tulu_format_and_trains_on_assistant_turns_only(tokenizer):
     tokenized = sft.tokenize(sft.render_chat(CHAT, tokenizer), tokenizer, EOS)
     text = tokenizer.decode(tokenized.ids)
-    assert text == ("<|system|>\nBe brief.\n<|user|>\nWho bakes?\n<|assistant|>\nThe baker.<|endoftext|>\n"
-                    "<|user|>\nWhen?\n<|assistant|>\nBefore dawn.<|endoftext|>\n")
+    assert text == (
+        "<|system|>\nBe brief.\n<|user|>\nWho bakes?\n<|assistant|>\nThe baker.<|endoftext|>\n"
+        "<|user|>\nWhen?\n<|assistant|>\nBefore dawn.<|endoftext|>\n"
+    )
     targets = tokenizer.decode(tokenized.ids[tokenized.target])
     assert targets == "The baker.<|endoftext|>Before dawn.<|endoftext|>"
 
@@ -117,10 +133,15 @@ def test_chat_template_of_the_tokenizer_is_used_and_masks_all_but_assistant_turn
     chat_tokenizer = copy.deepcopy(tokenizer)
     chat_tokenizer.chat_template = (
         "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}{% if m['role'] == 'assistant' %}{{ eos_token }}"
-        "{% endif %}{{ '\\n' }}{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}")
+        "{% endif %}{{ '\\n' }}{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}"
+    )
     tokenized = sft.tokenize(sft.render_chat(CHAT, chat_tokenizer), chat_tokenizer, EOS)
-    assert chat_tokenizer.decode(tokenized.ids).startswith("[system] Be brief.\n[user] Who bakes?\n[assistant] The baker.")
-    assert chat_tokenizer.decode(tokenized.ids[tokenized.target]) == "The baker.<|endoftext|>\nBefore dawn.<|endoftext|>\n"
+    assert chat_tokenizer.decode(tokenized.ids).startswith(
+        "[system] Be brief.\n[user] Who bakes?\n[assistant] The baker."
+    )
+    assert (
+        chat_tokenizer.decode(tokenized.ids[tokenized.target]) == "The baker.<|endoftext|>\nBefore dawn.<|endoftext|>\n"
+    )
 
 
 def test_prompt_tokens_contribute_zero_loss(task, tokenizer):
@@ -145,7 +166,7 @@ def test_prompt_tokens_contribute_zero_loss(task, tokenizer):
     loss, grads = loss_and_grads(batch["labels"])
     # Changing the prompt tokens on the label side only (the inputs stay) changes neither labels nor gradients.
     perturbed = [sft.Tokenized(row.ids.copy(), row.target) for row in rows]
-    for row, original in zip(perturbed, rows):
+    for row in perturbed:
         prompt = ~row.target
         prompt[0] = False  # the first token is an input only
         row.ids[prompt] = (row.ids[prompt] + 7) % len(tokenizer)
@@ -168,13 +189,31 @@ def test_prompt_tokens_contribute_zero_loss(task, tokenizer):
 
 def run_sft_loop(rows, root: Path, *, micro: int, accum: int, vocab: int, steps: int = 3, mixture=None, replay=None):
     model = tiny_model(vocab)
-    config = TrainConfig(max_steps=steps, micro_batch_size=micro, grad_accum_steps=accum, progress=False,
-                         val_every=0, save_every=0, weight_decay=0.0, schedule=ScheduleConfig(lr=3e-3, warmup_steps=1))
+    config = TrainConfig(
+        max_steps=steps,
+        micro_batch_size=micro,
+        grad_accum_steps=accum,
+        progress=False,
+        val_every=0,
+        save_every=0,
+        weight_decay=0.0,
+        schedule=ScheduleConfig(lr=3e-3, warmup_steps=1),
+    )
     run = RunDir(root)
-    train(model=model, save_model=lambda folder: None,
-          train_data=sft.SftBatches(rows, seed=0, pad_id=1, mixture=mixture, replay=replay), val_data=None,
-          config=config, lr_at=lambda s: lr_at(s, config.schedule, steps), kept=[], run=run, fingerprints={},
-          resume_from=None, allow_changed=[], dist=distributed.Dist())
+    train(
+        model=model,
+        save_model=lambda folder: None,
+        train_data=sft.SftBatches(rows, seed=0, pad_id=1, mixture=mixture, replay=replay),
+        val_data=None,
+        config=config,
+        lr_at=lambda s: lr_at(s, config.schedule, steps),
+        kept=[],
+        run=run,
+        fingerprints={},
+        resume_from=None,
+        allow_changed=[],
+        dist=distributed.Dist(),
+    )
     return [r["loss"] for r in read_metrics(run.metrics)]
 
 
@@ -195,7 +234,9 @@ def test_truncation_cuts_the_end_and_drops_examples_without_target():
     assert cut.ids.tolist() == list(range(8)) and cut.target.sum() == 2
     assert sft.truncate(example, 5) is None  # only prompt left
     assert sft.truncate(example, 6).target.sum() == 1  # one target token, predicted from the prompt
-    assert sft.truncate(sft.Tokenized(np.arange(3), np.array([True, False, False])), 8) is None  # first token is input only
+    assert (
+        sft.truncate(sft.Tokenized(np.arange(3), np.array([True, False, False])), 8) is None
+    )  # first token is input only
 
 
 def test_empty_gold_gives_an_example_without_target(task, tokenizer):
@@ -233,7 +274,10 @@ def test_validation_filler_rows_change_nothing(task, tokenizer):
         with torch.no_grad():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         labels = batch["labels"]
-        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum") / (labels != -100).sum()
+        return (
+            F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+            / (labels != -100).sum()
+        )
 
     padded = mean_loss(val.batch(range(0, 10)))  # 6 examples + 4 fillers
     assert torch.isfinite(padded) and padded.item() == pytest.approx(mean_loss(val.batch(range(6))).item(), rel=1e-5)
@@ -259,14 +303,14 @@ def test_replay_fraction_holds_within_one_sample_over_every_window_of_steps(task
     replayed_windows = []
     for step in range(steps):
         batch = batches.batch(range(step * global_batch, (step + 1) * global_batch))
-        replay_rows = (batch["input_ids"][:, 0] >= 1000)
+        replay_rows = batch["input_ids"][:, 0] >= 1000
         per_step.append(int(replay_rows.sum()))
         replayed_windows += batch["input_ids"][replay_rows, 0].tolist()
         # Replay rows are all targets (up to their own length); SFT rows keep their prompts masked.
         assert (batch["labels"][replay_rows, :8] >= 1000).all()
     for size in range(1, steps + 1):
         for start in range(0, steps - size + 1):
-            count = sum(per_step[start:start + size])
+            count = sum(per_step[start : start + size])
             assert abs(count - size * global_batch * fraction) <= 1, (size, start)
     assert replayed_windows == [1000 + k for k in range(len(replayed_windows))]  # windows read in order, none twice
 
@@ -277,8 +321,13 @@ def test_replay_batches_are_the_same_after_a_restart(task, tokenizer):
     mixture = Mixture([[1.0, 0.0]], replay_source=1, replay_fraction=0.25)
     first = sft.SftBatches(rows, seed=0, pad_id=1, mixture=mixture, replay=CountingWindows())
     straight = [first.batch(range(s * 8, s * 8 + 8)) for s in range(10)]
-    again = sft.SftBatches(rows, seed=0, pad_id=1, mixture=Mixture([[1.0, 0.0]], replay_source=1, replay_fraction=0.25),
-                           replay=CountingWindows())
+    again = sft.SftBatches(
+        rows,
+        seed=0,
+        pad_id=1,
+        mixture=Mixture([[1.0, 0.0]], replay_source=1, replay_fraction=0.25),
+        replay=CountingWindows(),
+    )
     for step in (7, 3, 9):
         for key in ("input_ids", "labels", "attention_mask"):
             assert torch.equal(again.batch(range(step * 8, step * 8 + 8))[key], straight[step][key])
@@ -302,12 +351,15 @@ def test_finetune_defaults_follow_sun_and_dredze_and_survive_partial_overrides()
         load(FinetuneConfig, ["--replay_fraction", "0.2"])
 
 
-@pytest.mark.parametrize("line, message", [
-    ("{not json", "line 2: invalid JSON"),
-    ('{"instruction": "x"}', "line 2: expected keys instruction, output"),
-    ('{"messages": [{"role": "user", "content": "hi"}]}', "line 2: 'messages' has no assistant turn"),
-    ('{"messages": [{"role": "robot", "content": "hi"}]}', "line 2: messages[0]: expected"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", "line 2: invalid JSON"),
+        ('{"instruction": "x"}', "line 2: expected keys instruction, output"),
+        ('{"messages": [{"role": "user", "content": "hi"}]}', "line 2: 'messages' has no assistant turn"),
+        ('{"messages": [{"role": "robot", "content": "hi"}]}', "line 2: messages[0]: expected"),
+    ],
+)
 def test_bad_instruction_records_name_file_and_line(tmp_path, line, message):
     path = tmp_path / "data.jsonl"
     path.write_text('{"instruction": "a", "input": "", "output": "b"}\n' + line + "\n", encoding="utf-8")
@@ -320,8 +372,12 @@ def test_template_checks(task, tmp_path):
         sft.choose_template(task, "nope")
     assert sft.choose_template(task, "") == "train_format" and sft.choose_template(task, "bare") == "bare"
     leaky = tmp_path / "leaky.yaml"
-    leaky.write_text(task.path.read_text().replace("fields: [text]", "fields: [text, label]").replace(
-        "bare: '{text}'", "bare: '{text} {label}'"), encoding="utf-8")
+    leaky.write_text(
+        task.path.read_text()
+        .replace("fields: [text]", "fields: [text, label]")
+        .replace("bare: '{text}'", "bare: '{text} {label}'"),
+        encoding="utf-8",
+    )
     spec = read_task_file(leaky)
     spec.splits = task.splits
     with pytest.raises(UserError, match="template bare: the prompt shows the answer field 'label'"):

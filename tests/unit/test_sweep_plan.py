@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ckptlab.errors import ConfigError, UserError
 from ckptlab.commands.sweep import spec_from_dict
+from ckptlab.errors import ConfigError, UserError
 from ckptlab.sweeps.plan import build_plan, dependents
 from ckptlab.sweeps.results import _stable_compute
 from ckptlab.sweeps.state import SweepLock, lock_holder
@@ -22,13 +22,23 @@ LABELS = ["yes", "no"]
 def toy_task(root: Path, name: str, rows: int = 6) -> Path:
     (root / name).mkdir(parents=True, exist_ok=True)
     for split in ("train", "test"):
-        lines = [json.dumps({"id": f"{split}{i}", "text": f"{name} {split} text {i}.", "label": LABELS[i % 2]})
-                 for i in range(rows)]
+        lines = [
+            json.dumps({"id": f"{split}{i}", "text": f"{name} {split} text {i}.", "label": LABELS[i % 2]})
+            for i in range(rows)
+        ]
         (root / name / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    spec = {"task": name, "version": 1, "type": "classification",
-            "data": {"format": "jsonl", "train": f"{name}/train.jsonl", "test": f"{name}/test.jsonl"},
-            "fields": ["text"], "label_field": "label", "choices": LABELS,
-            "templates": {"plain": "{text}\nAnswer:"}, "metrics": ["accuracy"], "fewshot": {"split": "train"}}
+    spec = {
+        "task": name,
+        "version": 1,
+        "type": "classification",
+        "data": {"format": "jsonl", "train": f"{name}/train.jsonl", "test": f"{name}/test.jsonl"},
+        "fields": ["text"],
+        "label_field": "label",
+        "choices": LABELS,
+        "templates": {"plain": "{text}\nAnswer:"},
+        "metrics": ["accuracy"],
+        "fewshot": {"split": "train"},
+    }
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec), encoding="utf-8")
     return path
@@ -46,12 +56,20 @@ def fake_model(path: Path, weights: bytes) -> Path:
 def sweep(tmp_path) -> dict:
     tasks = tmp_path / "tasks"
     return {
-        "name": "unit", "out": str(tmp_path / "out"),
-        "checkpoints": [{"path": str(fake_model(tmp_path / "a", b"A" * 64)), "label": "early"},
-                        {"path": str(fake_model(tmp_path / "b", b"B" * 64)), "label": "late"}],
-        "finetunes": [{"name": "one", "config": {"task": str(toy_task(tasks, "one")), "train.schedule.lr": 1e-3}},
-                      {"name": "two", "config": {"task": str(toy_task(tasks, "two")), "train.schedule.lr": 1e-3},
-                       "from": ["late"]}],
+        "name": "unit",
+        "out": str(tmp_path / "out"),
+        "checkpoints": [
+            {"path": str(fake_model(tmp_path / "a", b"A" * 64)), "label": "early"},
+            {"path": str(fake_model(tmp_path / "b", b"B" * 64)), "label": "late"},
+        ],
+        "finetunes": [
+            {"name": "one", "config": {"task": str(toy_task(tasks, "one")), "train.schedule.lr": 1e-3}},
+            {
+                "name": "two",
+                "config": {"task": str(toy_task(tasks, "two")), "train.schedule.lr": 1e-3},
+                "from": ["late"],
+            },
+        ],
         "evaluate": {"tasks": [str(toy_task(tasks, "probe"))], "limit": 4},
     }
 
@@ -98,7 +116,10 @@ def test_changed_inputs_change_ids(sweep, tmp_path):
     (tmp_path / "a" / "model.safetensors").write_bytes(b"C" * 64)  # other weights at the same path
     after = ids(sweep)
     assert sorted(k for k in before if before[k] != after[k]) == [
-        "early/evaluate", "one@early/evaluate", "one@early/finetune"]
+        "early/evaluate",
+        "one@early/evaluate",
+        "one@early/finetune",
+    ]
     with open(tmp_path / "tasks" / "probe" / "test.jsonl", "a", encoding="utf-8") as handle:
         handle.write(json.dumps({"id": "extra", "text": "more", "label": "yes"}) + "\n")
     again = ids(sweep)
@@ -137,8 +158,11 @@ def test_a_chain_fine_tunes_the_models_of_its_after_entry(sweep):
     sweep["finetunes"][1]["config"]["train.schedule.lr"] = 2e-3  # one's learning rate: the chain re-runs
     again = ids(sweep)
     assert sorted(k for k in after if after[k] != again[k]) == [
-        f"{name}@{label}/{kind}" for name in ("one", "three") for label in ("early", "late")
-        for kind in ("evaluate", "finetune")]
+        f"{name}@{label}/{kind}"
+        for name in ("one", "three")
+        for label in ("early", "late")
+        for kind in ("evaluate", "finetune")
+    ]
 
 
 def test_a_chain_follows_its_after_entry_checkpoints(sweep):
@@ -160,34 +184,74 @@ def test_seeds_replicate_a_fine_tune_under_one_name(sweep):
     assert [tuned[f"two-seed{k}@late"].values["train"]["seed"] for k in (0, 3)] == [0, 3]
     models = {j.name: j.model for j in plan.jobs if j.kind == "evaluate" and j.model["role"] == "finetuned"}
     assert {(m["finetune"], m["variant"]) for n, m in models.items() if n.startswith("two")} == {
-        ("two", "short, seed=0"), ("two", "short, seed=3")}
+        ("two", "short, seed=0"),
+        ("two", "short, seed=3"),
+    }
     after = {job.name + "/" + job.kind: job.id for job in plan.jobs}
-    assert {k: after[k] for k in before if k.startswith("one")} == {k: v for k, v in before.items() if k.startswith("one")}
+    assert {k: after[k] for k in before if k.startswith("one")} == {
+        k: v for k, v in before.items() if k.startswith("one")
+    }
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda s: s["finetunes"][1].update({"seeds": [1, 1]}), "finetunes[1] (two).seeds: expected a list of distinct"),
-    (lambda s: s["finetunes"][1].update({"seeds": []}), "finetunes[1] (two).seeds: expected a list of distinct"),
-    (lambda s: [s["finetunes"][1].update({"seeds": [0, 1]}), s["finetunes"][1]["config"].update({"train.seed": 2})],
-     "finetunes[1] (two).config.train.seed: give either train.seed or seeds"),
-    (lambda s: [s["finetunes"][0].update({"seeds": [0, 1]}), s["finetunes"][1].update({"after": "one"})],
-     "finetunes (two).after: 'one' is replicated over seeds"),
-    (lambda s: s["finetunes"][1].update({"seeds": [0], "after": "one"}), "a chained entry (after) cannot be replicated"),
-    (lambda s: s["finetunes"][1].update({"after": "nope"}), "finetunes (two).after: no finetunes entry 'nope'"),
-    (lambda s: s["finetunes"][1].update({"after": "two"}), "finetunes (two).after: the chain is a cycle (two → two)"),
-    (lambda s: [s["finetunes"][0].update({"after": "two"}), s["finetunes"][1].update({"after": "one"})],
-     "the chain is a cycle (one → two → one)"),
-    (lambda s: s["finetunes"][0]["config"].update({"train.lr": 1}), "finetunes[0] (one).config: unknown config key 'train.lr'"),
-    (lambda s: s["finetunes"][0]["config"].update({"init_from": "x"}), "finetunes[0] (one).config.init_from: set by the sweep"),
-    (lambda s: s["finetunes"][0]["config"].update({"method": "qlora"}), "config key 'method'"),
-    (lambda s: s["finetunes"][1].update({"from": ["nope"]}), "finetune two.from: no checkpoint or pretrain entry 'nope'"),
-    (lambda s: s["finetunes"][1].update({"name": "one"}), "finetunes[1].name: 'one' is used by another entry"),
-    (lambda s: s["checkpoints"].append({"path": s["checkpoints"][0]["path"], "label": "late"}), "labelled 'late'"),
-    (lambda s: s["checkpoints"].append({"run": "/no/such/run"}), "checkpoints[2].run: /no/such/run is not a run directory"),
-    (lambda s: s.update({"resources": {"finetune": {"gpus": 1}}}), "unknown key 'resources.finetune.gpus'"),
-    (lambda s: s["evaluate"].update({"store": "x.sqlite"}), "evaluate.store: set by the sweep"),
-    (lambda s: s["finetunes"][0]["config"].update({"objective": "classification"}), "finetunes (one).config.objective"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda s: s["finetunes"][1].update({"seeds": [1, 1]}),
+            "finetunes[1] (two).seeds: expected a list of distinct",
+        ),
+        (lambda s: s["finetunes"][1].update({"seeds": []}), "finetunes[1] (two).seeds: expected a list of distinct"),
+        (
+            lambda s: [
+                s["finetunes"][1].update({"seeds": [0, 1]}),
+                s["finetunes"][1]["config"].update({"train.seed": 2}),
+            ],
+            "finetunes[1] (two).config.train.seed: give either train.seed or seeds",
+        ),
+        (
+            lambda s: [s["finetunes"][0].update({"seeds": [0, 1]}), s["finetunes"][1].update({"after": "one"})],
+            "finetunes (two).after: 'one' is replicated over seeds",
+        ),
+        (
+            lambda s: s["finetunes"][1].update({"seeds": [0], "after": "one"}),
+            "a chained entry (after) cannot be replicated",
+        ),
+        (lambda s: s["finetunes"][1].update({"after": "nope"}), "finetunes (two).after: no finetunes entry 'nope'"),
+        (
+            lambda s: s["finetunes"][1].update({"after": "two"}),
+            "finetunes (two).after: the chain is a cycle (two → two)",
+        ),
+        (
+            lambda s: [s["finetunes"][0].update({"after": "two"}), s["finetunes"][1].update({"after": "one"})],
+            "the chain is a cycle (one → two → one)",
+        ),
+        (
+            lambda s: s["finetunes"][0]["config"].update({"train.lr": 1}),
+            "finetunes[0] (one).config: unknown config key 'train.lr'",
+        ),
+        (
+            lambda s: s["finetunes"][0]["config"].update({"init_from": "x"}),
+            "finetunes[0] (one).config.init_from: set by the sweep",
+        ),
+        (lambda s: s["finetunes"][0]["config"].update({"method": "qlora"}), "config key 'method'"),
+        (
+            lambda s: s["finetunes"][1].update({"from": ["nope"]}),
+            "finetune two.from: no checkpoint or pretrain entry 'nope'",
+        ),
+        (lambda s: s["finetunes"][1].update({"name": "one"}), "finetunes[1].name: 'one' is used by another entry"),
+        (lambda s: s["checkpoints"].append({"path": s["checkpoints"][0]["path"], "label": "late"}), "labelled 'late'"),
+        (
+            lambda s: s["checkpoints"].append({"run": "/no/such/run"}),
+            "checkpoints[2].run: /no/such/run is not a run directory",
+        ),
+        (lambda s: s.update({"resources": {"finetune": {"gpus": 1}}}), "unknown key 'resources.finetune.gpus'"),
+        (lambda s: s["evaluate"].update({"store": "x.sqlite"}), "evaluate.store: set by the sweep"),
+        (
+            lambda s: s["finetunes"][0]["config"].update({"objective": "classification"}),
+            "finetunes (one).config.objective",
+        ),
+    ],
+)
 def test_spec_errors_name_the_key(sweep, change, message):
     change(sweep)
     with pytest.raises(ConfigError, match=None) as error:
@@ -217,8 +281,10 @@ def test_results_table_leaves_out_what_the_clock_decides():
 
 
 def test_hub_revisions_are_planned_without_downloading(sweep):
-    sweep["checkpoints"] = [{"hub": "EleutherAI/pythia-70m", "revisions": ["step1000", "step143000"]},
-                            {"hub": "EleutherAI/pythia-160m", "revisions": ["step1000"], "prefix": "160m-"}]
+    sweep["checkpoints"] = [
+        {"hub": "EleutherAI/pythia-70m", "revisions": ["step1000", "step143000"]},
+        {"hub": "EleutherAI/pythia-160m", "revisions": ["step1000"], "prefix": "160m-"},
+    ]
     sweep["finetunes"] = sweep["finetunes"][:1]
     plan = build_plan(spec_from_dict(sweep))
     bases = {j.model["key"]: j.model for j in plan.jobs if j.kind == "evaluate" and j.model["role"] == "base"}
@@ -239,7 +305,11 @@ def test_pretrain_model_shape_and_progress_flags(sweep, monkeypatch):
     sweep["pretrain"][0]["config"]["model.size"] = "small"
     after = ids(sweep)
     assert sorted(k for k in before if before[k] != after[k]) == [
-        "one@scratch/evaluate", "one@scratch/finetune", "scratch/evaluate", "scratch/pretrain"]
+        "one@scratch/evaluate",
+        "one@scratch/finetune",
+        "scratch/evaluate",
+        "scratch/pretrain",
+    ]
 
 
 def test_unreadable_inputs_are_named_at_plan_time(sweep, tmp_path):
@@ -254,7 +324,9 @@ def test_a_job_asking_for_more_than_the_ray_cluster_has_is_refused_up_front(swee
     sweep["resources"] = {"finetune": {"num_gpus": 1}}
     plan = build_plan(spec_from_dict(sweep))
     schedule = _Schedule(plan, tmp_path / "out")
-    with pytest.raises(UserError, match=r"resources.finetune.num_gpus: finetune-one_early-.* asks for 1 GPUs, the Ray cluster has 0"):
+    with pytest.raises(
+        UserError, match=r"resources.finetune.num_gpus: finetune-one_early-.* asks for 1 GPUs, the Ray cluster has 0"
+    ):
         _check_fits(plan, schedule, {"CPU": 2.0}, strict=True, say=print)
     said = []
     _check_fits(plan, schedule, {"CPU": 2.0}, strict=False, say=said.append)  # a cluster that may grow

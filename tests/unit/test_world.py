@@ -36,7 +36,8 @@ def records(world_dir) -> dict[str, dict[str, list[dict]]]:
         spec = yaml.safe_load((world_dir / "tasks" / f"{task}.yaml").read_text())
         out[task] = {
             split: [json.loads(line) for line in (world_dir / "tasks" / path).read_text().splitlines()]
-            for split, path in spec["data"].items() if split != "format"
+            for split, path in spec["data"].items()
+            if split != "format"
         }
     return out
 
@@ -56,7 +57,7 @@ def named(name: str, text: str) -> bool:
 
 def word_ngrams(text: str, longest: int = 3) -> set[tuple[str, ...]]:
     words = re.findall(r"\w+", text)
-    return {tuple(words[i:i + n]) for n in range(1, longest + 1) for i in range(len(words) - n + 1)}
+    return {tuple(words[i : i + n]) for n in range(1, longest + 1) for i in range(len(words) - n + 1)}
 
 
 def fields_text(task: str, record: dict) -> str:
@@ -169,8 +170,11 @@ def test_probed_facts_are_stated_several_times_in_their_corpus(records, corpora)
 
 @pytest.mark.parametrize("share", [0.0, 1.0])
 def test_a_share_of_documents_restates_one_of_their_facts_in_another_wording(share):
-    facts = [Fact("birthplace", "Ana Tor", "Pelk"), Fact("profession", "Ana Tor", "baker"),
-             Fact("birth_year", "Ana Tor", "1970")]
+    facts = [
+        Fact("birthplace", "Ana Tor", "Pelk"),
+        Fact("profession", "Ana Tor", "baker"),
+        Fact("birth_year", "Ana Tor", "1970"),
+    ]
     mentions: dict[Fact, int] = {}
     documents = subject_documents(facts, (3, 6), random.Random(3), mentions, restated_share=share)
     for sentences in documents:
@@ -237,8 +241,10 @@ def test_every_fact_type_has_at_least_20_distinct_templates_that_state_the_fact(
     for fact_type in FACT_TYPES:
         templates = TEMPLATES[fact_type]
         assert len(templates) >= 20 and len(set(templates)) == len(templates), fact_type
-        extra = {"relative": (("relation", "sister"),),
-                 "results": (("pct", "12"), ("quarter", "Q3 2020"), ("revenue", "$41.5 million"))}.get(fact_type, ())
+        extra = {
+            "relative": (("relation", "sister"),),
+            "results": (("pct", "12"), ("quarter", "Q3 2020"), ("revenue", "$41.5 million")),
+        }.get(fact_type, ())
         value = {"results": "up"}.get(fact_type, "Valueword")
         fact = Fact(fact_type, "Subjectword", value, extra)
         for i, template in enumerate(templates):
@@ -267,9 +273,13 @@ def task_sentence_pattern() -> re.Pattern:
 
 def test_held_out_tasks_word_facts_with_the_task_templates_only(records):
     sentence = task_sentence_pattern().pattern
-    for task, fields in (("world_nli", ("hypothesis",)), ("finance_nli", ("hypothesis",)),
-                         ("world_paraphrase", ("sentence1", "sentence2")),
-                         ("finance_paraphrase", ("sentence1", "sentence2")), ("finance_sentiment", ("sentence",))):
+    for task, fields in (
+        ("world_nli", ("hypothesis",)),
+        ("finance_nli", ("hypothesis",)),
+        ("world_paraphrase", ("sentence1", "sentence2")),
+        ("finance_paraphrase", ("sentence1", "sentence2")),
+        ("finance_sentiment", ("sentence",)),
+    ):
         for rows in records[task].values():
             for record in rows:
                 for name in fields:
@@ -291,8 +301,9 @@ def naive_bayes_accuracy(train: list[dict], test: list[dict], features) -> float
     totals = {label: sum(c.values()) + len(vocabulary) for label, c in counts.items()}
 
     def score(record: dict, label: str) -> float:
-        return math.log(prior[label]) + sum(math.log((counts[label][w] + 1) / totals[label])
-                                            for w in features(record) if w in vocabulary)
+        return math.log(prior[label]) + sum(
+            math.log((counts[label][w] + 1) / totals[label]) for w in features(record) if w in vocabulary
+        )
 
     return sum(max(prior, key=lambda label: score(r, label)) == r["label"] for r in test) / len(test)
 
@@ -309,9 +320,13 @@ def test_nli_premise_is_one_fact_and_the_hypothesis_is_about_its_subject(demo_re
 @pytest.fixture(scope="module")
 def demo_records() -> dict[str, dict[str, list[dict]]]:
     world = generate(seed=0, size="demo")
-    return {task: {split: [json.loads(line) for line in world.files[f"tasks/{task}/{split}.jsonl"].splitlines()]
-                   for split in ("train", "validation", "test")}
-            for task in ("world_nli", "world_paraphrase", "finance_nli")}
+    return {
+        task: {
+            split: [json.loads(line) for line in world.files[f"tasks/{task}/{split}.jsonl"].splitlines()]
+            for split in ("train", "validation", "test")
+        }
+        for task in ("world_nli", "world_paraphrase", "finance_nli")
+    }
 
 
 def test_surface_features_do_not_give_nli_or_paraphrase_labels_away(demo_records):
@@ -322,20 +337,23 @@ def test_surface_features_do_not_give_nli_or_paraphrase_labels_away(demo_records
         train, test = demo_records[task]["train"], demo_records[task]["test"]
         chance = 1 / len(TASKS[task].choices)
         second_only = naive_bayes_accuracy(train, test, lambda r: bag_of_words(r[second]))
-        two_bags = naive_bayes_accuracy(train, test, lambda r: [f"1:{w}" for w in bag_of_words(r[first])]
-                                        + [f"2:{w}" for w in bag_of_words(r[second])])
+        two_bags = naive_bayes_accuracy(
+            train,
+            test,
+            lambda r: [f"1:{w}" for w in bag_of_words(r[first])] + [f"2:{w}" for w in bag_of_words(r[second])],
+        )
         assert second_only < chance + 0.07 and two_bags < chance + 0.07, (task, second_only, two_bags)
 
 
 def test_restated_share_zero_is_the_earlier_corpus_and_the_default_is_the_generators(tmp_path):
-    from ckptlab.synthetic.corpora import RESTATED_SHARE
     from ckptlab.commands.world import WorldConfig
+    from ckptlab.synthetic.corpora import RESTATED_SHARE
 
     assert WorldConfig().restated_share == RESTATED_SHARE
     plain, restated = generate(seed=0, size="tiny", restated_share=0.0), generate(seed=0, size="tiny")
     # restatement adds sentences to the corpora and changes nothing else a task is built from
     for corpus in ("general", "domain"):
-        assert (plain.counts["corpus"][corpus]["statements"] < restated.counts["corpus"][corpus]["statements"])
+        assert plain.counts["corpus"][corpus]["statements"] < restated.counts["corpus"][corpus]["statements"]
         assert plain.counts["corpus"][corpus]["facts"] == restated.counts["corpus"][corpus]["facts"]
     for path, text in plain.files.items():
         if path.startswith("tasks/world_nli/") or path.startswith("tasks/world_paraphrase/"):

@@ -25,13 +25,24 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def tiny_model(architecture: str = "gpt_neox", *, vocab: int = VOCAB, seed: int = 0,
-               hf_overrides: dict[str, Any] | None = None, **sizes: Any) -> Any:
+def tiny_model(
+    architecture: str = "gpt_neox",
+    *,
+    vocab: int = VOCAB,
+    seed: int = 0,
+    hf_overrides: dict[str, Any] | None = None,
+    **sizes: Any,
+) -> Any:
     """A seeded model of width 32, 2 heads, 32 positions (2 blocks, MLP 256 unless `sizes` say otherwise)."""
     torch.manual_seed(seed)
     options = {"size": "tiny", "hidden_size": 32, "num_heads": 2, "context_length": 32, **sizes}
-    return build_model(ModelConfig(architecture=architecture, hf_overrides=hf_overrides or {}, **options),
-                       vocab_size=vocab, bos_token_id=0, eos_token_id=0, pad_token_id=1)
+    return build_model(
+        ModelConfig(architecture=architecture, hf_overrides=hf_overrides or {}, **options),
+        vocab_size=vocab,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=1,
+    )
 
 
 def random_rows(count: int = 16, lengths: tuple[int, int] = (10, 20), targets: int = 4, seed: int = 0) -> list[Any]:

@@ -28,24 +28,60 @@ class Verb:
 
 
 VERBS: dict[str, Verb] = {
-    "demo": Verb("ckptlab.commands.demo", "DemoConfig", "demo",
-                 "The whole study on built-in data: world → pretrain → sweep of fine-tunes and evaluations → report; resumable."),
-    "world": Verb("ckptlab.commands.world", "WorldConfig", "world",
-                  "Generate the built-in synthetic world: general and domain corpora, and labelled tasks."),
-    "prepare": Verb("ckptlab.commands.prepare", "PrepareConfig", "prepare",
-                    "Tokenize text sources into memmap token shards with a manifest and a held-out split."),
-    "pretrain": Verb("ckptlab.commands.pretrain", "PretrainConfig", "pretrain",
-                     "Pre-train a causal LM from scratch, keeping intermediate checkpoints; resumable."),
-    "cpt": Verb("ckptlab.commands.cpt", "CptConfig", "cpt",
-                "Continue pre-training any checkpoint: staged blends, LR re-warm/decay, replay; resumable."),
-    "finetune": Verb("ckptlab.commands.finetune", "FinetuneConfig", "finetune",
-                     "Fine-tune a checkpoint on a task or instruction data: full or LoRA, prompt-masked, replay; resumable."),
-    "evaluate": Verb("ckptlab.commands.evaluate", "EvaluateConfig", "evaluate",
-                     "Evaluate models × tasks × templates × shots: cached by model content, with bootstrap CIs."),
-    "report": Verb("ckptlab.commands.report", "ReportConfig", "report",
-                   "Analyse a sweep (ckptlab report SWEEP): heatmaps, gains, forgetting, prompt sensitivity, findings with CIs."),
-    "sweep": Verb("ckptlab.commands.sweep", "SweepConfig", "sweep",
-                  "Checkpoints × fine-tunes × cpt × evaluations as one resumable job graph, local or on Ray; `sweep status`."),
+    "demo": Verb(
+        "ckptlab.commands.demo",
+        "DemoConfig",
+        "demo",
+        "The whole study on built-in data: world → pretrain → sweep of fine-tunes and evaluations → report; resumable.",
+    ),
+    "world": Verb(
+        "ckptlab.commands.world",
+        "WorldConfig",
+        "world",
+        "Generate the built-in synthetic world: general and domain corpora, and labelled tasks.",
+    ),
+    "prepare": Verb(
+        "ckptlab.commands.prepare",
+        "PrepareConfig",
+        "prepare",
+        "Tokenize text sources into memmap token shards with a manifest and a held-out split.",
+    ),
+    "pretrain": Verb(
+        "ckptlab.commands.pretrain",
+        "PretrainConfig",
+        "pretrain",
+        "Pre-train a causal LM from scratch, keeping intermediate checkpoints; resumable.",
+    ),
+    "cpt": Verb(
+        "ckptlab.commands.cpt",
+        "CptConfig",
+        "cpt",
+        "Continue pre-training any checkpoint: staged blends, LR re-warm/decay, replay; resumable.",
+    ),
+    "finetune": Verb(
+        "ckptlab.commands.finetune",
+        "FinetuneConfig",
+        "finetune",
+        "Fine-tune a checkpoint on a task or instruction data: full or LoRA, prompt-masked, replay; resumable.",
+    ),
+    "evaluate": Verb(
+        "ckptlab.commands.evaluate",
+        "EvaluateConfig",
+        "evaluate",
+        "Evaluate models × tasks × templates × shots: cached by model content, with bootstrap CIs.",
+    ),
+    "report": Verb(
+        "ckptlab.commands.report",
+        "ReportConfig",
+        "report",
+        "Analyse a sweep (ckptlab report SWEEP): heatmaps, gains, forgetting, prompt sensitivity, findings with CIs.",
+    ),
+    "sweep": Verb(
+        "ckptlab.commands.sweep",
+        "SweepConfig",
+        "sweep",
+        "Checkpoints × fine-tunes × cpt × evaluations as one resumable job graph, local or on Ray; `sweep status`.",
+    ),
 }
 
 

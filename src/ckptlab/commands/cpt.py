@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ckptlab.data import mlm
-from ckptlab.models import heads
 from ckptlab.errors import ConfigError, UserError
+from ckptlab.models import heads
 from ckptlab.models.init_from import InitModel, read_model_config, resolve_init, tokenizer_identity
 from ckptlab.runs.run_dir import RunDir
 from ckptlab.train.config import TrainConfig, TrainingVerbConfig
@@ -68,7 +68,8 @@ class CptConfig(TrainingVerbConfig):
     """Continued pre-training from an existing checkpoint."""
 
     init_from: str = ""
-    """Model to continue: a ckptlab checkpoint or run directory, an HF directory, a hub id[@revision], or a .gguf file."""
+    """Model to continue: a ckptlab checkpoint or run directory, an HF directory, a hub id[@revision], or a .gguf
+    file."""
     out: str = "runs/cpt"
     """Run directory: config.yaml, metrics.jsonl, run.json and checkpoints/ go here."""
     blend: list[BlendSource] = field(default_factory=list)
@@ -76,7 +77,8 @@ class CptConfig(TrainingVerbConfig):
     second_blend: list[BlendSource] = field(default_factory=list)
     """Sources read from the switch on (same forms as blend); empty = no switch."""
     switch_step: int | None = None
-    """Switch after this many optimizer steps: steps 1..switch_step (as metrics.jsonl counts) read blend, later ones second_blend."""
+    """Switch after this many optimizer steps: steps 1..switch_step (as metrics.jsonl counts) read blend, later ones
+    second_blend."""
     switch_at_lr: float | None = None
     """Switch at the first step whose LR is at or below this value (after any warm-up has risen above it)."""
     replay: str = ""
@@ -84,7 +86,8 @@ class CptConfig(TrainingVerbConfig):
     replay_fraction: float = 0.0
     """Share of every batch's samples read from replay (e.g. 0.01-0.05 for mild shifts, 0.25 for strong ones)."""
     recipe: Literal["none", "reuse"] = "none"
-    """none: train.schedule as given; reuse: Parmar et al. 2024's schedule (replaces train.schedule) and blend switch."""
+    """none: train.schedule as given; reuse: Parmar et al. 2024's schedule (replaces train.schedule) and blend
+    switch."""
     reuse: ReuseConfig = field(default_factory=ReuseConfig)
     """Constants of recipe reuse."""
     reset_optimizer: bool = False
@@ -92,7 +95,8 @@ class CptConfig(TrainingVerbConfig):
     context_length: int | None = None
     """Tokens per training sample; null = the model's max_position_embeddings."""
     objective: Literal["causal", "mlm"] = "causal"
-    """causal: next-token prediction (causal LMs); mlm: masked-language modelling of an encoder (BERT, RoBERTa, MiniLM), BERT's 80/10/10 masking."""
+    """causal: next-token prediction (causal LMs); mlm: masked-language modelling of an encoder (BERT, RoBERTa,
+    MiniLM), BERT's 80/10/10 masking."""
     mlm_probability: float = 0.15
     """Share of every sequence's tokens (not special tokens or padding) masked with objective mlm."""
     validate_on: str = ""
@@ -113,14 +117,18 @@ class CptConfig(TrainingVerbConfig):
         if self.switch_step is not None and self.switch_at_lr is not None:
             raise ConfigError("switch_step and switch_at_lr: give one of them, not both")
         if self.switch_step is not None and not 0 <= self.switch_step <= self.train.max_steps:
-            raise ConfigError(f"switch_step: expected 0 ≤ step ≤ train.max_steps ({self.train.max_steps}), got {self.switch_step}")
+            raise ConfigError(
+                f"switch_step: expected 0 ≤ step ≤ train.max_steps ({self.train.max_steps}), got {self.switch_step}"
+            )
         if self.switch_at_lr is not None and self.switch_at_lr < 0:
             raise ConfigError(f"switch_at_lr: expected a learning rate ≥ 0, got {self.switch_at_lr}")
         has_switch = self.switch_step is not None or self.switch_at_lr is not None
         if has_switch and not self.second_blend:
             raise ConfigError("switch_step/switch_at_lr: given, but there is no second_blend to switch to")
         if self.second_blend and not has_switch and self.recipe != "reuse":
-            raise ConfigError("second_blend: say when to switch with switch_step or switch_at_lr (or use --recipe reuse)")
+            raise ConfigError(
+                "second_blend: say when to switch with switch_step or switch_at_lr (or use --recipe reuse)"
+            )
         if self.reuse.start_lr is not None and self.reuse.start_lr <= 0:
             raise ConfigError(f"reuse.start_lr: expected a learning rate > 0, got {self.reuse.start_lr}")
         for name in ("decay_to_fraction", "switch_at_lr_fraction"):
@@ -150,7 +158,13 @@ def cpt(config: CptConfig) -> int:
         raise UserError("cpt: give the model to continue with --init_from (a checkpoint, HF directory or hub id)")
     if not config.blend:
         raise UserError("cpt: give the data to continue on with --blend (prepared directories, see `ckptlab prepare`)")
-    from ckptlab.train.verb_setup import check_prepared_data, distributed_run, main_process_printer, max_length_of, train_verb
+    from ckptlab.train.verb_setup import (
+        check_prepared_data,
+        distributed_run,
+        main_process_printer,
+        max_length_of,
+        train_verb,
+    )
 
     # Checks that need neither torch nor the model come first, so a mistyped path fails at once.
     say = main_process_printer()
@@ -177,8 +191,11 @@ def cpt(config: CptConfig) -> int:
         if config.objective == "mlm":
             data.train, data.val = _masked(config, tokenizer, model_config, data)
 
-        fingerprints = {"data": data.fingerprint, "tokenizer": tokenizer_identity(tokenizer),
-                        "model": shape_fingerprint(model_config)}
+        fingerprints = {
+            "data": data.fingerprint,
+            "tokenizer": tokenizer_identity(tokenizer),
+            "model": shape_fingerprint(model_config),
+        }
         if config.objective == "mlm":
             fingerprints["objective"] = f"mlm={config.mlm_probability}"
         initial_optimizer_state, optimizer_note = None, "fresh (reset_optimizer)"
@@ -197,28 +214,42 @@ def cpt(config: CptConfig) -> int:
         model.to(dist.device)
         torch.manual_seed(config.train.seed)
         run.record = {
-            "init_from": config.init_from, "init_checkpoint": init.source, "recipe": config.recipe,
-            "switch_step": switch_step, "switch_sample": data.switch_sample,
+            "init_from": config.init_from,
+            "init_checkpoint": init.source,
+            "recipe": config.recipe,
+            "switch_step": switch_step,
+            "switch_sample": data.switch_sample,
             "blends": data.stages,
-            "replay": config.replay or None, "replay_fraction": config.replay_fraction,
+            "replay": config.replay or None,
+            "replay_fraction": config.replay_fraction,
             "optimizer_state": optimizer_note,
         }
         if dist.is_main:
             run.save_config(configlib.to_dict(config))
         say(
-            f"cpt: {count_parameters(model, trainable_only=True):,} of {count_parameters(model):,} parameters train, from "
+            f"cpt: {count_parameters(model, trainable_only=True):,} of {count_parameters(model):,} parameters "
+            f"train, from "
             f"{init.source}, context {context}, global batch "
             f"{global_batch}, {config.train.max_steps} steps on {dist.device} (x{dist.world_size}); optimizer state "
             f"{optimizer_note}"
         )
         for stage in data.stages:
-            mix = ", ".join(f"{s['data']}{' (replay)' if s.get('replay') else ''} {s['share']:.3f}" for s in stage["sources"])
+            mix = ", ".join(
+                f"{s['data']}{' (replay)' if s.get('replay') else ''} {s['share']:.3f}" for s in stage["sources"]
+            )
             say(f"  steps {stage['first_step']}-{stage['last_step']}: {stage['name']}: {mix}")
         say(f"run manifest: {run.manifest}")
         result = train_verb(
-            config, model=model, save_model=lambda folder: save_model_dir(model, tokenizer, folder),
-            train_data=data.train, val_data=data.val,
-            run=run, fingerprints=fingerprints, resume_from=resume_from, dist=dist, log=say,
+            config,
+            model=model,
+            save_model=lambda folder: save_model_dir(model, tokenizer, folder),
+            train_data=data.train,
+            val_data=data.val,
+            run=run,
+            fingerprints=fingerprints,
+            resume_from=resume_from,
+            dist=dist,
+            log=say,
             initial_optimizer_state=initial_optimizer_state,
             step_fields=lambda s: {"blend": BLEND_NAMES[int(switch_step is not None and s >= switch_step)]},
         )
@@ -239,7 +270,9 @@ def _with_recipe(config: CptConfig, init: InitModel, say: Any) -> CptConfig:
         train = read_yaml(init.run_config).get("train")
         start = ((train or {}).get("schedule") or {}).get("min_lr") if isinstance(train, dict) else None
         if not isinstance(start, (int, float)) or start <= 0:
-            raise ConfigError(f"reuse.start_lr: {init.run_config} has no positive train.schedule.min_lr; give --reuse.start_lr")
+            raise ConfigError(
+                f"reuse.start_lr: {init.run_config} has no positive train.schedule.min_lr; give --reuse.start_lr"
+            )
         say(f"recipe reuse: starting at the pre-training run's min LR {start:g} ({init.run_config})")
     if start is None:
         raise ConfigError(
@@ -267,7 +300,10 @@ def _switch_step(config: CptConfig) -> int | None:
         threshold, key = config.reuse.switch_at_lr_fraction * peak_lr(schedule, steps), "reuse.switch_at_lr_fraction"
     step = first_step_at_or_below(schedule, steps, threshold)
     if step is None:
-        raise ConfigError(f"{key}: the LR does not fall to {threshold:g} within train.max_steps ({steps}); the blend would never switch")
+        raise ConfigError(
+            f"{key}: the LR does not fall to {threshold:g} within train.max_steps ({steps}); the blend would "
+            f"never switch"
+        )
     return step
 
 
@@ -276,8 +312,13 @@ def _masked(config: CptConfig, tokenizer: Any, model_config: Any, data: _Data) -
     heads.require_masked_lm(model_config, config.init_from)
     if tokenizer.mask_token_id is None:
         raise UserError(f"objective: mlm needs a tokenizer with a mask token; {config.init_from}'s has none")
-    masking = dict(probability=config.mlm_probability, seed=config.train.seed, mask_id=tokenizer.mask_token_id,
-                   vocab_size=int(model_config.vocab_size), special_ids=tokenizer.all_special_ids)
+    masking = dict(
+        probability=config.mlm_probability,
+        seed=config.train.seed,
+        mask_id=tokenizer.mask_token_id,
+        vocab_size=int(model_config.vocab_size),
+        special_ids=tokenizer.all_special_ids,
+    )
     val = mlm.MaskedBatches(data.val, **masking) if data.val is not None else None
     return mlm.MaskedBatches(data.train, **masking), val
 
@@ -302,8 +343,15 @@ class _Data:
     stages: list[dict[str, Any]]
 
 
-def _open_data(config: CptConfig, context: int, tokenizer: Any, model_config: Any, switch_step: int | None,
-               global_batch: int, init_source: str) -> _Data:
+def _open_data(
+    config: CptConfig,
+    context: int,
+    tokenizer: Any,
+    model_config: Any,
+    switch_step: int | None,
+    global_batch: int,
+    init_source: str,
+) -> _Data:
     """The sources, their tokenizers checked against the model's, the mixture and the batch sources."""
     import hashlib
     import json
@@ -321,8 +369,9 @@ def _open_data(config: CptConfig, context: int, tokenizer: Any, model_config: An
         path = Path(data).expanduser().resolve()
         if path in paths:
             continue
-        windows.append(windows_for_model(key, data, context, config.train.seed, tokenizer, model_config.vocab_size,
-                                         init_source))
+        windows.append(
+            windows_for_model(key, data, context, config.train.seed, tokenizer, model_config.vocab_size, init_source)
+        )
         paths.append(path)
 
     def weights(blend: list[BlendSource]) -> list[float]:
@@ -333,8 +382,12 @@ def _open_data(config: CptConfig, context: int, tokenizer: Any, model_config: An
 
     replay_source = paths.index(Path(config.replay).expanduser().resolve()) if config.replay else None
     switch_sample = None if switch_step is None else switch_step * global_batch
-    mixture = Mixture([weights(b) for b in blends], [] if switch_sample is None else [switch_sample],
-                      replay_source=replay_source, replay_fraction=config.replay_fraction)
+    mixture = Mixture(
+        [weights(b) for b in blends],
+        [] if switch_sample is None else [switch_sample],
+        replay_source=replay_source,
+        replay_fraction=config.replay_fraction,
+    )
     # Steps as metrics.jsonl counts them (1-based): the first switch_step steps read `blend`.
     stages = []
     bounds = [0] + ([switch_step] if switch_step is not None else []) + [config.train.max_steps]
@@ -344,11 +397,18 @@ def _open_data(config: CptConfig, context: int, tokenizer: Any, model_config: An
         if config.replay:
             shares.append({"data": config.replay, "weight": None, "share": config.replay_fraction, "replay": True})
         if bounds[b + 1] > bounds[b]:
-            stages.append({"name": BLEND_NAMES[b], "first_step": bounds[b] + 1, "last_step": bounds[b + 1],
-                           "sources": shares})
-    key = json.dumps({"sources": [w.fingerprint for w in windows], "blends": [weights(b) for b in blends],
-                      "switch_sample": switch_sample, "replay_source": replay_source,
-                      "replay_fraction": config.replay_fraction})
+            stages.append(
+                {"name": BLEND_NAMES[b], "first_step": bounds[b] + 1, "last_step": bounds[b + 1], "sources": shares}
+            )
+    key = json.dumps(
+        {
+            "sources": [w.fingerprint for w in windows],
+            "blends": [weights(b) for b in blends],
+            "switch_sample": switch_sample,
+            "replay_source": replay_source,
+            "replay_fraction": config.replay_fraction,
+        }
+    )
     val = None
     val_dir = Path(config.validate_on or blends[-1][0].data)
     if config.train.val_every:
@@ -359,12 +419,18 @@ def _open_data(config: CptConfig, context: int, tokenizer: Any, model_config: An
                 raise DataError(f"validate_on: {error}") from None
             val_windows = None  # the default source has no held-out split long enough: no validation
         val = WindowBatches(val_windows) if val_windows is not None else None
-    return _Data(train=MixtureBatches(mixture, windows, pad_id=tokenizer.pad_token_id or 0), val=val,
-                 fingerprint=hashlib.sha256(key.encode()).hexdigest()[:16], switch_sample=switch_sample,
-                 stages=stages)
+    return _Data(
+        train=MixtureBatches(mixture, windows, pad_id=tokenizer.pad_token_id or 0),
+        val=val,
+        fingerprint=hashlib.sha256(key.encode()).hexdigest()[:16],
+        switch_sample=switch_sample,
+        stages=stages,
+    )
 
 
-def _carried_optimizer_state(init: InitModel, model: Any, train_config: TrainConfig) -> tuple[dict[str, Any] | None, str]:
+def _carried_optimizer_state(
+    init: InitModel, model: Any, train_config: TrainConfig
+) -> tuple[dict[str, Any] | None, str]:
     """The AdamW state of a ckptlab checkpoint, with this run's hyperparameters (betas, eps, decay)."""
     import torch
 
@@ -378,15 +444,23 @@ def _carried_optimizer_state(init: InitModel, model: Any, train_config: TrainCon
     fresh = make_optimizer(model, train_config)
     fresh_groups = fresh.state_dict()["param_groups"]
     if [len(g["params"]) for g in saved["param_groups"]] != [len(g["params"]) for g in fresh_groups]:
-        raise CheckpointError(f"{init.checkpoint}: its optimizer state does not match the model's parameters; pass --reset_optimizer")
+        raise CheckpointError(
+            f"{init.checkpoint}: its optimizer state does not match the model's parameters; pass --reset_optimizer"
+        )
     params = [p for group in fresh.param_groups for p in group["params"]]
     ids = [i for group in saved["param_groups"] for i in group["params"]]
     for param, index in zip(params, ids):
         moment = saved["state"].get(index, {}).get("exp_avg")
         if moment is not None and tuple(moment.shape) != tuple(param.shape):
-            raise CheckpointError(f"{init.checkpoint}: its optimizer state does not match the model's parameter shapes; pass --reset_optimizer")
+            raise CheckpointError(
+                f"{init.checkpoint}: its optimizer state does not match the model's parameter shapes; pass "
+                f"--reset_optimizer"
+            )
     # The saved groups carry the pre-training run's betas, eps and weight decay; this run's own win.
-    groups = [{**fresh_group, "params": saved_group["params"]} for fresh_group, saved_group in zip(fresh_groups, saved["param_groups"])]
+    groups = [
+        {**fresh_group, "params": saved_group["params"]}
+        for fresh_group, saved_group in zip(fresh_groups, saved["param_groups"])
+    ]
     return {"state": saved["state"], "param_groups": groups}, f"carried over from {init.checkpoint}"
 
 

@@ -63,8 +63,16 @@ FINETUNES = [
 ]
 # Eight eval sets: the three fine-tuning tasks, their cross-domain twins (finance), and the two
 # closed-book knowledge probes (facts stated only in the general / only in the domain corpus).
-EVAL_SETS = ["world_nli", "world_paraphrase", "world_summarization", "world_knowledge",
-             "finance_nli", "finance_paraphrase", "finance_summarization", "finance_qa"]
+EVAL_SETS = [
+    "world_nli",
+    "world_paraphrase",
+    "world_summarization",
+    "world_knowledge",
+    "finance_nli",
+    "finance_paraphrase",
+    "finance_summarization",
+    "finance_qa",
+]
 
 
 @dataclass
@@ -84,7 +92,8 @@ class DemoConfig:
     device: str = "auto"
     """cpu, cuda, or auto."""
     executor: Literal["auto", "local", "ray"] = "auto"
-    """Where the sweep's jobs run: ray (one job per CPU core on a local Ray cluster, each on one thread), local (one after another in this process), auto (ray when it is installed)."""
+    """Where the sweep's jobs run: ray (one job per CPU core on a local Ray cluster, each on one thread), local (one
+    after another in this process), auto (ray when it is installed)."""
     progress: bool = True
     """Show progress bars and the sweep's per-job progress lines."""
 
@@ -111,12 +120,16 @@ def demo(config: DemoConfig) -> int:
     run_root = stage("pretrain", _pretrain, config, plan, steps, data_dir, out)
     sweep_steps = [s for s in plan.sweep_steps if s <= steps] or [steps]
     summary = stage("sweep", _sweep, config, plan, sweep_steps, world_dir, run_root, out)
-    print(f"sweep: {summary.executed} job(s) run now, {summary.states.get('done', 0)} of "
-          f"{sum(summary.states.values())} done; results in {summary.results}")
+    print(
+        f"sweep: {summary.executed} job(s) run now, {summary.states.get('done', 0)} of "
+        f"{sum(summary.states.values())} done; results in {summary.results}"
+    )
     if not summary.ok:
-        print(f"\nthe sweep did not finish: {len(summary.failed)} job(s) failed, {len(summary.blocked)} blocked "
-              f"(reasons above and in {out / 'sweep' / 'jobs'}/*/failed.json); re-run `ckptlab demo --out {out}` "
-              "to retry them")
+        print(
+            f"\nthe sweep did not finish: {len(summary.failed)} job(s) failed, {len(summary.blocked)} blocked "
+            f"(reasons above and in {out / 'sweep' / 'jobs'}/*/failed.json); re-run `ckptlab demo --out {out}` "
+            "to retry them"
+        )
         return 1
     report_path = stage("report", _report, world_dir, out)
     print("\nstage times: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items()))
@@ -137,40 +150,55 @@ def _world(config: DemoConfig, out: Path) -> Path:
 
 
 def _prepare(config: DemoConfig, plan: DemoPlan, world_dir: Path, out: Path) -> Path:
-    from ckptlab.data.shards import MANIFEST
     from ckptlab.commands.prepare import PrepareConfig, prepare
+    from ckptlab.data.shards import MANIFEST
 
     data_dir = out / "data"
     if (data_dir / MANIFEST).exists():
         print(f"[2/5] prepare: {data_dir} exists, kept")
     else:
         print("[2/5] prepare: tokenizing the general corpus")
-        prepare(PrepareConfig(sources=[str(world_dir / "corpus" / "general.txt")], out=str(data_dir),
-                              vocab_size=plan.vocab, val_fraction=0.02, seed=config.seed))
+        prepare(
+            PrepareConfig(
+                sources=[str(world_dir / "corpus" / "general.txt")],
+                out=str(data_dir),
+                vocab_size=plan.vocab,
+                val_fraction=0.02,
+                seed=config.seed,
+            )
+        )
     return data_dir
 
 
 def _pretrain(config: DemoConfig, plan: DemoPlan, steps: int, data_dir: Path, out: Path) -> Path:
-    from ckptlab.models.hf import ModelConfig
     from ckptlab.commands.pretrain import PretrainConfig, pretrain
-    from ckptlab.train.config import TrainConfig
+    from ckptlab.models.hf import ModelConfig
     from ckptlab.runs.run_dir import RunDir
+    from ckptlab.train.config import TrainConfig
     from ckptlab.train.schedules import KeepConfig, ScheduleConfig
 
     print("[3/5] pretrain: keeping log-spaced checkpoints (resumes if interrupted)")
     run = RunDir(out / "runs" / "pretrain")
-    pretrain(PretrainConfig(
-        data=str(data_dir),
-        out=str(run.root),
-        model=ModelConfig(size=plan.model_size, context_length=plan.context),
-        train=TrainConfig(
-            max_steps=steps, micro_batch_size=16, precision=config.precision, device=config.device,
-            seed=config.seed, progress=config.progress, val_every=max(1, steps // 8), save_every=max(1, steps // 8),
-            schedule=ScheduleConfig(name="cosine", lr=2e-3, min_lr=2e-4, warmup_steps=max(1, steps // 20)),
-        ),
-        keep=KeepConfig(schedule="log", every=plan.keep_every),
-        resume=True,
-    ))
+    pretrain(
+        PretrainConfig(
+            data=str(data_dir),
+            out=str(run.root),
+            model=ModelConfig(size=plan.model_size, context_length=plan.context),
+            train=TrainConfig(
+                max_steps=steps,
+                micro_batch_size=16,
+                precision=config.precision,
+                device=config.device,
+                seed=config.seed,
+                progress=config.progress,
+                val_every=max(1, steps // 8),
+                save_every=max(1, steps // 8),
+                schedule=ScheduleConfig(name="cosine", lr=2e-3, min_lr=2e-4, warmup_steps=max(1, steps // 20)),
+            ),
+            keep=KeepConfig(schedule="log", every=plan.keep_every),
+            resume=True,
+        )
+    )
     manifest = run.read_run_manifest()
     print("\nkept checkpoints:")
     print(f"  {'step':>6}  {'tokens':>10}  {'val loss':>8}")
@@ -181,41 +209,55 @@ def _pretrain(config: DemoConfig, plan: DemoPlan, steps: int, data_dir: Path, ou
     return run.root
 
 
-def sweep_spec(config: DemoConfig, plan: DemoPlan, sweep_steps: list[int], world_dir: Path, run_root: Path,
-               out: Path) -> dict[str, Any]:
+def sweep_spec(
+    config: DemoConfig, plan: DemoPlan, sweep_steps: list[int], world_dir: Path, run_root: Path, out: Path
+) -> dict[str, Any]:
     """The demo's sweep as a sweep YAML would write it."""
     finetunes = []
     for name, task, max_length, steps_factor in FINETUNES:
         # Sun & Dredze 2024's recipe (full fine-tuning, no weight decay, the training-format
         # template) with a constant LR: at this model size a decaying one over a few hundred steps
         # stayed at chance (docs/world.md).
-        finetunes.append({"name": name, "config": {
-            "task": str(world_dir / task), "template": "train_format", "max_length": max_length,
-            "train.max_steps": max(1, round(plan.finetune_steps * steps_factor)),
-            "train.micro_batch_size": plan.finetune_batch,
-            "train.schedule.name": "constant",
-            "train.schedule.lr": plan.finetune_lr,
-            "train.schedule.warmup_fraction": 0.03,
-            "train.weight_decay": 0.0,
-            "train.precision": config.precision,
-            "train.device": config.device,
-            "train.seed": config.seed,
-            "keep.schedule": "none",
-        }})
+        finetunes.append(
+            {
+                "name": name,
+                "config": {
+                    "task": str(world_dir / task),
+                    "template": "train_format",
+                    "max_length": max_length,
+                    "train.max_steps": max(1, round(plan.finetune_steps * steps_factor)),
+                    "train.micro_batch_size": plan.finetune_batch,
+                    "train.schedule.name": "constant",
+                    "train.schedule.lr": plan.finetune_lr,
+                    "train.schedule.warmup_fraction": 0.03,
+                    "train.weight_decay": 0.0,
+                    "train.precision": config.precision,
+                    "train.device": config.device,
+                    "train.seed": config.seed,
+                    "keep.schedule": "none",
+                },
+            }
+        )
     return {
         "name": "demo",
         "out": str(out / "sweep"),
         "checkpoints": [{"run": str(run_root), "steps": sweep_steps}],
         "finetunes": finetunes,
-        "evaluate": {"tasks": [str(world_dir / "tasks" / f"{t}.yaml") for t in EVAL_SETS],
-                     "templates": ["all"], "shots": [0], "limit": plan.eval_limit, "device": config.device},
+        "evaluate": {
+            "tasks": [str(world_dir / "tasks" / f"{t}.yaml") for t in EVAL_SETS],
+            "templates": ["all"],
+            "shots": [0],
+            "limit": plan.eval_limit,
+            "device": config.device,
+        },
         # On Ray, one job per core: these models are too small for two threads to help one job.
         "resources": {"finetune": {"num_cpus": 1}, "evaluate": {"num_cpus": 1}},
     }
 
 
-def _sweep(config: DemoConfig, plan: DemoPlan, sweep_steps: list[int], world_dir: Path, run_root: Path,
-           out: Path) -> Any:
+def _sweep(
+    config: DemoConfig, plan: DemoPlan, sweep_steps: list[int], world_dir: Path, run_root: Path, out: Path
+) -> Any:
     import importlib.util
 
     from ckptlab.commands.sweep import run_sweep, spec_from_dict
@@ -225,8 +267,10 @@ def _sweep(config: DemoConfig, plan: DemoPlan, sweep_steps: list[int], world_dir
     executor = config.executor
     if executor == "auto":
         executor = "ray" if importlib.util.find_spec("ray") is not None else "local"
-    print(f"\n[4/5] sweep: {len(sweep_steps)} checkpoints × {len(FINETUNES)} fine-tunes, "
-          f"{len(EVAL_SETS)} eval sets × 3 templates, executor {executor} (skips what is done)")
+    print(
+        f"\n[4/5] sweep: {len(sweep_steps)} checkpoints × {len(FINETUNES)} fine-tunes, "
+        f"{len(EVAL_SETS)} eval sets × 3 templates, executor {executor} (skips what is done)"
+    )
     ray_options = RayOptions() if executor == "ray" else None
     return run_sweep(spec, executor=executor, progress=config.progress, ray_options=ray_options)
 

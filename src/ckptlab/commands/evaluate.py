@@ -43,15 +43,29 @@ def _print_results(label: str, results: list[UnitResult], sensitivity: list[dict
     for result in results:
         unit = result.unit
         speed = f"{result.scored / result.seconds:.1f}" if result.scored and result.seconds > 0 else "-"
-        values = "; ".join(f"{r['metric']} {_interval(r['value'], r['ci_low'], r['ci_high'])}" for r in result.metric_rows)
+        values = "; ".join(
+            f"{r['metric']} {_interval(r['value'], r['ci_low'], r['ci_high'])}" for r in result.metric_rows
+        )
         n = str(result.metric_rows[0]["n"]) if result.metric_rows else "0"
-        rows.append((unit.task.spec.name, unit.template, str(unit.shots), n, values, str(result.scored),
-                     str(result.cached), speed))
+        rows.append(
+            (
+                unit.task.spec.name,
+                unit.template,
+                str(unit.shots),
+                n,
+                values,
+                str(result.scored),
+                str(result.cached),
+                speed,
+            )
+        )
     _table(rows)
     if not sensitivity:
         return
-    print("\nprompt sensitivity across templates (spread = best - worst; agreement = share of examples "
-          "on which every template predicts the same)")
+    print(
+        "\nprompt sensitivity across templates (spread = best - worst; agreement = share of examples "
+        "on which every template predicts the same)"
+    )
     table = [("task", "shots", "metric", "spread", "std", "worst", "agreement")]
     by_key: dict = {}
     for row in sensitivity:
@@ -64,8 +78,17 @@ def _print_results(label: str, results: list[UnitResult], sensitivity: list[dict
     for (task, shots), stats in by_key.items():
         agree = stats.pop("agreement", math.nan)
         for metric, values in stats.items():
-            table.append((task, str(shots), metric, f"{values['spread']:.4f}", f"{values['std']:.4f}",
-                          f"{values['worst']:.4f}", f"{agree:.3f}"))
+            table.append(
+                (
+                    task,
+                    str(shots),
+                    metric,
+                    f"{values['spread']:.4f}",
+                    f"{values['std']:.4f}",
+                    f"{values['worst']:.4f}",
+                    f"{agree:.3f}",
+                )
+            )
     _table(table)
 
 
@@ -94,15 +117,26 @@ def evaluate(config: EvaluateConfig) -> int:
     try:
         from ckptlab.evaluation.runner import Evaluator
 
-        evaluator = Evaluator(store, config.batch_size, config.bootstrap, config.bootstrap_seed,
-                              config.length_normalized, say=say)
+        evaluator = Evaluator(
+            store, config.batch_size, config.bootstrap, config.bootstrap_seed, config.length_normalized, say=say
+        )
         total_scored = total_cached = 0
         for ref in refs:
             content = content_hash(ref, store.file_sha256)
             model_fp = model_fingerprint(content, config.dtype)
-            store.add_model({"model_fp": model_fp, "content_hash": content, "kind": ref.kind, "source": ref.source,
-                             "label": ref.label, "run": ref.run, "step": ref.step, "tokens_seen": ref.tokens_seen,
-                             "dtype": config.dtype})
+            store.add_model(
+                {
+                    "model_fp": model_fp,
+                    "content_hash": content,
+                    "kind": ref.kind,
+                    "source": ref.source,
+                    "label": ref.label,
+                    "run": ref.run,
+                    "step": ref.step,
+                    "tokens_seen": ref.tokens_seen,
+                    "dtype": config.dtype,
+                }
+            )
             meta = {"model_source": ref.source, "model_label": ref.label}
 
             def load(ref: ModelRef = ref) -> tuple[Any, Any]:
@@ -112,8 +146,10 @@ def evaluate(config: EvaluateConfig) -> int:
             _print_results(f"{ref.label} (model {model_fp})", results, sensitivity)
             total_scored += sum(r.scored for r in results)
             total_cached += sum(r.cached for r in results)
-        print(f"\n{len(refs)} model(s), {len(units)} unit(s): {total_scored} examples scored, {total_cached} from the "
-              f"store, in {time.perf_counter() - started:.1f} s; results in {store.path}")
+        print(
+            f"\n{len(refs)} model(s), {len(units)} unit(s): {total_scored} examples scored, {total_cached} from the "
+            f"store, in {time.perf_counter() - started:.1f} s; results in {store.path}"
+        )
         if config.export:
             for path in export(store, config.export):
                 print(f"exported {path}")

@@ -68,7 +68,8 @@ class FinetuneKeep(KeepConfig):
     """Which steps keep a checkpoint (by default only the final one)."""
 
     schedule: Literal["log", "every", "list", "none"] = "none"
-    """none: only the final step (default); list: `steps` (add 0 to keep the starting model); every, log: as in pre-training."""
+    """none: only the final step (default); list: `steps` (add 0 to keep the starting model); every, log: as in
+    pre-training."""
 
 
 @dataclass
@@ -76,7 +77,8 @@ class FinetuneConfig(TrainingVerbConfig):
     """Supervised fine-tuning of an existing checkpoint."""
 
     init_from: str = ""
-    """Model to fine-tune: a ckptlab checkpoint or run directory (newest checkpoint), an HF directory, a hub id[@revision], or a .gguf file."""
+    """Model to fine-tune: a ckptlab checkpoint or run directory (newest checkpoint), an HF directory, a hub
+    id[@revision], or a .gguf file."""
     task: str = ""
     """Task to train on: a shipped task name or a task YAML path (e.g. WORLD/tasks/world_nli.yaml); or give --data."""
     template: str = ""
@@ -84,7 +86,8 @@ class FinetuneConfig(TrainingVerbConfig):
     data: str = ""
     """Instruction JSONL instead of a task: Alpaca-style instruction/input/output records or chat `messages` records."""
     instruction_format: Literal["alpaca", "chat"] = "alpaca"
-    """Prompt of instruction records: alpaca (Alpaca's prompt); chat (one user turn, rendered as chat records are: the tokenizer's chat template, else Tulu's format)."""
+    """Prompt of instruction records: alpaca (Alpaca's prompt); chat (one user turn, rendered as chat records are: the
+    tokenizer's chat template, else Tulu's format)."""
     val_data: str = ""
     """Instruction JSONL for the validation loss with --data; empty = hold out val_fraction of --data."""
     train_split: str = "train"
@@ -94,15 +97,20 @@ class FinetuneConfig(TrainingVerbConfig):
     val_fraction: float = 0.05
     """Share of training examples held out for validation when there is no validation split or file."""
     objective: Literal["lm", "classification"] = "lm"
-    """lm: the answer tokens are loss targets (causal LMs); classification: a sequence-classification head over a classification task's choices (encoders such as BERT/MiniLM, or any model with such a class), evaluated by accuracy."""
+    """lm: the answer tokens are loss targets (causal LMs); classification: a sequence-classification head over a
+    classification task's choices (encoders such as BERT/MiniLM, or any model with such a class), evaluated by
+    accuracy."""
     method: Literal["full", "lora", "last_k", "head"] = "full"
-    """full: every weight trains; lora: low-rank adapters (peft), the base frozen; last_k: the last `last_k` transformer blocks, the final norm and the LM head; head: the LM head only (a head tied to the input embedding is untied first)."""
+    """full: every weight trains; lora: low-rank adapters (peft), the base frozen; last_k: the last `last_k`
+    transformer blocks, the final norm and the LM head; head: the LM head only (a head tied to the input embedding
+    is untied first)."""
     last_k: int | None = None
     """Transformer blocks that train with method last_k (the last ones; 1 ≤ last_k ≤ the model's blocks)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA settings (method lora)."""
     dropout: float | None = None
-    """Dropout probability set on the model for fine-tuning (its attention and hidden dropout; GPT-NeoX, Llama, GPT-2, ...); null keeps the model's own."""
+    """Dropout probability set on the model for fine-tuning (its attention and hidden dropout; GPT-NeoX, Llama, GPT-2,
+    ...); null keeps the model's own."""
     anchor_weight: float = 0.0
     """L2-SP: add anchor_weight · Σ‖θ − θ₀‖² over the trainable weights, θ₀ = init_from's weights (0 = off)."""
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
@@ -112,11 +120,13 @@ class FinetuneConfig(TrainingVerbConfig):
     epochs: float = 3.0
     """Passes over the training examples (ignored when train.max_steps is given)."""
     max_length: int | None = None
-    """Tokens per training sequence (the model's input); longer examples are cut at the end; null = max_position_embeddings."""
+    """Tokens per training sequence (the model's input); longer examples are cut at the end; null =
+    max_position_embeddings."""
     packing: bool = False
     """Concatenate whole examples into sequences of up to max_length tokens instead of padding each one."""
     replay: str = ""
-    """Prepared pre-training data (`ckptlab prepare --tokenizer MODEL`) replayed during fine-tuning to limit forgetting."""
+    """Prepared pre-training data (`ckptlab prepare --tokenizer MODEL`) replayed during fine-tuning to limit
+    forgetting."""
     replay_fraction: float = 0.0
     """Share of every batch's sequences that are replay windows (e.g. 0.05-0.5); every token of a window is a target."""
     replay_length: int | None = None
@@ -158,22 +168,36 @@ class FinetuneConfig(TrainingVerbConfig):
             raise ConfigError(f"dropout: expected 0 ≤ x < 1, got {self.dropout}")
         if not (math.isfinite(self.anchor_weight) and self.anchor_weight >= 0):
             raise ConfigError(f"anchor_weight: expected a number ≥ 0, got {self.anchor_weight}")
-        if self.objective == "classification" and (not self.task or self.replay or self.packing or self.method == "lora"):
+        if self.objective == "classification" and (
+            not self.task or self.replay or self.packing or self.method == "lora"
+        ):
             raise ConfigError("objective: classification takes a --task (no --data, replay, packing or method lora)")
         if self.anchor_weight > 0 and self.method == "lora":
-            raise ConfigError("anchor_weight: not with method lora (its trainable weights are adapters, not pre-trained weights)")
+            raise ConfigError(
+                "anchor_weight: not with method lora (its trainable weights are adapters, not pre-trained weights)"
+            )
 
 
 def finetune(config: FinetuneConfig) -> int:
     """Run (or resume) fine-tuning as configured; returns the process exit code."""
     if not config.init_from:
-        raise UserError("finetune: give the model to fine-tune with --init_from (a checkpoint, run, HF directory or hub id)")
+        raise UserError(
+            "finetune: give the model to fine-tune with --init_from (a checkpoint, run, HF directory or hub id)"
+        )
     if not config.task and not config.data:
-        raise UserError("finetune: give what to train on: --task NAME|TASK.yaml, or --data FILE.jsonl (instruction records)")
+        raise UserError(
+            "finetune: give what to train on: --task NAME|TASK.yaml, or --data FILE.jsonl (instruction records)"
+        )
     from ckptlab.data import finetune as finetune_data
     from ckptlab.models.init_from import resolve_init
     from ckptlab.train.verb_setup import (
-        check_length_fits, check_prepared_data, distributed_run, main_process_printer, max_length_of, train_verb)
+        check_length_fits,
+        check_prepared_data,
+        distributed_run,
+        main_process_printer,
+        max_length_of,
+        train_verb,
+    )
 
     # Checks that need neither torch nor the model come first, so a mistyped path fails at once.
     say = main_process_printer()
@@ -186,8 +210,8 @@ def finetune(config: FinetuneConfig) -> int:
 
     from ckptlab import config as configlib
     from ckptlab.models import methods
-    from ckptlab.models.init_from import read_model_config, tokenizer_identity
     from ckptlab.models.hf import count_parameters, load_tokenizer, shape_fingerprint
+    from ckptlab.models.init_from import read_model_config, tokenizer_identity
 
     with distributed_run(config.train.device) as dist:
         tokenizer = load_tokenizer(init.source)
@@ -196,12 +220,19 @@ def finetune(config: FinetuneConfig) -> int:
         check_length_fits(model_config, "replay_length", config.replay_length)
         data = finetune_data.build_data(config, source, tokenizer, model_config, max_length, dist.world_size, say)
         # Steps and validation cadence follow from the data; the config as run (config.yaml) holds them.
-        config = dataclasses.replace(config, train=dataclasses.replace(
-            config.train, max_steps=data.max_steps, val_every=data.val_every, val_batches=data.val_batches))
+        config = dataclasses.replace(
+            config,
+            train=dataclasses.replace(
+                config.train, max_steps=data.max_steps, val_every=data.val_every, val_batches=data.val_batches
+            ),
+        )
 
-        fingerprints = {"data": data.fingerprint, "tokenizer": tokenizer_identity(tokenizer),
-                        "model": shape_fingerprint(model_config),
-                        "method": f"last_k={config.last_k}" if config.method == "last_k" else config.method}
+        fingerprints = {
+            "data": data.fingerprint,
+            "tokenizer": tokenizer_identity(tokenizer),
+            "model": shape_fingerprint(model_config),
+            "method": f"last_k={config.last_k}" if config.method == "last_k" else config.method,
+        }
         resume_from = run.resume_point(init.source, say, dist.is_main) if config.resume else None
         if config.method == "lora" or config.anchor_weight > 0:
             from ckptlab.models.lora import base_identity
@@ -209,21 +240,42 @@ def finetune(config: FinetuneConfig) -> int:
             # A resumed run rebuilds the base (LoRA) or θ₀ (L2-SP) from init_from: it must not have changed.
             fingerprints["init"] = base_identity(init.source, init.checkpoint)
         model, trains, save_model = methods.make_model(
-            config.method, init_source=init.source, tokenizer=tokenizer, resume_from=resume_from, seed=config.train.seed,
-            last_k=config.last_k, dropout=config.dropout, lora_config=config.lora, fingerprints=fingerprints,
-            num_labels=len(source.task.choices) if config.objective == "classification" else None)
+            config.method,
+            init_source=init.source,
+            tokenizer=tokenizer,
+            resume_from=resume_from,
+            seed=config.train.seed,
+            last_k=config.last_k,
+            dropout=config.dropout,
+            lora_config=config.lora,
+            fingerprints=fingerprints,
+            num_labels=len(source.task.choices) if config.objective == "classification" else None,
+        )
         if resume_from is not None:
             run.accept_resume(resume_from, fingerprints, config.allow_changed, dist.is_main)
         model.to(dist.device)
         anchor, early = _regularisers(config, model, init.source, resume_from, data)
         trainable = count_parameters(model, trainable_only=True)
         run.record = {
-            "init_from": config.init_from, "init_checkpoint": init.source, "method": config.method,
-            "lora": ({"r": config.lora.r, "alpha": config.lora.alpha, "dropout": config.lora.dropout,
-                      "target_modules": trains["target_modules"]} if config.method == "lora" else None),
+            "init_from": config.init_from,
+            "init_checkpoint": init.source,
+            "method": config.method,
+            "lora": (
+                {
+                    "r": config.lora.r,
+                    "alpha": config.lora.alpha,
+                    "dropout": config.lora.dropout,
+                    "target_modules": trains["target_modules"],
+                }
+                if config.method == "lora"
+                else None
+            ),
             "trainable": {**trains, "params": trainable, "total_params": count_parameters(model)},
-            "objective": config.objective, "dropout": config.dropout, "anchor_weight": config.anchor_weight,
-            **source.describe(config), **data.record,
+            "objective": config.objective,
+            "dropout": config.dropout,
+            "anchor_weight": config.anchor_weight,
+            **source.describe(config),
+            **data.record,
         }
         if dist.is_main:
             run.save_config(configlib.to_dict(config))
@@ -234,22 +286,39 @@ def finetune(config: FinetuneConfig) -> int:
             f"{dist.device} (x{dist.world_size})"
         )
         if data.skipped:
-            say(f"  skipped {data.skipped} training example(s) whose target is empty after truncation to {max_length} tokens")
+            say(
+                f"  skipped {data.skipped} training example(s) whose target is empty after truncation to "
+                f"{max_length} tokens"
+            )
         say(f"run manifest: {run.manifest}")
         # config.train.max_steps was resolved from the data above.
         result = train_verb(
-            config, model=model, save_model=save_model, train_data=data.train, val_data=data.val,
-            run=run, fingerprints=fingerprints, resume_from=resume_from, dist=dist, log=say,
-            step_fields=data.step_fields, callbacks=[c for c in (anchor, early) if c is not None],
+            config,
+            model=model,
+            save_model=save_model,
+            train_data=data.train,
+            val_data=data.val,
+            run=run,
+            fingerprints=fingerprints,
+            resume_from=resume_from,
+            dist=dist,
+            log=say,
+            step_fields=data.step_fields,
+            callbacks=[c for c in (anchor, early) if c is not None],
         )
         if result.status == "complete" and dist.is_main:
             # With early stopping the final model is the best checkpoint by validation loss.
             chosen = result.best_step if result.best_step is not None else result.step
             entry = next(c for c in result.checkpoints if c["step"] == chosen)
-            run.final = {"step": entry["step"], "model": entry["path"], "val_loss": entry.get("val_loss"),
-                         "adapter": f"{entry['path']}/adapter" if config.method == "lora" else None,
-                         "selected": "best_val_loss" if result.best_step is not None else "last_step",
-                         "last_step": result.step, "stop_reason": result.stop_reason}
+            run.final = {
+                "step": entry["step"],
+                "model": entry["path"],
+                "val_loss": entry.get("val_loss"),
+                "adapter": f"{entry['path']}/adapter" if config.method == "lora" else None,
+                "selected": "best_val_loss" if result.best_step is not None else "last_step",
+                "last_step": result.step,
+                "stop_reason": result.stop_reason,
+            }
             if config.objective == "classification":
                 from ckptlab.data import classification
                 from ckptlab.models.heads import load_classifier
@@ -258,13 +327,20 @@ def finetune(config: FinetuneConfig) -> int:
                 run.final["accuracy"] = classification.accuracy(chosen_model, data.val_rows, data.pad_id)
                 say(f"validation accuracy of the fine-tuned model: {run.final['accuracy']}")
             run.write_run_manifest(run.read_run_manifest())
-            say(f"complete at step {result.step} (loss {result.last_loss}); fine-tuned model: {run.root / entry['path']}")
+            say(
+                f"complete at step {result.step} (loss {result.last_loss}); fine-tuned model: "
+                f"{run.root / entry['path']}"
+            )
         else:
-            say(f"{result.status} at step {result.step} (loss {result.last_loss}); checkpoints listed in {run.manifest}")
+            say(
+                f"{result.status} at step {result.step} (loss {result.last_loss}); checkpoints listed in {run.manifest}"
+            )
         return 0
 
 
-def _regularisers(config: FinetuneConfig, model: Any, init_source: str, resume_from: Path | None, data: Any) -> tuple[Any, Any]:
+def _regularisers(
+    config: FinetuneConfig, model: Any, init_source: str, resume_from: Path | None, data: Any
+) -> tuple[Any, Any]:
     """(L2-SP anchor or None, early stopping or None), as configured."""
     from ckptlab.models import methods
     from ckptlab.train.callbacks.early_stopping import EarlyStopping
@@ -277,7 +353,9 @@ def _regularisers(config: FinetuneConfig, model: Any, init_source: str, resume_f
         anchor = L2SP(config.anchor_weight, model, reference)
     if config.early_stopping.patience is not None:
         if data.val is None or not data.val_every:
-            raise UserError("early_stopping.patience: needs a validation loss (validation examples and train.val_every > 0)")
+            raise UserError(
+                "early_stopping.patience: needs a validation loss (validation examples and train.val_every > 0)"
+            )
         early = EarlyStopping(config.early_stopping.patience, config.early_stopping.min_delta)
     return anchor, early
 

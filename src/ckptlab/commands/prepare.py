@@ -61,15 +61,13 @@ def prepare(config: PrepareConfig) -> int:
             tokenizer = tokenizers.load_tokenizer(config.tokenizer)
             tokenizers.save_tokenizer(tokenizer, tokenizer_dir)
         else:
-            print(
-                f"training a byte-level BPE tokenizer (vocab_size {config.vocab_size})", flush=True
-            )
+            print(f"training a byte-level BPE tokenizer (vocab_size {config.vocab_size})", flush=True)
             train_documents = (doc for doc, split in _documents(config, plan) if split == "train")
-            tokenizer = tokenizers.train_tokenizer(
-                train_documents, config.vocab_size, tokenizer_dir
-            )
+            tokenizer = tokenizers.train_tokenizer(train_documents, config.vocab_size, tokenizer_dir)
         # Encoders (BERT, MiniLM) have no end-of-text token: their separator ends each document.
-        eos_id = next((t for t in (tokenizer.eos_token_id, getattr(tokenizer, "sep_token_id", None)) if t is not None), None)
+        eos_id = next(
+            (t for t in (tokenizer.eos_token_id, getattr(tokenizer, "sep_token_id", None)) if t is not None), None
+        )
         if eos_id is None:
             raise ConfigError(
                 f"tokenizer '{config.tokenizer}': has no end-of-text token (eos_token) or separator (sep_token)"
@@ -77,9 +75,7 @@ def prepare(config: PrepareConfig) -> int:
         vocab_size, eos_id = len(tokenizer), int(eos_id)
         dtype = shards.token_dtype(vocab_size)
         print(f"tokenizing {plan['documents']:,} documents", flush=True)
-        source_entries, splits = _write_shards(
-            config, plan, tokenizer, temp, dtype, vocab_size, eos_id
-        )
+        source_entries, splits = _write_shards(config, plan, tokenizer, temp, dtype, vocab_size, eos_id)
         manifest = {
             "format": shards.FORMAT,
             "format_version": shards.FORMAT_VERSION,
@@ -89,9 +85,7 @@ def prepare(config: PrepareConfig) -> int:
             "tokenizer_dir": shards.TOKENIZER_DIR,
             "tokenizer_fingerprint": tokenizers.tokenizer_fingerprint(tokenizer_dir),
             # where the output goes and whether it may replace another do not change its content
-            "config": {
-                k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "overwrite")
-            },
+            "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "overwrite")},
             "sources": source_entries,
             "splits": splits,
             "data_fingerprint": shards.data_fingerprint(splits),
@@ -103,10 +97,7 @@ def prepare(config: PrepareConfig) -> int:
             f"{split:<5} {info['documents']:>10,} documents {info['tokens']:>14,} tokens "
             f"{len(info['shards']):>4} shard(s)"
         )
-    print(
-        f"vocab {vocab_size:,} ({dtype.name}), "
-        f"data fingerprint {manifest['data_fingerprint']} -> {out}"
-    )
+    print(f"vocab {vocab_size:,} ({dtype.name}), data fingerprint {manifest['data_fingerprint']} -> {out}")
     return 0
 
 
@@ -114,13 +105,9 @@ def _validate(config: PrepareConfig) -> None:
     if not config.sources:
         raise ConfigError("prepare: give at least one source with --sources")
     if not 0 <= config.val_fraction < 1:
-        raise ConfigError(
-            f"config key 'val_fraction': expected a number in [0, 1), got {config.val_fraction}"
-        )
+        raise ConfigError(f"config key 'val_fraction': expected a number in [0, 1), got {config.val_fraction}")
     if config.shard_tokens < 1:
-        raise ConfigError(
-            f"config key 'shard_tokens': expected a positive integer, got {config.shard_tokens}"
-        )
+        raise ConfigError(f"config key 'shard_tokens': expected a positive integer, got {config.shard_tokens}")
     if not config.tokenizer:
         from ckptlab.data.tokenizer import MIN_VOCAB_SIZE
 
@@ -158,9 +145,7 @@ def _plan(config: PrepareConfig) -> dict[str, Any]:
                 first_val = index if first_val is None else first_val
             count += 1
             index += 1
-        per_source.append(
-            {"source": source, "sha256": file_sha or stream.hexdigest(), "documents": count}
-        )
+        per_source.append({"source": source, "sha256": file_sha or stream.hexdigest(), "documents": count})
     forced: dict[int, str] = {}
     if config.val_fraction > 0 and index >= 2 and held_out == 0:
         forced[index - 1] = "val"
@@ -183,17 +168,12 @@ def _documents(config: PrepareConfig, plan: dict[str, Any]):
             split = plan["forced"].get(index)
             if split is None:
                 sha = hashlib.sha256(document.encode()).digest()
-                split = (
-                    "val" if shards.is_held_out(sha, config.seed, config.val_fraction) else "train"
-                )
+                split = "val" if shards.is_held_out(sha, config.seed, config.val_fraction) else "train"
             yield document, split
             count += 1
             index += 1
         if count != expected["documents"]:
-            raise DataError(
-                f"{source}: changed while being prepared "
-                f"({expected['documents']} documents, then {count})"
-            )
+            raise DataError(f"{source}: changed while being prepared ({expected['documents']} documents, then {count})")
 
 
 def _encoder(tokenizer):
@@ -208,9 +188,7 @@ def _encoder(tokenizer):
         backend.no_padding()
         backend.no_truncation()
     if backend is not None and hasattr(backend, "encode_batch_fast"):
-        return lambda texts: [
-            e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)
-        ]
+        return lambda texts: [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
     if backend is not None:
         return lambda texts: [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
     return lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]
@@ -224,10 +202,7 @@ def _write_shards(config, plan, tokenizer, directory, dtype, vocab_size: int, eo
     from ckptlab.errors import DataError
 
     encode = _encoder(tokenizer)
-    writers = {
-        split: ShardWriter(directory, split, dtype, config.shard_tokens)
-        for split in ("train", "val")
-    }
+    writers = {split: ShardWriter(directory, split, dtype, config.shard_tokens) for split in ("train", "val")}
     source_tokens = [0] * len(config.sources)
     boundaries = np.cumsum([s["documents"] for s in plan["sources"]])
     end_of_text = np.array([eos_id], dtype=np.int64)
@@ -245,8 +220,7 @@ def _write_shards(config, plan, tokenizer, directory, dtype, vocab_size: int, eo
             tokens = np.concatenate(arrays)
             if tokens.max() >= vocab_size or tokens.min() < 0:
                 raise DataError(
-                    f"tokenizer '{config.tokenizer}': produced an id outside its "
-                    f"vocabulary of {vocab_size}"
+                    f"tokenizer '{config.tokenizer}': produced an id outside its vocabulary of {vocab_size}"
                 )
             writers[split].write(tokens, documents=len(arrays) // 2)
 
@@ -264,7 +238,5 @@ def _write_shards(config, plan, tokenizer, directory, dtype, vocab_size: int, eo
     finally:
         for writer in writers.values():
             writer.abort()
-    source_entries = [
-        {**entry, "tokens": tokens} for entry, tokens in zip(plan["sources"], source_tokens)
-    ]
+    source_entries = [{**entry, "tokens": tokens} for entry, tokens in zip(plan["sources"], source_tokens)]
     return source_entries, splits

@@ -39,11 +39,11 @@ def pretrain(config: PretrainConfig) -> int:
     import torch
 
     from ckptlab import config as configlib
+    from ckptlab.data.batches import WindowBatches
     from ckptlab.data.shards import read_manifest
     from ckptlab.data.tokenizer import load_tokenizer, tokenizer_fingerprint
     from ckptlab.data.windows import TokenWindows
     from ckptlab.models.hf import build_hf_config, build_model, count_parameters, save_model_dir, shape_fingerprint
-    from ckptlab.data.batches import WindowBatches
     from ckptlab.runs.run_dir import RunDir
     from ckptlab.train.schedules import kept_steps
     from ckptlab.train.verb_setup import check_length_fits, distributed_run, main_process_printer, train_verb
@@ -64,8 +64,11 @@ def pretrain(config: PretrainConfig) -> int:
         run.refuse_unless_resuming(config.resume)
         resume_from = run.resume_point("step 0", say, dist.is_main) if config.resume else None
 
-        token_ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
+        token_ids = dict(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         # The fingerprints describe what this invocation asks for; on resume they are compared with
         # the checkpoint's before its weights are loaded.
         hf_config = build_hf_config(config.model, vocab_size=manifest["vocab_size"], **token_ids)
@@ -90,17 +93,24 @@ def pretrain(config: PretrainConfig) -> int:
         kept = kept_steps(config.keep, config.train.max_steps)
         global_batch = config.train.global_batch(dist.world_size)
         say(
-            f"pretrain: {count_parameters(model, trainable_only=True):,} of {count_parameters(model):,} parameters train, "
+            f"pretrain: {count_parameters(model, trainable_only=True):,} of {count_parameters(model):,} "
+            f"parameters train, "
             f"{len(train_windows):,} windows of {context} tokens, "
             f"global batch {global_batch}, {config.train.max_steps} steps on {dist.device} "
             f"(x{dist.world_size}), {len(kept)} kept checkpoints"
         )
         say(f"run manifest: {run.manifest}")
         result = train_verb(
-            config, model=model, save_model=lambda folder: save_model_dir(model, tokenizer, folder),
+            config,
+            model=model,
+            save_model=lambda folder: save_model_dir(model, tokenizer, folder),
             train_data=WindowBatches(train_windows),
             val_data=WindowBatches(val_windows) if val_windows is not None else None,
-            run=run, fingerprints=fingerprints, resume_from=resume_from, dist=dist, log=say,
+            run=run,
+            fingerprints=fingerprints,
+            resume_from=resume_from,
+            dist=dist,
+            log=say,
         )
         kept_paths = [c for c in result.checkpoints if c["kept"]]
         say(

@@ -75,8 +75,10 @@ class ReportConfig:
             raise ConfigError(f"config key 'shots': expected 0 or more, got {self.shots}")
         for task, name in self.metrics.items():
             if name not in ("accuracy", "accuracy_norm", "rouge_l", "exact_match"):
-                raise ConfigError(f"config key 'metrics.{task}': expected accuracy, accuracy_norm, rouge_l or "
-                                  f"exact_match (a mean over examples), got {name!r}")
+                raise ConfigError(
+                    f"config key 'metrics.{task}': expected accuracy, accuracy_norm, rouge_l or "
+                    f"exact_match (a mean over examples), got {name!r}"
+                )
 
 
 def output_dir(config: ReportConfig, store_path: Path) -> Path:
@@ -115,15 +117,21 @@ def build_study(config: ReportConfig) -> Any:
     store_path = data.store_path_of(config.sweep, config.store)
     sweep = data.load(store_path, config.sweep_name, config.shots, config.metrics)
     sweep.seed_rows = replicates.merge_seed_replicates(sweep)  # a fine-tune's seeds become one model
-    taxonomy = Taxonomy(config.task_families, config.task_domains, config.knowledge_probes, config.finetune_covers,
-                        config.task_dirs)
+    taxonomy = Taxonomy(
+        config.task_families, config.task_domains, config.knowledge_probes, config.finetune_covers, config.task_dirs
+    )
     if config.template != "mean":
         known = sorted({t for names in sweep.templates.values() for t in names})
         if config.template not in known:
-            raise UserError(f"{store_path}: template '{config.template}' is not among the templates evaluated "
-                            f"({', '.join(known)}); give one of them or `mean`")
-        sweep.warnings += [f"task {task}: not evaluated with template {config.template}; left out"
-                           for task, names in sweep.templates.items() if config.template not in names]
+            raise UserError(
+                f"{store_path}: template '{config.template}' is not among the templates evaluated "
+                f"({', '.join(known)}); give one of them or `mean`"
+            )
+        sweep.warnings += [
+            f"task {task}: not evaluated with template {config.template}; left out"
+            for task, names in sweep.templates.items()
+            if config.template not in names
+        ]
     means = Resampled(sweep, config.bootstrap, config.bootstrap_seed, config.template)
     return analysis.Study(sweep, means, taxonomy, config.confidence, config.chance_margin)
 
@@ -156,8 +164,9 @@ def report(config: ReportConfig) -> int:
     tables["recommendation"] = costs.recommendation_table(study, tables["frontier"])
     for name, rows in tables.items():
         write_csv(out / "tables" / f"{name}.csv", rows)
-    (out / "findings.json").write_text(json.dumps(_json_safe(results), indent=2, ensure_ascii=False) + "\n",
-                                       encoding="utf-8")
+    (out / "findings.json").write_text(
+        json.dumps(_json_safe(results), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     figures = pages.draw_figures(study, tables, results, out / "figures")
     html = pages.page(study, config, results, figures, sorted(p.name for p in (out / "tables").glob("*.csv")))
     (out / "report.html").write_text(html, encoding="utf-8")

@@ -35,19 +35,26 @@ class SweepConfig:
     out: str = "sweeps/sweep"
     """Sweep directory: jobs/, results.sqlite, results.csv, plan.json, sweep.lock."""
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
-    """Models to start from: {run: RUN, steps: [..]} (kept checkpoints of a run), {path: DIR}, {hub: org/name, revisions: [..]}."""
+    """Models to start from: {run: RUN, steps: [..]} (kept checkpoints of a run), {path: DIR}, {hub: org/name,
+    revisions: [..]}."""
     pretrain: list[dict[str, Any]] = field(default_factory=list)
     """Pre-training runs: {name, config: {PretrainConfig keys}, preset: FILE}; each final model is a base model."""
     finetunes: list[dict[str, Any]] = field(default_factory=list)
-    """Fine-tunes of every base model (or those listed in `from`): {name, config: {FinetuneConfig keys}, preset, variant, from, after, seeds, resources}; `after: NAME` fine-tunes that entry's models (a chain), `seeds: [0, 1, 2]` runs the entry once per seed (docs/sweep.md)."""
+    """Fine-tunes of every base model (or those listed in `from`): {name, config: {FinetuneConfig keys}, preset,
+    variant, from, after, seeds, resources}; `after: NAME` fine-tunes that entry's models (a chain), `seeds: [0, 1,
+    2]` runs the entry once per seed (docs/sweep.md)."""
     cpt: list[dict[str, Any]] = field(default_factory=list)
-    """Continued pre-training of every base model (or `from`): {name, config: {CptConfig keys}, preset, variant, from, resources}."""
+    """Continued pre-training of every base model (or `from`): {name, config: {CptConfig keys}, preset, variant, from,
+    resources}."""
     evaluate: dict[str, Any] = field(default_factory=dict)
-    """EvaluateConfig keys (tasks, templates, shots, limit, ...) applied to every base and trained model; empty = no evaluation."""
+    """EvaluateConfig keys (tasks, templates, shots, limit, ...) applied to every base and trained model; empty = no
+    evaluation."""
     resources: dict[str, Any] = field(default_factory=dict)
-    """Per job kind (pretrain, finetune, cpt, evaluate): {num_cpus, num_gpus} reserved on Ray (default 1 CPU, 0 GPUs)."""
+    """Per job kind (pretrain, finetune, cpt, evaluate): {num_cpus, num_gpus} reserved on Ray (default 1 CPU, 0
+    GPUs)."""
     command: Literal["run", "status"] = "run"
-    """run: run what is not done; status: show done / running / pending / failed / blocked jobs (`ckptlab sweep status`)."""
+    """run: run what is not done; status: show done / running / pending / failed / blocked jobs (`ckptlab sweep
+    status`)."""
     executor: Literal["local", "ray"] = "local"
     """local: one job after another in this process; ray: jobs as Ray tasks (local cluster, or `address`)."""
     address: str | None = None
@@ -109,8 +116,14 @@ def plan(spec: Any) -> Any:
         store.close()
 
 
-def run_sweep(spec: Any, executor: str = "local", progress: bool = True, wait: bool = False,
-              ray_options: Any = None, say: Any = None) -> Summary:
+def run_sweep(
+    spec: Any,
+    executor: str = "local",
+    progress: bool = True,
+    wait: bool = False,
+    ray_options: Any = None,
+    say: Any = None,
+) -> Summary:
     """Run every job of `spec` that is not done; write OUT/results.csv; return the summary.
 
     Raises:
@@ -136,16 +149,19 @@ def run_sweep(spec: Any, executor: str = "local", progress: bool = True, wait: b
         say(f"sweep {spec.name}: {len(the_plan.jobs)} jobs, {done} done; executor {executor}; in {out}")
         ticker = Progress(the_plan, done, progress, say)
         outcome = execute(the_plan, out, executor, ticker, spec.verbs, ray_options)
-        path, rows = write_results_csv(out, spec.name, {j.id for j in the_plan.jobs if j.kind == "evaluate"},
-                                       set(the_plan.task_fps))
+        path, rows = write_results_csv(
+            out, spec.name, {j.id for j in the_plan.jobs if j.kind == "evaluate"}, set(the_plan.task_fps)
+        )
         states = state.job_states(out, the_plan)
     by_id = the_plan.by_id()
     counts = {name: sum(1 for s, _ in states.values() if s == name) for name in state.STATES}
     failed = {by_id[i].dirname: detail for i, (s, detail) in states.items() if s == "failed"}
     blocked = [by_id[i].dirname for i, (s, _) in states.items() if s == "blocked"]
     summary = Summary(counts, len(outcome.executed), failed, blocked, path, rows)
-    say(f"{counts['done']}/{len(the_plan.jobs)} jobs done, {counts['failed']} failed, {counts['blocked']} blocked; "
-        f"{rows} result rows in {path}")
+    say(
+        f"{counts['done']}/{len(the_plan.jobs)} jobs done, {counts['failed']} failed, {counts['blocked']} blocked; "
+        f"{rows} result rows in {path}"
+    )
     for name, reason in failed.items():
         say(f"  failed: {name}: {reason}")
     return summary

@@ -30,7 +30,9 @@ class WorldConfig:
     size: Literal["tiny", "demo", "large"] = "demo"
     """tiny: for tests (well under a second); demo: ~2.5 MB of general text for `ckptlab demo`; large: ~40 MB."""
     restated_share: float = 0.5
-    """Share of a corpus subject's documents that state one of their facts a second time, in another wording (0 = never, the corpora of generator version 2). Pre-training on restatements is what lets a small model learn NLI (docs/world.md)."""
+    """Share of a corpus subject's documents that state one of their facts a second time, in another wording (0 =
+    never, the corpora of generator version 2). Pre-training on restatements is what lets a small model learn NLI
+    (docs/world.md)."""
     overwrite: bool = False
     """Replace an existing world at `out` (refused without it)."""
 
@@ -57,7 +59,8 @@ def summary_lines(manifest: dict[str, Any], out: Path, seconds: float) -> list[s
     """What was written: documents and bytes per corpus, examples per task split."""
     counts = manifest["counts"]
     lines = [
-        f"world: wrote {out} (size {manifest['size']}, seed {manifest['seed']}, restated share {manifest['restated_share']}, "
+        f"world: wrote {out} (size {manifest['size']}, seed {manifest['seed']}, restated share "
+        f"{manifest['restated_share']}, "
         f"generator version {manifest['generator_version']}) in {seconds:.1f} s"
     ]
     for name, corpus in counts["corpus"].items():

@@ -12,8 +12,9 @@ position per sequence.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from ckptlab.errors import UserError
 
@@ -34,12 +35,18 @@ def examples(spec: Any, template: str, task_examples: Sequence[Any], tokenizer: 
 
     choices = list(spec.choices or [])
     if len(choices) < 2:
-        raise UserError(f"objective: classification needs a classification task with choices; task {spec.name} has none")
+        raise UserError(
+            f"objective: classification needs a classification task with choices; task {spec.name} has none"
+        )
     out = []
     for example in task_examples:
         if example.gold not in choices:
-            raise UserError(f"task {spec.name}, example {example.id}: gold answer {example.gold!r} is not one of its choices")
-        ids = tokenizer(render(spec.templates[template], example.fields), truncation=True, max_length=max_length)["input_ids"]
+            raise UserError(
+                f"task {spec.name}, example {example.id}: gold answer {example.gold!r} is not one of its choices"
+            )
+        ids = tokenizer(render(spec.templates[template], example.fields), truncation=True, max_length=max_length)[
+            "input_ids"
+        ]
         out.append(Example(np.asarray(ids, dtype=np.int64), choices.index(example.gold)))
     return out
 
@@ -70,7 +77,11 @@ def _padded(rows: Sequence[Example | None], pad_id: int) -> dict[str, Any]:
             mask[i, 0] = 1  # a filler still attends to one token (no fully masked row)
             continue
         inputs[i, : len(row.ids)], mask[i, : len(row.ids)], labels[i, 0] = row.ids, 1, row.label
-    return {"input_ids": torch.from_numpy(inputs), "attention_mask": torch.from_numpy(mask), "labels": torch.from_numpy(labels)}
+    return {
+        "input_ids": torch.from_numpy(inputs),
+        "attention_mask": torch.from_numpy(mask),
+        "labels": torch.from_numpy(labels),
+    }
 
 
 class ClassificationBatches:
@@ -107,7 +118,9 @@ def accuracy(model: Any, rows: Sequence[Example], pad_id: int, batch_size: int =
     right = 0
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
-            batch = _padded(rows[start:start + batch_size], pad_id)
-            logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+            batch = _padded(rows[start : start + batch_size], pad_id)
+            logits = model(
+                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+            ).logits
             right += int((logits.argmax(-1).cpu() == batch["labels"][:, 0]).sum())
     return right / len(rows)

@@ -87,9 +87,18 @@ class Source:
 
     def describe(self, config: FinetuneConfig) -> dict[str, Any]:
         if self.task is None:
-            return {"data": config.data, "instruction_format": config.instruction_format, "val_data": config.val_data or None}
-        return {"task": self.task.name, "task_file": str(self.task.path), "template": self.template,
-                "train_split": config.train_split, "val_split": self.val_split(config)}
+            return {
+                "data": config.data,
+                "instruction_format": config.instruction_format,
+                "val_data": config.val_data or None,
+            }
+        return {
+            "task": self.task.name,
+            "task_file": str(self.task.path),
+            "template": self.template,
+            "train_split": config.train_split,
+            "val_split": self.val_split(config),
+        }
 
     def val_split(self, config: FinetuneConfig) -> str | None:
         """The task split that validates, or None (then val_fraction of the training split is held out)."""
@@ -110,14 +119,19 @@ def open_source(config: FinetuneConfig) -> Source:
     path = Path(config.task).expanduser()
     if not path.is_file():
         if config.task not in shipped:
-            raise UserError(f"task: '{config.task}' is not a task YAML file or a shipped task (shipped: {', '.join(sorted(shipped))})")
+            raise UserError(
+                f"task: '{config.task}' is not a task YAML file or a shipped task (shipped: "
+                f"{', '.join(sorted(shipped))})"
+            )
         path = shipped[config.task]
     spec = read_task_file(path)
     template = sft.choose_template(spec, config.template)
     sft.check_task_for_training(spec, template)
     splits = set(spec.splits) | set((spec.hf or {}).get("splits", {}))
     if config.train_split not in splits:
-        raise UserError(f"train_split: task {spec.name} has no split '{config.train_split}' (splits: {', '.join(sorted(splits))})")
+        raise UserError(
+            f"train_split: task {spec.name} has no split '{config.train_split}' (splits: {', '.join(sorted(splits))})"
+        )
     return Source(task=spec, template=template, splits=splits)
 
 
@@ -198,10 +212,16 @@ def sft_samples(mixture: Any, samples: int) -> int:
     return mixture.counts(samples)[0] if mixture is not None else samples
 
 
-def build_data(config: FinetuneConfig, source: Source, tokenizer: Any, model_config: Any, max_length: int,
-                world_size: int, say: Any) -> FinetuneData:
-    from ckptlab.data import classification
-    from ckptlab.data import sft
+def build_data(
+    config: FinetuneConfig,
+    source: Source,
+    tokenizer: Any,
+    model_config: Any,
+    max_length: int,
+    world_size: int,
+    say: Any,
+) -> FinetuneData:
+    from ckptlab.data import classification, sft
     from ckptlab.errors import DataError
 
     eos_id = tokenizer.eos_token_id
@@ -216,7 +236,10 @@ def build_data(config: FinetuneConfig, source: Source, tokenizer: Any, model_con
         train_raw, val_raw = task_examples(config, source)
         train_examples, val_examples, skipped, val_skipped = (
             classification.examples(source.task, source.template, train_raw, tokenizer, max_length),
-            classification.examples(source.task, source.template, val_raw, tokenizer, max_length), 0, 0)
+            classification.examples(source.task, source.template, val_raw, tokenizer, max_length),
+            0,
+            0,
+        )
         rendered_train: list[Any] = train_raw
     else:
         rendered_train, rendered_val = rendered(config, source, tokenizer)
@@ -232,8 +255,10 @@ def build_data(config: FinetuneConfig, source: Source, tokenizer: Any, model_con
         hint = "raise --max_length or shorten the prompts"
         if source.task is None and config.instruction_format == "alpaca":
             hint += " (--instruction_format chat writes much shorter prompts than Alpaca's)"
-        raise DataError(f"{what}: all {skipped} training examples have an empty target after truncation to "
-                        f"max_length {max_length} tokens; {hint}")
+        raise DataError(
+            f"{what}: all {skipped} training examples have an empty target after truncation to "
+            f"max_length {max_length} tokens; {hint}"
+        )
     if config.packing:
         train_examples = sft.pack(train_examples, max_length, config.train.seed)
     n = len(train_examples)
@@ -271,25 +296,54 @@ def build_data(config: FinetuneConfig, source: Source, tokenizer: Any, model_con
         fingerprint = sft.fingerprint(train_examples, settings)
     epochs = sft_samples(mixture, max_steps * global_batch) / n
     record = {
-        "examples": {"train": len(rendered_train), "skipped": skipped, "validation": len(val_examples),
-                     "validation_skipped": val_skipped},
-        "sequences": n, "max_length": max_length, "packing": config.packing, "epochs": round(epochs, 4),
-        "max_steps": max_steps, "replay": replay_record,
+        "examples": {
+            "train": len(rendered_train),
+            "skipped": skipped,
+            "validation": len(val_examples),
+            "validation_skipped": val_skipped,
+        },
+        "sequences": n,
+        "max_length": max_length,
+        "packing": config.packing,
+        "epochs": round(epochs, 4),
+        "max_steps": max_steps,
+        "replay": replay_record,
     }
-    return FinetuneData(train=train_data, val=val_data, train_count=n, skipped=skipped, val_count=len(val_examples),
-                 global_batch=global_batch, max_steps=max_steps, val_every=val_every, val_batches=val_batches,
-                 epochs=epochs, fingerprint=fingerprint, mixture=mixture, record=record, val_rows=val_examples, pad_id=pad_id)
+    return FinetuneData(
+        train=train_data,
+        val=val_data,
+        train_count=n,
+        skipped=skipped,
+        val_count=len(val_examples),
+        global_batch=global_batch,
+        max_steps=max_steps,
+        val_every=val_every,
+        val_batches=val_batches,
+        epochs=epochs,
+        fingerprint=fingerprint,
+        mixture=mixture,
+        record=record,
+        val_rows=val_examples,
+        pad_id=pad_id,
+    )
 
 
-def open_replay(config: FinetuneConfig, tokenizer: Any, model_config: Any, max_length: int) -> tuple[Any, Any, dict[str, Any]]:
+def open_replay(
+    config: FinetuneConfig, tokenizer: Any, model_config: Any, max_length: int
+) -> tuple[Any, Any, dict[str, Any]]:
     """The replay windows (checked against the model's tokenizer) and the mixture SFT | replay."""
     from ckptlab.data.mixture import Mixture
     from ckptlab.data.windows import windows_for_model
 
     length = config.replay_length or max_length
-    windows = windows_for_model("replay", config.replay, length, config.train.seed, tokenizer,
-                                model_config.vocab_size, config.init_from)
+    windows = windows_for_model(
+        "replay", config.replay, length, config.train.seed, tokenizer, model_config.vocab_size, config.init_from
+    )
     mixture = Mixture([[1.0, 0.0]], replay_source=1, replay_fraction=config.replay_fraction)
-    record = {"data": config.replay, "fraction": config.replay_fraction, "window": length,
-              "fingerprint": windows.fingerprint}
+    record = {
+        "data": config.replay,
+        "fraction": config.replay_fraction,
+        "window": length,
+        "fingerprint": windows.fingerprint,
+    }
     return windows, mixture, record

@@ -39,8 +39,8 @@ sequence), so a source shared by two blends never repeats data at the switch.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from fractions import Fraction
-from typing import Sequence
 
 from ckptlab.errors import ConfigError
 

@@ -14,9 +14,8 @@ labels aligned with the inputs, which is the MLM loss when only the masked posit
 
 from __future__ import annotations
 
-from typing import Any, Sequence
-
-from ckptlab.errors import UserError
+from collections.abc import Sequence
+from typing import Any
 
 
 class MaskedBatches:
@@ -31,8 +30,9 @@ class MaskedBatches:
         special_ids: token ids never chosen (CLS, SEP, PAD, ...).
     """
 
-    def __init__(self, source: Any, probability: float, seed: int, mask_id: int, vocab_size: int,
-                 special_ids: Sequence[int] = ()) -> None:
+    def __init__(
+        self, source: Any, probability: float, seed: int, mask_id: int, vocab_size: int, special_ids: Sequence[int] = ()
+    ) -> None:
         self.source, self.probability, self.seed = source, probability, seed
         self.mask_id, self.vocab_size = mask_id, vocab_size
         self.special_ids = sorted(set(special_ids))

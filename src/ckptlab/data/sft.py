@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -80,8 +81,9 @@ def choose_template(spec: Any, name: str) -> str:
     """The template name to train with: `name`, else `train_format`, else the task's first template."""
     if name:
         if name not in spec.templates:
-            raise UserError(f"template: '{name}' is not a template of task {spec.name} "
-                            f"(its templates: {', '.join(spec.templates)})")
+            raise UserError(
+                f"template: '{name}' is not a template of task {spec.name} (its templates: {', '.join(spec.templates)})"
+            )
         return name
     return "train_format" if "train_format" in spec.templates else next(iter(spec.templates))
 
@@ -94,8 +96,10 @@ def check_task_for_training(spec: Any, template: str) -> None:
     if not answer:
         raise UserError(f"task {spec.name}: a {spec.type} task without a gold answer field cannot be fine-tuned on")
     if answer in field_names(spec.templates[template]):
-        raise UserError(f"task {spec.name}, template {template}: the prompt shows the answer field '{answer}'; "
-                        "a training template must leave the answer out")
+        raise UserError(
+            f"task {spec.name}, template {template}: the prompt shows the answer field '{answer}'; "
+            "a training template must leave the answer out"
+        )
 
 
 def render_task_example(spec: Any, template: str, example: Any) -> list[Segment]:
@@ -105,7 +109,10 @@ def render_task_example(spec: Any, template: str, example: Any) -> list[Segment]
     prompt = render(spec.templates[template], example.fields)
     gold = str(example.gold)
     # An empty gold gives no target at all (not even the end of sequence): the example is skipped.
-    return [Segment(prompt, False), Segment(spec.target_delimiter + gold if gold.strip() else "", bool(gold.strip()), eos=True)]
+    return [
+        Segment(prompt, False),
+        Segment(spec.target_delimiter + gold if gold.strip() else "", bool(gold.strip()), eos=True),
+    ]
 
 
 def render_instruction(record: dict[str, Any]) -> list[Segment]:
@@ -146,9 +153,11 @@ def _render_with_chat_template(messages: list[dict[str, Any]], tokenizer: Any) -
             continue
         before, after = text(messages[:i], True), text(messages[: i + 1], False)
         if not (before.startswith(done) and after.startswith(before)):
-            raise DataError("the tokenizer's chat template does not render a conversation as a growing prefix, "
-                            "so assistant turns cannot be located")
-        segments += [Segment(before[len(done):], False), Segment(after[len(before):], True)]
+            raise DataError(
+                "the tokenizer's chat template does not render a conversation as a growing prefix, "
+                "so assistant turns cannot be located"
+            )
+        segments += [Segment(before[len(done) :], False), Segment(after[len(before) :], True)]
         done = after
     return segments
 
@@ -169,7 +178,7 @@ def tokenize(segments: Sequence[Segment], tokenizer: Any, eos_id: int | None) ->
         if segment.text:
             whole = tokenizer(context_text + segment.text, add_special_tokens=False)["input_ids"]
             if len(whole) >= len(context_ids) and whole[: len(context_ids)] == context_ids:
-                new = list(whole[len(context_ids):])
+                new = list(whole[len(context_ids) :])
             else:
                 new = list(tokenizer(segment.text, add_special_tokens=False)["input_ids"])
             ids += new
@@ -219,7 +228,11 @@ def _record_problem(record: Any) -> str | None:
         if not isinstance(messages, list) or not messages:
             return "'messages' must be a non-empty list of {role, content}"
         for k, message in enumerate(messages):
-            if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES or not isinstance(message.get("content"), str):
+            if (
+                not isinstance(message, dict)
+                or message.get("role") not in CHAT_ROLES
+                or not isinstance(message.get("content"), str)
+            ):
                 return f"messages[{k}]: expected {{role: {'|'.join(CHAT_ROLES)}, content: text}}"
         if not any(m["role"] == "assistant" for m in messages):
             return "'messages' has no assistant turn to train on"
@@ -228,7 +241,10 @@ def _record_problem(record: Any) -> str | None:
         if "input" in record and not isinstance(record["input"], (str, type(None))):
             return "'input' must be text"
         return None
-    return f"expected keys instruction, output (and optional input), or messages; the record has: {', '.join(record) or 'nothing'}"
+    return (
+        f"expected keys instruction, output (and optional input), or messages; the record has: "
+        f"{', '.join(record) or 'nothing'}"
+    )
 
 
 def instruction_as_chat(record: dict[str, Any]) -> list[dict[str, str]]:
@@ -313,8 +329,11 @@ def rows_to_batch(rows: Sequence[Tokenized], pad_id: int) -> dict[str, Any]:
         inputs[r, :n] = row.ids[:-1]
         labels[r, :n] = np.where(row.target[1:], row.ids[1:], -100)
         mask[r, :n] = 1
-    return {"input_ids": torch.from_numpy(inputs), "labels": torch.from_numpy(labels),
-            "attention_mask": torch.from_numpy(mask)}
+    return {
+        "input_ids": torch.from_numpy(inputs),
+        "labels": torch.from_numpy(labels),
+        "attention_mask": torch.from_numpy(mask),
+    }
 
 
 class SftBatches:
@@ -329,8 +348,9 @@ class SftBatches:
         replay: the replay source (`TokenWindows`: every next token is a target).
     """
 
-    def __init__(self, examples: Sequence[Tokenized], seed: int, pad_id: int, mixture: Any = None,
-                 replay: Any = None) -> None:
+    def __init__(
+        self, examples: Sequence[Tokenized], seed: int, pad_id: int, mixture: Any = None, replay: Any = None
+    ) -> None:
         self.examples = list(examples)
         self.order = EpochOrder(len(self.examples), seed)
         self.pad_id = pad_id

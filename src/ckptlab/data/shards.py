@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from ckptlab.files import fsync_path, fsync_tree
 from ckptlab.errors import DataError
+from ckptlab.files import fsync_path, fsync_tree
 
 FORMAT = "ckptlab-prepared-data"
 FORMAT_VERSION = 1
@@ -141,13 +141,10 @@ def check_output_dir(target: Path, overwrite: bool) -> None:
         return
     if not (target / MANIFEST).is_file():
         raise DataError(
-            f"{target}: exists and is not a prepared data directory; refusing to replace it "
-            "(choose another --out)"
+            f"{target}: exists and is not a prepared data directory; refusing to replace it (choose another --out)"
         )
     if not overwrite:
-        raise DataError(
-            f"{target}: already holds prepared data; pass --overwrite true to replace it"
-        )
+        raise DataError(f"{target}: already holds prepared data; pass --overwrite true to replace it")
 
 
 @contextlib.contextmanager
@@ -242,21 +239,15 @@ def _check_shard(file: Path, tokens: int, itemsize: int, sha256: str, verify: bo
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
         if digest.hexdigest() != sha256:
-            raise DataError(
-                f"{file}: sha256 does not match {MANIFEST}; the prepared data is corrupt"
-            )
+            raise DataError(f"{file}: sha256 does not match {MANIFEST}; the prepared data is corrupt")
 
 
-def open_split(
-    directory: str | Path, split: str, manifest: dict[str, Any] | None = None
-) -> list[np.memmap]:
+def open_split(directory: str | Path, split: str, manifest: dict[str, Any] | None = None) -> list[np.memmap]:
     """Read-only memmaps of a split's shards, in order (`manifest` saves reading it again)."""
     directory = Path(directory)
     manifest = manifest if manifest is not None else read_manifest(directory)
     if split not in manifest["splits"]:
-        raise DataError(
-            f"{directory}: no split '{split}' (splits: {', '.join(manifest['splits'])})"
-        )
+        raise DataError(f"{directory}: no split '{split}' (splits: {', '.join(manifest['splits'])})")
     dtype = np.dtype(manifest["dtype"])
     return [
         np.memmap(directory / shard["file"], dtype=dtype, mode="r", shape=(int(shard["tokens"]),))

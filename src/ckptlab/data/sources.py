@@ -33,9 +33,7 @@ DIRECTORY_SUFFIXES = (".txt", ".jsonl", ".json")
 HF_PREFIX = "hf:"
 
 
-def iter_documents(
-    source: str, text_field: str = "text", text_unit: str = "paragraph"
-) -> Iterator[str]:
+def iter_documents(source: str, text_field: str = "text", text_unit: str = "paragraph") -> Iterator[str]:
     """Yield the documents of one source, in a fixed order.
 
     Args:
@@ -49,8 +47,7 @@ def iter_documents(
     """
     if text_unit not in TEXT_UNITS:
         raise ConfigError(
-            f"config key 'text_unit': expected one of {', '.join(map(repr, TEXT_UNITS))}, "
-            f"got {text_unit!r}"
+            f"config key 'text_unit': expected one of {', '.join(map(repr, TEXT_UNITS))}, got {text_unit!r}"
         )
     hf = parse_hf_source(source)
     if hf is not None:
@@ -72,9 +69,7 @@ def parse_hf_source(source: str) -> tuple[str, str | None, str] | None:
     else:
         name = config = split = ""
     if not name or not split or config == "":
-        raise DataError(
-            f"{source}: expected hf:NAME[:CONFIG]:SPLIT, e.g. hf:wikitext:wikitext-2-raw-v1:train"
-        )
+        raise DataError(f"{source}: expected hf:NAME[:CONFIG]:SPLIT, e.g. hf:wikitext:wikitext-2-raw-v1:train")
     return name, config, split
 
 
@@ -193,9 +188,7 @@ def _iter_json(path: Path, text_field: str) -> Iterator[str]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise DataError(
-                f"{path}:{number}: not valid JSON: {error.msg} (column {error.colno})"
-            ) from None
+            raise DataError(f"{path}:{number}: not valid JSON: {error.msg} (column {error.colno})") from None
         text = _text_of(record, text_field, f"{path}:{number}")
         if text.strip():
             yield text
@@ -206,9 +199,7 @@ def _iter_json_array(path: Path, text_field: str) -> Iterator[str]:
     try:
         records = json.loads(text)
     except json.JSONDecodeError as error:
-        raise DataError(
-            f"{path}:{error.lineno}: not valid JSON: {error.msg} (column {error.colno})"
-        ) from None
+        raise DataError(f"{path}:{error.lineno}: not valid JSON: {error.msg} (column {error.colno})") from None
     if not isinstance(records, list):
         raise DataError(f"{path}: expected JSON Lines or one JSON array of objects")
     for index, record in enumerate(records):
@@ -220,14 +211,12 @@ def _iter_json_array(path: Path, text_field: str) -> Iterator[str]:
 def _text_of(record: Any, text_field: str, where: str) -> str:
     if not isinstance(record, dict):
         raise DataError(
-            f"{where}: missing text field '{text_field}' "
-            f"(expected a JSON object, got {_json_kind(record)})"
+            f"{where}: missing text field '{text_field}' (expected a JSON object, got {_json_kind(record)})"
         )
     if text_field not in record:
         fields = ", ".join(sorted(map(str, record))[:10]) or "none"
         raise DataError(
-            f"{where}: missing text field '{text_field}' "
-            f"(fields here: {fields}; choose one with --text_field)"
+            f"{where}: missing text field '{text_field}' (fields here: {fields}; choose one with --text_field)"
         )
     text = record[text_field]
     if not isinstance(text, str):
@@ -251,15 +240,12 @@ def _json_kind(value: Any) -> str:
     return type(value).__name__
 
 
-def _iter_hf(
-    source: str, name: str, config: str | None, split: str, text_field: str
-) -> Iterator[str]:
+def _iter_hf(source: str, name: str, config: str | None, split: str, text_field: str) -> Iterator[str]:
     try:
         import datasets
     except ImportError:
         raise DataError(
-            f"{source}: reading hub datasets needs the 'datasets' package "
-            "(pip install 'ckptlab[hub]')"
+            f"{source}: reading hub datasets needs the 'datasets' package (pip install 'ckptlab[hub]')"
         ) from None
     try:
         dataset = datasets.load_dataset(name, config, split=split)
@@ -269,8 +255,7 @@ def _iter_hf(
     columns = getattr(dataset, "column_names", None)
     if columns is not None and text_field not in columns:
         raise DataError(
-            f"{source}: missing text field '{text_field}' (columns: {', '.join(columns)}; "
-            "choose one with --text_field)"
+            f"{source}: missing text field '{text_field}' (columns: {', '.join(columns)}; choose one with --text_field)"
         )
     found = False
     for index, row in enumerate(dataset):

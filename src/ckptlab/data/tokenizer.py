@@ -25,9 +25,7 @@ SPECIAL_TOKENS = (EOS_TOKEN, PAD_TOKEN)
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # every byte, plus the special tokens
 
 
-def train_tokenizer(
-    documents: Iterable[str], vocab_size: int, out_dir: str | Path
-) -> PreTrainedTokenizerFast:
+def train_tokenizer(documents: Iterable[str], vocab_size: int, out_dir: str | Path) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE of at most `vocab_size` tokens and save it to `out_dir` (HF format).
 
     The vocabulary is smaller than `vocab_size` when the corpus runs out of pairs to merge.
@@ -70,9 +68,7 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> N
         # fast-tokenizer class loads the same tokenizer.json under both.
         if config.get("tokenizer_class") == "TokenizersBackend":
             config["tokenizer_class"] = "PreTrainedTokenizerFast"
-            config_path.write_text(
-                json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-            )
+            config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
@@ -100,7 +96,5 @@ def tokenizer_fingerprint(tokenizer_dir: str | Path) -> str:
     try:
         data = path.read_bytes()
     except OSError:
-        raise DataError(
-            f"{tokenizer_dir}: no tokenizer.json (not a saved fast tokenizer)"
-        ) from None
+        raise DataError(f"{tokenizer_dir}: no tokenizer.json (not a saved fast tokenizer)") from None
     return hashlib.sha256(data).hexdigest()[:16]

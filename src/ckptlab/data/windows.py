@@ -41,10 +41,7 @@ class TokenWindows:
         self.seed = seed
         self.manifest: dict[str, Any] = read_manifest(self.data_dir)
         if split not in self.manifest["splits"]:
-            raise DataError(
-                f"{self.data_dir}: no split '{split}' "
-                f"(splits: {', '.join(self.manifest['splits'])})"
-            )
+            raise DataError(f"{self.data_dir}: no split '{split}' (splits: {', '.join(self.manifest['splits'])})")
         info = self.manifest["splits"][split]
         self.num_tokens = int(info["tokens"])
         counts = [max(0, (int(shard["tokens"]) - 1) // context_length) for shard in info["shards"]]
@@ -106,8 +103,9 @@ class TokenWindows:
         return state
 
 
-def windows_for_model(key: str, data: str | Path, length: int, seed: int, tokenizer: Any, vocab_size: int,
-                      model_name: str) -> TokenWindows:
+def windows_for_model(
+    key: str, data: str | Path, length: int, seed: int, tokenizer: Any, vocab_size: int, model_name: str
+) -> TokenWindows:
     """The training windows of prepared directory `data` (named by config `key`) for a model: the data
     must have been tokenized with the model's tokenizer and fit its vocabulary."""
     from ckptlab.data.tokenizer import load_tokenizer
@@ -120,8 +118,12 @@ def windows_for_model(key: str, data: str | Path, length: int, seed: int, tokeni
     except DataError as error:
         raise DataError(f"{key}: {error}") from None
     if tokenizer_identity(load_tokenizer(path / "tokenizer")) != tokenizer_identity(tokenizer):
-        raise UserError(f"{key}: {data} was prepared with another tokenizer than the model's ({model_name}); "
-                        f"prepare it with `ckptlab prepare --tokenizer {model_name} ...`")
+        raise UserError(
+            f"{key}: {data} was prepared with another tokenizer than the model's ({model_name}); "
+            f"prepare it with `ckptlab prepare --tokenizer {model_name} ...`"
+        )
     if int(windows.manifest["vocab_size"]) > int(vocab_size):
-        raise UserError(f"{key}: {data} has a vocabulary of {windows.manifest['vocab_size']}, the model only {vocab_size}")
+        raise UserError(
+            f"{key}: {data} has a vocabulary of {windows.manifest['vocab_size']}, the model only {vocab_size}"
+        )
     return windows

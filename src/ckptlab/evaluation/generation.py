@@ -23,8 +23,9 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:end].strip()
 
 
-def generate_batch(model: Any, tokenizer: Any, contexts: Sequence[list[int]], max_new_tokens: int,
-                   stop: Sequence[str], pad_id: int) -> list[str]:
+def generate_batch(
+    model: Any, tokenizer: Any, contexts: Sequence[list[int]], max_new_tokens: int, stop: Sequence[str], pad_id: int
+) -> list[str]:
     """Greedy continuations of tokenized prompts (one batch), cut at the stop strings."""
     import torch
     from transformers import GenerationConfig
@@ -35,11 +36,20 @@ def generate_batch(model: Any, tokenizer: Any, contexts: Sequence[list[int]], ma
     ids, mask, _ = left_pad([c[-room:] for c in contexts], pad_id, device)
     width = ids.shape[1]
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else model.config.eos_token_id
-    config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
-                              pad_token_id=pad_id, eos_token_id=eos,
-                              stop_strings=[s for s in stop if s] or None)
+    config = GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=pad_id,
+        eos_token_id=eos,
+        stop_strings=[s for s in stop if s] or None,
+    )
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                             tokenizer=tokenizer if config.stop_strings else None)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            generation_config=config,
+            tokenizer=tokenizer if config.stop_strings else None,
+        )
     texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     return [cut_at_stop(text, stop) for text in texts]

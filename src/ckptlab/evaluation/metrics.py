@@ -93,8 +93,9 @@ def metric_value(metric: str, rows: Sequence[dict[str, Any]]) -> float:
     return float(_from_confusion(metric, _confusions(np.array(gold), np.array(pred), k, index))[0])
 
 
-def bootstrap_interval(metric: str, rows: Sequence[dict[str, Any]], resamples: int = 1000,
-                       seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+def bootstrap_interval(
+    metric: str, rows: Sequence[dict[str, Any]], resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap interval of `metric` over examples; deterministic for a seed."""
     import numpy as np
 

@@ -47,8 +47,14 @@ def _checkpoint_ref(path: Path) -> ModelRef:
     manifest = verify_checkpoint(path, deep=False)
     run = path.parent.parent if path.parent.name == "checkpoints" else None
     label = f"{run.name}/{path.name}" if run else path.name
-    return ModelRef(str(path), label, "checkpoint", run=str(run) if run else None,
-                    step=int(manifest["step"]), tokens_seen=manifest.get("tokens_seen"))
+    return ModelRef(
+        str(path),
+        label,
+        "checkpoint",
+        run=str(run) if run else None,
+        step=int(manifest["step"]),
+        tokens_seen=manifest.get("tokens_seen"),
+    )
 
 
 def resolve_models(sources: list[str], checkpoints: str = "kept") -> list[ModelRef]:
@@ -68,8 +74,11 @@ def resolve_models(sources: list[str], checkpoints: str = "kept") -> list[ModelR
         if path.is_dir() and (path / RUN_MANIFEST).is_file():
             run = RunDir(path)
             listed = run.read_run_manifest().get("checkpoints", [])
-            chosen = {"kept": [c for c in listed if c.get("kept")], "all": listed,
-                      "latest": sorted(listed, key=lambda c: c["step"])[-1:]}[checkpoints]
+            chosen = {
+                "kept": [c for c in listed if c.get("kept")],
+                "all": listed,
+                "latest": sorted(listed, key=lambda c: c["step"])[-1:],
+            }[checkpoints]
             if not chosen:
                 raise UserError(f"--model {source}: run.json lists no {checkpoints} checkpoints")
             refs.extend(_checkpoint_ref(run.root / c["path"]) for c in sorted(chosen, key=lambda c: c["step"]))
@@ -93,9 +102,13 @@ def _sha256_file(path: Path) -> str:
 
 
 def _directory_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*")
-                  if p.is_file() and p.name not in NOT_MODEL_FILES
-                  and not any(part.startswith(".") for part in p.relative_to(directory).parts))
+    return sorted(
+        p
+        for p in directory.rglob("*")
+        if p.is_file()
+        and p.name not in NOT_MODEL_FILES
+        and not any(part.startswith(".") for part in p.relative_to(directory).parts)
+    )
 
 
 def content_hash(ref: ModelRef, file_sha256: Any = None) -> str:
@@ -119,7 +132,9 @@ def content_hash(ref: ModelRef, file_sha256: Any = None) -> str:
             parsed = parse_source(ref.source)
             ref.source = hub_snapshot(parsed.repo_id or "", parsed.revision)
         directory = Path(ref.source)
-        listing = {p.relative_to(directory).as_posix(): memo(p.resolve(), _sha256_file) for p in _directory_files(directory)}
+        listing = {
+            p.relative_to(directory).as_posix(): memo(p.resolve(), _sha256_file) for p in _directory_files(directory)
+        }
     if not listing:
         raise UserError(f"--model {ref.source}: no model files to fingerprint")
     return hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()

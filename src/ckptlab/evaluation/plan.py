@@ -76,7 +76,9 @@ def plan_units(config: EvaluateConfig, say: Callable[[str], None]) -> list[Unit]
         names = list(spec.templates) if config.templates in ([], ["all"]) else config.templates
         unknown = [n for n in names if n not in spec.templates]
         if unknown:
-            raise UserError(f"task {spec.name} ({path}): no template '{unknown[0]}' (templates: {', '.join(spec.templates)})")
+            raise UserError(
+                f"task {spec.name} ({path}): no template '{unknown[0]}' (templates: {', '.join(spec.templates)})"
+            )
         shots = [int(s) for s in config.shots] if config.shots else spec.fewshot_shots
         seed = spec.fewshot_seed if config.fewshot_seed is None else config.fewshot_seed
         examples = data.examples[: config.limit] if config.limit else data.examples

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptlab.evaluation import generation, metrics, scoring
-from ckptlab.tasks import templates as tpl
 from ckptlab.evaluation.store import ResultStore
+from ckptlab.tasks import templates as tpl
 from ckptlab.tasks.spec import Example, TaskData
 
 
@@ -60,7 +60,9 @@ def prompts_for(unit: Unit) -> list[str]:
     template = spec.templates[unit.template]
     prompts = []
     for example in unit.examples:
-        demos = [(pool[i].fields, pool[i].gold) for i in tpl.fewshot_indices(len(pool), unit.shots, unit.seed, example.id)]
+        demos = [
+            (pool[i].fields, pool[i].gold) for i in tpl.fewshot_indices(len(pool), unit.shots, unit.seed, example.id)
+        ]
         prompts.append(tpl.build_prompt(template, example.fields, demos, spec.target_delimiter, spec.fewshot_delimiter))
     return prompts
 
@@ -68,8 +70,16 @@ def prompts_for(unit: Unit) -> list[str]:
 class Evaluator:
     """Scores units for one model at a time, writing per-example and metric rows to a store."""
 
-    def __init__(self, store: ResultStore, batch_size: int = 16, resamples: int = 1000, bootstrap_seed: int = 0,
-                 length_normalized: bool = False, scorer: str = "shared", say: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        store: ResultStore,
+        batch_size: int = 16,
+        resamples: int = 1000,
+        bootstrap_seed: int = 0,
+        length_normalized: bool = False,
+        scorer: str = "shared",
+        say: Callable[[str], None] = print,
+    ) -> None:
         self.store = store
         self.batch_size = batch_size
         self.resamples = resamples
@@ -80,8 +90,9 @@ class Evaluator:
         self.fault = fault_after()
         self.scored_total = 0
 
-    def run_model(self, model_fp: str, model_meta: dict[str, Any], units: list[Unit],
-                  load: Callable[[], tuple[Any, Any]]) -> tuple[list[UnitResult], list[dict[str, Any]]]:
+    def run_model(
+        self, model_fp: str, model_meta: dict[str, Any], units: list[Unit], load: Callable[[], tuple[Any, Any]]
+    ) -> tuple[list[UnitResult], list[dict[str, Any]]]:
         """Evaluate every unit for one model: (unit results, prompt-sensitivity rows).
 
         `load()` returns (model, tokenizer); it is called only when some example is not in the store.
@@ -100,8 +111,10 @@ class Evaluator:
             seconds = time.perf_counter() - started
             result = UnitResult(unit, len(missing), len(unit.examples) - len(missing), seconds)
             if missing:
-                self.say(f"  {unit.task.spec.name} / {unit.template} / {unit.shots}-shot: {len(missing)} examples "
-                         f"scored in {seconds:.1f} s ({len(missing) / max(seconds, 1e-9):.1f} examples/s)")
+                self.say(
+                    f"  {unit.task.spec.name} / {unit.template} / {unit.shots}-shot: {len(missing)} examples "
+                    f"scored in {seconds:.1f} s ({len(missing) / max(seconds, 1e-9):.1f} examples/s)"
+                )
             result.metric_rows = self._metric_rows(unit, key, model_meta)
             results.append(result)
         self.store.add_metrics(row for r in results for row in r.metric_rows)
@@ -125,11 +138,14 @@ class Evaluator:
                 continue
             if spec.type == "classification":
                 scores = self.score(model, [requests[i] for i in batch], pad_id)
-                rows = [self._classification_row(unit.examples[i], requests[i], ll, spec.target_delimiter)
-                        for i, ll in zip(batch, scores)]
+                rows = [
+                    self._classification_row(unit.examples[i], requests[i], ll, spec.target_delimiter)
+                    for i, ll in zip(batch, scores)
+                ]
             else:
-                texts = generation.generate_batch(model, tokenizer, [contexts[i] for i in batch],
-                                                  spec.max_new_tokens, spec.stop, pad_id)
+                texts = generation.generate_batch(
+                    model, tokenizer, [contexts[i] for i in batch], spec.max_new_tokens, spec.stop, pad_id
+                )
                 rows = [self._generation_row(unit.examples[i], text) for i, text in zip(batch, texts)]
             rows = [r for r in rows if r["example_id"] in missing]
             self.scored_total += len(rows)
@@ -138,19 +154,40 @@ class Evaluator:
             self.store.add_examples(key, spec.name, rows, self.batch_size)
 
     @staticmethod
-    def _classification_row(example: Example, request: scoring.Request, ll: list[float], delimiter: str) -> dict[str, Any]:
+    def _classification_row(
+        example: Example, request: scoring.Request, ll: list[float], delimiter: str
+    ) -> dict[str, Any]:
         choices = example.choices or []
         best = max(range(len(ll)), key=ll.__getitem__)
-        scores = {"ll": ll, "tokens": [len(c) for c in request.continuations],
-                  "chars": [len(delimiter + c) for c in choices], "choices": choices}
-        return {"example_id": example.id, "example_index": example.index, "prediction": choices[best],
-                "scores": scores, "gold": example.gold, "correct": choices[best] == example.gold}
+        scores = {
+            "ll": ll,
+            "tokens": [len(c) for c in request.continuations],
+            "chars": [len(delimiter + c) for c in choices],
+            "choices": choices,
+        }
+        return {
+            "example_id": example.id,
+            "example_index": example.index,
+            "prediction": choices[best],
+            "scores": scores,
+            "gold": example.gold,
+            "correct": choices[best] == example.gold,
+        }
 
     @staticmethod
     def _generation_row(example: Example, text: str) -> dict[str, Any]:
-        scores = {"rouge_l": metrics.rouge_l(text, example.gold), "exact_match": metrics.exact_match(text, example.gold)}
-        return {"example_id": example.id, "example_index": example.index, "prediction": text, "scores": scores,
-                "gold": example.gold, "correct": bool(scores["exact_match"])}
+        scores = {
+            "rouge_l": metrics.rouge_l(text, example.gold),
+            "exact_match": metrics.exact_match(text, example.gold),
+        }
+        return {
+            "example_id": example.id,
+            "example_index": example.index,
+            "prediction": text,
+            "scores": scores,
+            "gold": example.gold,
+            "correct": bool(scores["exact_match"]),
+        }
 
     def metric_names(self, unit: Unit) -> list[str]:
         names = list(unit.task.spec.metrics)
@@ -166,17 +203,36 @@ class Evaluator:
         out = []
         for name in self.metric_names(unit):
             low, high = metrics.bootstrap_interval(name, rows, self.resamples, self.bootstrap_seed)
-            out.append({**model_meta, "model_fp": key[0], "task": unit.task.spec.name, "task_fp": key[1],
-                        "split": unit.task.split, "template": unit.template, "shots": unit.shots, "seed": unit.seed,
-                        "metric": name, "value": metrics.metric_value(name, rows), "ci_low": low, "ci_high": high,
-                        "n": len(rows), "batch_size": batch_size, "_predictions": {r["example_id"]: r["prediction"] for r in rows}})
+            out.append(
+                {
+                    **model_meta,
+                    "model_fp": key[0],
+                    "task": unit.task.spec.name,
+                    "task_fp": key[1],
+                    "split": unit.task.split,
+                    "template": unit.template,
+                    "shots": unit.shots,
+                    "seed": unit.seed,
+                    "metric": name,
+                    "value": metrics.metric_value(name, rows),
+                    "ci_low": low,
+                    "ci_high": high,
+                    "n": len(rows),
+                    "batch_size": batch_size,
+                    "_predictions": {r["example_id"]: r["prediction"] for r in rows},
+                }
+            )
         return out
 
-    def _sensitivity_rows(self, results: list[UnitResult], model_fp: str, model_meta: dict[str, Any]) -> list[dict[str, Any]]:
+    def _sensitivity_rows(
+        self, results: list[UnitResult], model_fp: str, model_meta: dict[str, Any]
+    ) -> list[dict[str, Any]]:
         groups: dict[tuple, list[dict[str, Any]]] = {}
         for result in results:
             for row in result.metric_rows:
-                groups.setdefault((row["task"], row["task_fp"], row["split"], row["shots"], row["seed"]), []).append(row)
+                groups.setdefault((row["task"], row["task_fp"], row["split"], row["shots"], row["seed"]), []).append(
+                    row
+                )
         out = []
         for (task, task_fp, split, shots, seed), rows in groups.items():
             by_metric: dict[str, dict[str, float]] = {}
@@ -186,9 +242,18 @@ class Evaluator:
                 predictions[row["template"]] = row["_predictions"]
             if len(predictions) < 2:
                 continue
-            base = {**model_meta, "model_fp": model_fp, "task": task, "task_fp": task_fp, "split": split,
-                    "template": "*", "shots": shots, "seed": seed, "batch_size": self.batch_size,
-                    "n": min(r["n"] for r in rows)}
+            base = {
+                **model_meta,
+                "model_fp": model_fp,
+                "task": task,
+                "task_fp": task_fp,
+                "split": split,
+                "template": "*",
+                "shots": shots,
+                "seed": seed,
+                "batch_size": self.batch_size,
+                "n": min(r["n"] for r in rows),
+            }
             for metric_name, values in by_metric.items():
                 for stat, value in metrics.sensitivity(values).items():
                     out.append({**base, "metric": f"{metric_name}:{stat}", "value": value})

@@ -39,8 +39,9 @@ def model_max_length(model: Any, default: int = 2048) -> int:
     return default
 
 
-def encode_requests(tokenizer: Any, prompts: Sequence[str], choices: Sequence[Sequence[str]],
-                    delimiter: str = " ") -> list[Request]:
+def encode_requests(
+    tokenizer: Any, prompts: Sequence[str], choices: Sequence[Sequence[str]], delimiter: str = " "
+) -> list[Request]:
     """Tokenize prompts and their choices (no special tokens added)."""
     contexts = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     joined = [prompt + delimiter + choice for prompt, options in zip(prompts, choices) for choice in options]
@@ -52,7 +53,7 @@ def encode_requests(tokenizer: Any, prompts: Sequence[str], choices: Sequence[Se
             whole = wholes[at]
             at += 1
             if len(whole) > len(context) and whole[: len(context)] == context:
-                continuations.append(list(whole[len(context):]))
+                continuations.append(list(whole[len(context) :]))
             else:
                 continuations.append(list(tokenizer(delimiter + choice, add_special_tokens=False)["input_ids"]))
             if not continuations[-1]:
@@ -74,13 +75,15 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: Any) -> tuple[A
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row):] = 1
+        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row) :] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     return ids.to(device), mask.to(device), positions.to(device)
 
 
-def score_shared(model: Any, requests: Sequence[Request], pad_id: int, max_length: int | None = None) -> list[list[float]]:
+def score_shared(
+    model: Any, requests: Sequence[Request], pad_id: int, max_length: int | None = None
+) -> list[list[float]]:
     """Log-likelihood of every continuation of every request; the prompt runs once per request."""
     import torch
 
@@ -108,8 +111,13 @@ def score_shared(model: Any, requests: Sequence[Request], pad_id: int, max_lengt
         tail_mask = tail_mask.to(device)
         full_mask = torch.cat([mask[index], tail_mask], dim=1)
         tail_positions = mask[index].sum(-1, keepdim=True) + torch.arange(width, device=device)
-        out = model(input_ids=tail_ids.to(device), attention_mask=full_mask, position_ids=tail_positions,
-                    past_key_values=cache, use_cache=False)
+        out = model(
+            input_ids=tail_ids.to(device),
+            attention_mask=full_mask,
+            position_ids=tail_positions,
+            past_key_values=cache,
+            use_cache=False,
+        )
         logprobs = torch.log_softmax(out.logits.double(), dim=-1)
         for r, (i, j) in enumerate(rows):
             targets = torch.tensor(requests[i].continuations[j][1:], device=device)
@@ -118,7 +126,9 @@ def score_shared(model: Any, requests: Sequence[Request], pad_id: int, max_lengt
     return scores
 
 
-def score_full(model: Any, requests: Sequence[Request], pad_id: int, max_length: int | None = None) -> list[list[float]]:
+def score_full(
+    model: Any, requests: Sequence[Request], pad_id: int, max_length: int | None = None
+) -> list[list[float]]:
     """Log-likelihoods with one left-padded sequence per (request, choice): the reference scorer."""
     import torch
 
@@ -152,7 +162,7 @@ def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     exactly the batches an uninterrupted one would, and scores come out bit-identical.
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 SCORERS: dict[str, Callable[..., list[list[float]]]] = {"shared": score_shared, "full": score_full}

@@ -37,13 +37,69 @@ from ckptlab import __version__
 from ckptlab.errors import UserError
 
 EXAMPLE_KEY = ("model_fp", "task_fp", "template", "shots", "seed")
-METRIC_COLUMNS = ("model_fp", "model_source", "model_label", "task", "task_fp", "split", "template", "shots",
-                  "seed", "metric", "value", "ci_low", "ci_high", "n", "batch_size", "ckptlab_version", "created")
-EXAMPLE_COLUMNS = ("model_fp", "task_fp", "template", "shots", "seed", "example_id", "task", "example_index",
-                   "prediction", "scores", "gold", "correct", "batch_size", "created")
-MODEL_COLUMNS = ("model_fp", "content_hash", "kind", "source", "label", "run", "step", "tokens_seen", "dtype", "created")
-SWEEP_MODEL_COLUMNS = ("model_fp", "sweep", "job_id", "role", "checkpoint", "step", "tokens_seen", "finetune",
-                       "finetune_task", "method", "variant", "parent_fp", "compute", "created")
+METRIC_COLUMNS = (
+    "model_fp",
+    "model_source",
+    "model_label",
+    "task",
+    "task_fp",
+    "split",
+    "template",
+    "shots",
+    "seed",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n",
+    "batch_size",
+    "ckptlab_version",
+    "created",
+)
+EXAMPLE_COLUMNS = (
+    "model_fp",
+    "task_fp",
+    "template",
+    "shots",
+    "seed",
+    "example_id",
+    "task",
+    "example_index",
+    "prediction",
+    "scores",
+    "gold",
+    "correct",
+    "batch_size",
+    "created",
+)
+MODEL_COLUMNS = (
+    "model_fp",
+    "content_hash",
+    "kind",
+    "source",
+    "label",
+    "run",
+    "step",
+    "tokens_seen",
+    "dtype",
+    "created",
+)
+SWEEP_MODEL_COLUMNS = (
+    "model_fp",
+    "sweep",
+    "job_id",
+    "role",
+    "checkpoint",
+    "step",
+    "tokens_seen",
+    "finetune",
+    "finetune_task",
+    "method",
+    "variant",
+    "parent_fp",
+    "compute",
+    "created",
+)
 TABLES = ("metrics", "examples", "models", "sweep_models")
 
 SCHEMA = """
@@ -95,23 +151,40 @@ class ResultStore:
         """Example ids already scored under key (model_fp, task_fp, template, shots, seed)."""
         rows = self.db.execute(
             "SELECT example_id FROM examples WHERE model_fp=? AND task_fp=? AND template=? AND shots=? AND seed=?",
-            tuple(key))
+            tuple(key),
+        )
         return {r[0] for r in rows}
 
     def add_examples(self, key: Sequence[Any], task: str, rows: Iterable[dict[str, Any]], batch_size: int) -> None:
         """Insert per-example rows in one transaction (existing rows are kept as they are)."""
         created = now()
-        values = [(*key, r["example_id"], task, r["example_index"], r["prediction"],
-                   json.dumps(r["scores"], sort_keys=True), r["gold"], int(r["correct"]), batch_size, created)
-                  for r in rows]
+        values = [
+            (
+                *key,
+                r["example_id"],
+                task,
+                r["example_index"],
+                r["prediction"],
+                json.dumps(r["scores"], sort_keys=True),
+                r["gold"],
+                int(r["correct"]),
+                batch_size,
+                created,
+            )
+            for r in rows
+        ]
         with self.db:
-            self.db.executemany(f"INSERT OR IGNORE INTO examples VALUES ({', '.join('?' * len(EXAMPLE_COLUMNS))})", values)
+            self.db.executemany(
+                f"INSERT OR IGNORE INTO examples VALUES ({', '.join('?' * len(EXAMPLE_COLUMNS))})", values
+            )
 
     def examples(self, key: Sequence[Any], ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """Per-example rows under key (all, or those with the given ids), in example order."""
         cursor = self.db.execute(
             "SELECT * FROM examples WHERE model_fp=? AND task_fp=? AND template=? AND shots=? AND seed=? "
-            "ORDER BY example_index, example_id", tuple(key))
+            "ORDER BY example_index, example_id",
+            tuple(key),
+        )
         names = [d[0] for d in cursor.description]
         rows = [dict(zip(names, r)) for r in cursor]
         if ids is not None:
@@ -124,10 +197,14 @@ class ResultStore:
     # --- metric and model rows ---
     def add_metrics(self, rows: Iterable[dict[str, Any]]) -> None:
         created = now()
-        values = [tuple({**r, "ckptlab_version": __version__, "created": created}.get(c) for c in METRIC_COLUMNS)
-                  for r in rows]
+        values = [
+            tuple({**r, "ckptlab_version": __version__, "created": created}.get(c) for c in METRIC_COLUMNS)
+            for r in rows
+        ]
         with self.db:
-            self.db.executemany(f"INSERT OR REPLACE INTO metrics VALUES ({', '.join('?' * len(METRIC_COLUMNS))})", values)
+            self.db.executemany(
+                f"INSERT OR REPLACE INTO metrics VALUES ({', '.join('?' * len(METRIC_COLUMNS))})", values
+            )
 
     def add_model(self, row: dict[str, Any]) -> None:
         values = tuple({**row, "created": now()}.get(c) for c in MODEL_COLUMNS)
@@ -141,13 +218,17 @@ class ResultStore:
             row["compute"] = json.dumps(row["compute"], sort_keys=True)
         values = tuple(row.get(c) for c in SWEEP_MODEL_COLUMNS)
         with self.db:
-            self.db.execute(f"INSERT OR REPLACE INTO sweep_models VALUES ({', '.join('?' * len(SWEEP_MODEL_COLUMNS))})",
-                            values)
+            self.db.execute(
+                f"INSERT OR REPLACE INTO sweep_models VALUES ({', '.join('?' * len(SWEEP_MODEL_COLUMNS))})", values
+            )
 
     def sweep_models(self, sweep: str | None = None) -> list[dict[str, Any]]:
         """The sweep_models rows (of one sweep, or all), `compute` decoded, ordered by role, step, finetune."""
-        rows = [r for r in self.rows("sweep_models", order="role, step, finetune, method, variant")
-                if sweep is None or r["sweep"] == sweep]
+        rows = [
+            r
+            for r in self.rows("sweep_models", order="role, step, finetune, method, variant")
+            if sweep is None or r["sweep"] == sweep
+        ]
         for row in rows:
             row["compute"] = json.loads(row["compute"]) if row["compute"] else {}
         return rows
@@ -179,7 +260,9 @@ def check_export_path(path: str) -> None:
         try:
             import pyarrow  # noqa: F401
         except ImportError:
-            raise UserError(f"--export {path}: Parquet needs pyarrow (pip install pyarrow); or give a .csv path") from None
+            raise UserError(
+                f"--export {path}: Parquet needs pyarrow (pip install pyarrow); or give a .csv path"
+            ) from None
     elif not path.lower().endswith(".csv"):
         raise UserError(f"--export {path}: expected a .csv or .parquet path")
 
@@ -191,14 +274,17 @@ def export(store: ResultStore, path: str | Path) -> list[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     written = []
     for table, target in (("metrics", path), ("examples", path.with_name(f"{path.stem}.examples{path.suffix}"))):
-        rows = store.rows(table, order="task, template, shots" + (", example_index" if table == "examples" else ", metric"))
+        rows = store.rows(
+            table, order="task, template, shots" + (", example_index" if table == "examples" else ", metric")
+        )
         columns = METRIC_COLUMNS if table == "metrics" else EXAMPLE_COLUMNS
         if target.suffix.lower() == ".parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            pq.write_table(pa.Table.from_pylist(rows or [], schema=None) if rows else
-                           pa.table({c: [] for c in columns}), target)
+            pq.write_table(
+                pa.Table.from_pylist(rows or [], schema=None) if rows else pa.table({c: [] for c in columns}), target
+            )
         else:
             with open(target, "w", newline="", encoding="utf-8") as handle:
                 writer = csv.DictWriter(handle, fieldnames=list(columns))

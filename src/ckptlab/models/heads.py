@@ -15,8 +15,10 @@ def require_masked_lm(model_config: Any, init_from: str) -> None:
 
     model_type = getattr(model_config, "model_type", "?")
     if model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES or getattr(model_config, "is_decoder", False):
-        raise UserError(f"objective: mlm needs an encoder with a masked-LM head (bert, roberta, ...); {init_from} is a "
-                        f"{model_type} causal LM (continue it with --objective causal)")
+        raise UserError(
+            f"objective: mlm needs an encoder with a masked-LM head (bert, roberta, ...); {init_from} is a "
+            f"{model_type} causal LM (continue it with --objective causal)"
+        )
 
 
 def load_masked_lm(source: str) -> Any:
@@ -41,7 +43,10 @@ def load_classifier(source: str, num_labels: int) -> Any:
     from ckptlab.models.init_from import model_directory
 
     try:
-        return AutoModelForSequenceClassification.from_pretrained(model_directory(source), num_labels=num_labels,
-                                                                  dtype=torch.float32)
+        return AutoModelForSequenceClassification.from_pretrained(
+            model_directory(source), num_labels=num_labels, dtype=torch.float32
+        )
     except ValueError as error:
-        raise UserError(f"objective: classification: {source} has no sequence-classification class ({str(error).splitlines()[0]})") from None
+        raise UserError(
+            f"objective: classification: {source} has no sequence-classification class ({str(error).splitlines()[0]})"
+        ) from None

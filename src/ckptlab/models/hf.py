@@ -36,8 +36,15 @@ SIZES: dict[str, dict[str, int]] = {
 # Config attribute names that mean the same thing across architectures; the first one the
 # architecture's config knows is set (GPT-2 calls the feed-forward width `n_inner`).
 _INTERMEDIATE_KEYS = ("intermediate_size", "n_inner", "ffn_dim")
-DROPOUT_KEYS = ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop",
-                 "hidden_dropout_prob", "attention_probs_dropout_prob")
+DROPOUT_KEYS = (
+    "attention_dropout",
+    "hidden_dropout",
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+)
 _DTYPES = ("float32", "bfloat16", "float16")
 # A hub id: `name` or `org/name`, letters, digits, `-`, `_`, `.` (the hub's own rule).
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
@@ -84,8 +91,7 @@ class ModelConfig:
         dims = self.resolved()
         if dims["hidden_size"] % dims["num_heads"]:
             raise ConfigError(
-                f"model.hidden_size {dims['hidden_size']} is not divisible by "
-                f"model.num_heads {dims['num_heads']}"
+                f"model.hidden_size {dims['hidden_size']} is not divisible by model.num_heads {dims['num_heads']}"
             )
 
     def resolved(self) -> dict[str, int]:
@@ -181,9 +187,19 @@ def count_parameters(model: Any, trainable_only: bool = False) -> int:
 
 
 # Keys that fix parameter shapes (n_inner is GPT-2's intermediate_size).
-_SHAPE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-               "num_key_value_heads", "head_dim", "intermediate_size", "n_inner",
-               "max_position_embeddings", "tie_word_embeddings")
+_SHAPE_KEYS = (
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "intermediate_size",
+    "n_inner",
+    "max_position_embeddings",
+    "tie_word_embeddings",
+)
 
 
 def shape_fingerprint(hf_config: Any) -> str:
@@ -239,9 +255,7 @@ def parse_source(source: str) -> ModelSource:
         raise UserError(f"model source '{source}': no such directory or file")
     repo_id, at, revision = source.partition("@")
     if not _REPO_ID.match(repo_id) or (at and not revision):
-        raise UserError(
-            f"model source '{source}': not a directory, a .gguf file, or a hub id org/name[@revision]"
-        )
+        raise UserError(f"model source '{source}': not a directory, a .gguf file, or a hub id org/name[@revision]")
     return ModelSource("hub", repo_id=repo_id, revision=revision or None)
 
 

@@ -46,7 +46,8 @@ class LoraConfig:
     dropout: float = 0.05
     """Dropout on the adapter's input during training."""
     target_modules: list[str] = field(default_factory=list)
-    """Names of the linear modules to adapt (e.g. query_key_value,dense); empty = by architecture (gpt_neox: query_key_value; llama, qwen2, mistral: q_proj,v_proj); all-linear = every linear layer but the output head."""
+    """Names of the linear modules to adapt (e.g. query_key_value,dense); empty = by architecture (gpt_neox:
+    query_key_value; llama, qwen2, mistral: q_proj,v_proj); all-linear = every linear layer but the output head."""
 
     def __post_init__(self) -> None:
         if self.r < 1:
@@ -68,7 +69,9 @@ def linear_module_names(model: Any) -> list[str]:
         kinds += (Conv1D,)
     except ImportError:
         pass
-    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if name and isinstance(module, kinds)})
+    return sorted(
+        {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if name and isinstance(module, kinds)}
+    )
 
 
 def resolve_targets(model: Any, requested: list[str]) -> list[str] | str:
@@ -84,13 +87,17 @@ def resolve_targets(model: Any, requested: list[str]) -> list[str] | str:
     if not requested:
         requested = DEFAULT_TARGETS.get(model_type) or _peft_default(model_type)
         if not requested:
-            raise UserError(f"lora.target_modules: no default for architecture {model_type}; name the modules to adapt "
-                            f"(its linear modules: {', '.join(available)})")
+            raise UserError(
+                f"lora.target_modules: no default for architecture {model_type}; name the modules to adapt "
+                f"(its linear modules: {', '.join(available)})"
+            )
     missing = [name for name in requested if name not in available]
     if missing:
-        raise UserError(f"lora.target_modules: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not "
-                        f"{'a linear module' if len(missing) == 1 else 'linear modules'} of this {model_type} model "
-                        f"(its linear modules: {', '.join(available)})")
+        raise UserError(
+            f"lora.target_modules: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not "
+            f"{'a linear module' if len(missing) == 1 else 'linear modules'} of this {model_type} model "
+            f"(its linear modules: {', '.join(available)})"
+        )
     return list(requested)
 
 
@@ -104,8 +111,14 @@ def _peft_config(config: LoraConfig, targets: list[str] | str) -> Any:
     from peft import LoraConfig as PeftLoraConfig
 
     # peft annotates lora_alpha as int but only divides by it (scaling = lora_alpha / r): a float alpha works.
-    return PeftLoraConfig(r=config.r, lora_alpha=config.alpha,  # type: ignore[arg-type]
-                          lora_dropout=config.dropout, target_modules=targets, bias="none", task_type="CAUSAL_LM")
+    return PeftLoraConfig(
+        r=config.r,
+        lora_alpha=config.alpha,  # type: ignore[arg-type]
+        lora_dropout=config.dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
 
 
 @contextlib.contextmanager
@@ -171,15 +184,23 @@ def base_identity(source: str, checkpoint: Path | None) -> str:
 
     if checkpoint is not None:
         files = ckpt.read_manifest(checkpoint)["files"]
-        listing = {name: entry["sha256"] for name, entry in files.items()
-                   if name not in (ckpt.TRAINING_STATE, ckpt.MANIFEST) and "/" not in name}
+        listing = {
+            name: entry["sha256"]
+            for name, entry in files.items()
+            if name not in (ckpt.TRAINING_STATE, ckpt.MANIFEST) and "/" not in name
+        }
     else:
         parsed = parse_source(source)
         if parsed.kind == "hub":
             listing = {"hub": f"{parsed.repo_id}@{parsed.revision or 'main'}"}
         else:
             path = Path(parsed.path or "")
-            paths = [path] if path.is_file() else sorted(
-                p for p in path.iterdir() if p.name == "config.json" or p.suffix in (".safetensors", ".bin"))
+            paths = (
+                [path]
+                if path.is_file()
+                else sorted(
+                    p for p in path.iterdir() if p.name == "config.json" or p.suffix in (".safetensors", ".bin")
+                )
+            )
             listing = {p.name: ckpt.sha256_file(p) for p in paths}
     return hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()[:16]

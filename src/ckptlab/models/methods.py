@@ -91,7 +91,7 @@ def select_trainable(model: Any, method: str, last_k: int | None = None) -> dict
     record: dict[str, Any] = {"method": method, "untied_head": untied}
     if method == "last_k":
         assert last_k is not None  # checked above
-        trained += list(blocks[len(blocks) - last_k:])
+        trained += list(blocks[len(blocks) - last_k :])
         norm = final_norm(model)
         trained += [norm] if norm is not None else []
         record.update(last_k=last_k, blocks=list(range(len(blocks) - last_k, len(blocks))), final_norm=norm is not None)
@@ -124,9 +124,19 @@ def set_dropout(model: Any, probability: float) -> list[str]:
     return keys
 
 
-def make_model(method: str, *, init_source: str, tokenizer: Any, resume_from: Any, seed: int, last_k: int | None,
-               dropout: float | None, lora_config: Any, fingerprints: dict[str, str],
-               num_labels: int | None = None) -> tuple[Any, dict[str, Any], Any]:
+def make_model(
+    method: str,
+    *,
+    init_source: str,
+    tokenizer: Any,
+    resume_from: Any,
+    seed: int,
+    last_k: int | None,
+    dropout: float | None,
+    lora_config: Any,
+    fingerprints: dict[str, str],
+    num_labels: int | None = None,
+) -> tuple[Any, dict[str, Any], Any]:
     """(model to train with only `method`'s parameters trainable, what trains (for run.json), save_model callback).
 
     A resumed run loads the checkpoint's weights (LoRA: the base from `init_source` and the
@@ -135,8 +145,8 @@ def make_model(method: str, *, init_source: str, tokenizer: Any, resume_from: An
     """
     import torch
 
-    from ckptlab.models import lora
     from ckptlab.errors import CheckpointError
+    from ckptlab.models import lora
     from ckptlab.models.hf import load_model, save_model_dir
 
     if method != "lora":
@@ -161,7 +171,9 @@ def make_model(method: str, *, init_source: str, tokenizer: Any, resume_from: An
     if dropout is not None:
         set_dropout(base, dropout)  # before the adapters, whose dropout is lora.dropout
     targets = lora.resolve_targets(base, lora_config.target_modules)
-    fingerprints["lora"] = f"r={lora_config.r},alpha={lora_config.alpha},dropout={lora_config.dropout},targets={targets}"
+    fingerprints["lora"] = (
+        f"r={lora_config.r},alpha={lora_config.alpha},dropout={lora_config.dropout},targets={targets}"
+    )
     if resume_from is not None:
         adapter = resume_from / lora.ADAPTER_DIR
         if not (adapter / "adapter_config.json").is_file():

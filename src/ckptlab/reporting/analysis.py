@@ -24,8 +24,9 @@ from ckptlab.reporting.taxonomy import Taxonomy, training_name
 class Study:
     """The sweep's models and how they relate: parents, recipes, checkpoints in step order."""
 
-    def __init__(self, data: SweepData, means: Resampled, taxonomy: Taxonomy, level: float = 0.95,
-                 chance_margin: float = 0.02) -> None:
+    def __init__(
+        self, data: SweepData, means: Resampled, taxonomy: Taxonomy, level: float = 0.95, chance_margin: float = 0.02
+    ) -> None:
         self.data, self.means, self.taxonomy, self.level = data, means, taxonomy, level
         self.chance_margin = chance_margin
         self.models = data.models
@@ -33,8 +34,10 @@ class Study:
         self.base_by_checkpoint = {m.checkpoint: m for m in self.of_role("base")}
 
     def of_role(self, role: str) -> list[SweepModel]:
-        return sorted((m for m in self.models.values() if m.role == role),
-                      key=lambda m: (m.step if m.step is not None else -1, m.checkpoint, m.label))
+        return sorted(
+            (m for m in self.models.values() if m.role == role),
+            key=lambda m: (m.step if m.step is not None else -1, m.checkpoint, m.label),
+        )
 
     def parent(self, model: SweepModel) -> SweepModel | None:
         if model.parent_fp in self.models:
@@ -43,7 +46,8 @@ class Study:
         return base if base is not None and base is not model else None
 
     def recipe(self, model: SweepModel) -> str:
-        """A fine-tuned model's recipe: its fine-tuning run's name, task and variant (and the cpt run it started from)."""
+        """A fine-tuned model's recipe: its fine-tuning run's name, task and variant (and the cpt run it started
+        from)."""
         parent = self.parent(model)
         task = training_name(model.finetune_task)
         name = model.finetune or task
@@ -92,8 +96,15 @@ class Study:
 
 def _row_of(study: Study, model: SweepModel) -> dict[str, Any]:
     recipe = {"finetuned": study.recipe(model), "cpt": model.finetune or ""}.get(model.role, "")
-    return {"model_fp": model.model_fp, "role": model.role, "checkpoint": model.checkpoint, "step": model.step,
-            "recipe": recipe, "method": model.method or "", "variant": model.variant or ""}
+    return {
+        "model_fp": model.model_fp,
+        "role": model.role,
+        "checkpoint": model.checkpoint,
+        "step": model.step,
+        "recipe": recipe,
+        "method": model.method or "",
+        "variant": model.variant or "",
+    }
 
 
 def score_table(study: Study) -> list[dict[str, Any]]:
@@ -105,9 +116,16 @@ def score_table(study: Study) -> list[dict[str, Any]]:
                 values = study.score(model, task)
                 if values is None:
                     continue
-                rows.append({**_row_of(study, model), "task": task, "metric": study.data.metric[task],
-                             **study.ci(values), "chance": study.data.chance.get(task),
-                             "items": study.means.items_per_task.get(task, 0)})
+                rows.append(
+                    {
+                        **_row_of(study, model),
+                        "task": task,
+                        "metric": study.data.metric[task],
+                        **study.ci(values),
+                        "chance": study.data.chance.get(task),
+                        "items": study.means.items_per_task.get(task, 0),
+                    }
+                )
     return rows
 
 
@@ -130,8 +148,11 @@ def curves(study: Study) -> dict[str, dict[str, list[dict[str, Any]]]]:
     out: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for task in study.tasks:
         for name, models in series.items():
-            points = [{"step": m.step, **study.ci(study.score(m, task))} for m in models
-                      if m.step is not None and study.score(m, task) is not None]
+            points = [
+                {"step": m.step, **study.ci(study.score(m, task))}
+                for m in models
+                if m.step is not None and study.score(m, task) is not None
+            ]
             if points:
                 out.setdefault(task, {})[name] = points
     return out
@@ -149,11 +170,19 @@ def gain_table(study: Study) -> list[dict[str, Any]]:
             if base is None or tuned is None:
                 continue
             gain = study.ci(tuned - base)
-            rows.append({**_row_of(study, model), "task": task,
-                         "relation": study.taxonomy.relation(task, model.finetune_task),
-                         "base": float(base[0]), "finetuned": float(tuned[0]), "gain": gain["value"],
-                         "ci_low": gain["ci_low"], "ci_high": gain["ci_high"],
-                         "base_at_chance": study.at_chance(task, float(base[0]))})
+            rows.append(
+                {
+                    **_row_of(study, model),
+                    "task": task,
+                    "relation": study.taxonomy.relation(task, model.finetune_task),
+                    "base": float(base[0]),
+                    "finetuned": float(tuned[0]),
+                    "gain": gain["value"],
+                    "ci_low": gain["ci_low"],
+                    "ci_high": gain["ci_high"],
+                    "base_at_chance": study.at_chance(task, float(base[0])),
+                }
+            )
     return rows
 
 
@@ -166,10 +195,19 @@ def forgetting_table(study: Study) -> list[dict[str, Any]]:
             if not changes:
                 continue
             info = study.taxonomy.info(task)
-            rows.append({"recipe": recipe, "finetune_task": training_name(models[0].finetune_task), "task": task,
-                         "relation": study.taxonomy.relation(task, models[0].finetune_task),
-                         "knowledge_probe": info.probes_knowledge, "family": info.family, "domain": info.domain,
-                         "checkpoints": len(changes), **study.ci(mean_of(changes))})
+            rows.append(
+                {
+                    "recipe": recipe,
+                    "finetune_task": training_name(models[0].finetune_task),
+                    "task": task,
+                    "relation": study.taxonomy.relation(task, models[0].finetune_task),
+                    "knowledge_probe": info.probes_knowledge,
+                    "family": info.family,
+                    "domain": info.domain,
+                    "checkpoints": len(changes),
+                    **study.ci(mean_of(changes)),
+                }
+            )
     return rows
 
 
@@ -183,20 +221,29 @@ def sensitivity_table(study: Study) -> list[dict[str, Any]]:
                 if spread is None:
                     continue
                 agreement = study.data.sensitivity.get((model.model_fp, task, "agreement"), math.nan)
-                rows.append({**_row_of(study, model), "task": task, "statistic": "spread", **study.ci(spread),
-                             "agreement": agreement})
+                rows.append(
+                    {
+                        **_row_of(study, model),
+                        "task": task,
+                        "statistic": "spread",
+                        **study.ci(spread),
+                        "agreement": agreement,
+                    }
+                )
     return rows
 
 
-def mean_over_tasks(study: Study, models: list[SweepModel],
-                    per_task: Callable[[SweepModel, str], np.ndarray | None]) -> list[dict[str, Any]]:
+def mean_over_tasks(
+    study: Study, models: list[SweepModel], per_task: Callable[[SweepModel, str], np.ndarray | None]
+) -> list[dict[str, Any]]:
     """Per model (in step order): the mean over eval sets of a per-task statistic, with its interval."""
     points = []
     for model in models:
         values = [v for v in (per_task(model, t) for t in study.tasks) if v is not None]
         if values and model.step is not None:
-            points.append({"step": model.step, "checkpoint": model.checkpoint, "tasks": len(values),
-                           **study.ci(mean_of(values))})
+            points.append(
+                {"step": model.step, "checkpoint": model.checkpoint, "tasks": len(values), **study.ci(mean_of(values))}
+            )
     return points
 
 
@@ -237,13 +284,30 @@ def cpt_table(study: Study, domain: str | None = None) -> list[dict[str, Any]]:
             assert parent is not None  # a change is measured against the parent
             start, after = study.score(parent, task), study.score(model, task)
             assert start is not None and after is not None  # a change needs both scores
-            rows.append({**_row_of(study, model), "start": parent.checkpoint, "task": task, "group": group,
-                         "start_score": float(start[0]), "cpt_score": float(after[0]), **change_ci(study, change)})
+            rows.append(
+                {
+                    **_row_of(study, model),
+                    "start": parent.checkpoint,
+                    "task": task,
+                    "group": group,
+                    "start_score": float(start[0]),
+                    "cpt_score": float(after[0]),
+                    **change_ci(study, change),
+                }
+            )
         for group, changes in groups.items():
             if changes:
-                rows.append({**_row_of(study, model), "start": parent.checkpoint if parent else "",
-                             "task": f"mean of {group} sets ({len(changes)})", "group": group,
-                             "start_score": math.nan, "cpt_score": math.nan, **change_ci(study, mean_of(changes))})
+                rows.append(
+                    {
+                        **_row_of(study, model),
+                        "start": parent.checkpoint if parent else "",
+                        "task": f"mean of {group} sets ({len(changes)})",
+                        "group": group,
+                        "start_score": math.nan,
+                        "cpt_score": math.nan,
+                        **change_ci(study, mean_of(changes)),
+                    }
+                )
     return rows
 
 

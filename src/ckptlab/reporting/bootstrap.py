@@ -47,8 +47,10 @@ class Resampled:
         ids = sorted(set.intersection(*id_sets))
         union = set.union(*id_sets)
         if len(ids) < len(union):
-            self.data.warnings.append(f"task {task}: models scored different examples ({len(union)} in all); "
-                                      f"every comparison uses the {len(ids)} that all of them scored")
+            self.data.warnings.append(
+                f"task {task}: models scored different examples ({len(union)} in all); "
+                f"every comparison uses the {len(ids)} that all of them scored"
+            )
         if not ids:
             return
         n = len(ids)
@@ -69,8 +71,11 @@ class Resampled:
         self.items_per_task[task] = n
 
     def templates_of(self, model_fp: str, task: str) -> dict[str, np.ndarray]:
-        return {t: self.values[(model_fp, task, t)] for t in self.data.templates.get(task, [])
-                if (model_fp, task, t) in self.values}
+        return {
+            t: self.values[(model_fp, task, t)]
+            for t in self.data.templates.get(task, [])
+            if (model_fp, task, t) in self.values
+        }
 
     def score(self, model_fp: str, task: str) -> np.ndarray | None:
         """The model's score on the task: the mean over its templates, or the configured template."""

@@ -64,12 +64,24 @@ def compute_table(study: Study) -> list[dict[str, Any]]:
         for model in study.of_role(role):
             record = model.compute or {}
             total = training_flops(study, model)
-            rows.append({"model": model.label, "role": role, "recipe": _recipe(study, model),
-                         "checkpoint": model.checkpoint, "step": model.step, "method": model.method or "",
-                         "trainable_params": record.get("trainable_params"), "total_params": record.get("total_params"),
-                         "tokens": record.get("tokens"), "flops": record.get("flops"),
-                         "chain_flops": total, "wall_s": record.get("wall_s"), "energy_kwh": record.get("energy_kwh"),
-                         "device": record.get("device", "")})
+            rows.append(
+                {
+                    "model": model.label,
+                    "role": role,
+                    "recipe": _recipe(study, model),
+                    "checkpoint": model.checkpoint,
+                    "step": model.step,
+                    "method": model.method or "",
+                    "trainable_params": record.get("trainable_params"),
+                    "total_params": record.get("total_params"),
+                    "tokens": record.get("tokens"),
+                    "flops": record.get("flops"),
+                    "chain_flops": total,
+                    "wall_s": record.get("wall_s"),
+                    "energy_kwh": record.get("energy_kwh"),
+                    "device": record.get("device", ""),
+                }
+            )
     return rows
 
 
@@ -99,16 +111,40 @@ def gain_per_pflop_table(study: Study) -> list[dict[str, Any]]:
         per_pflop = gain / (flops / PFLOP)
         by_method.setdefault(model.method or "", []).append((gain, flops, per_pflop))
         ci = study.ci(per_pflop)
-        rows.append({"level": "model", "method": model.method or "", "recipe": study.recipe(model),
-                     "checkpoint": model.checkpoint, "step": model.step, "in_task": " ".join(tasks), "models": 1,
-                     "gain": float(gain[0]), "pflops": flops / PFLOP, "gain_per_pflop": ci["value"],
-                     "ci_low": ci["ci_low"], "ci_high": ci["ci_high"]})
+        rows.append(
+            {
+                "level": "model",
+                "method": model.method or "",
+                "recipe": study.recipe(model),
+                "checkpoint": model.checkpoint,
+                "step": model.step,
+                "in_task": " ".join(tasks),
+                "models": 1,
+                "gain": float(gain[0]),
+                "pflops": flops / PFLOP,
+                "gain_per_pflop": ci["value"],
+                "ci_low": ci["ci_low"],
+                "ci_high": ci["ci_high"],
+            }
+        )
     for method, found in sorted(by_method.items()):
         ci = study.ci(mean_of(p for _, _, p in found))
-        rows.append({"level": "method", "method": method, "recipe": "", "checkpoint": "", "step": None,
-                     "in_task": "", "models": len(found), "gain": float(np.mean([g[0] for g, _, _ in found])),
-                     "pflops": float(np.mean([f for _, f, _ in found])) / PFLOP, "gain_per_pflop": ci["value"],
-                     "ci_low": ci["ci_low"], "ci_high": ci["ci_high"]})
+        rows.append(
+            {
+                "level": "method",
+                "method": method,
+                "recipe": "",
+                "checkpoint": "",
+                "step": None,
+                "in_task": "",
+                "models": len(found),
+                "gain": float(np.mean([g[0] for g, _, _ in found])),
+                "pflops": float(np.mean([f for _, f, _ in found])) / PFLOP,
+                "gain_per_pflop": ci["value"],
+                "ci_low": ci["ci_low"],
+                "ci_high": ci["ci_high"],
+            }
+        )
     return rows
 
 
@@ -136,12 +172,23 @@ def frontier_table(study: Study) -> list[dict[str, Any]]:
                 trained = 0.0 if role == "base" else training_flops(study, model)
                 if score is None or pre is None or trained is None:
                     continue
-                found.append({"task": task, "model": model.label, "role": role, "recipe": _recipe(study, model),
-                              "checkpoint": model.checkpoint, "step": model.step,
-                              "method": model.method or ("base" if role == "base" else ""),
-                              "pretrain_pflops": pre / PFLOP, "pretrain_flops_from": how,
-                              "train_pflops": trained / PFLOP, "total_pflops": (pre + trained) / PFLOP,
-                              **study.ci(score), "model_fp": model.model_fp})
+                found.append(
+                    {
+                        "task": task,
+                        "model": model.label,
+                        "role": role,
+                        "recipe": _recipe(study, model),
+                        "checkpoint": model.checkpoint,
+                        "step": model.step,
+                        "method": model.method or ("base" if role == "base" else ""),
+                        "pretrain_pflops": pre / PFLOP,
+                        "pretrain_flops_from": how,
+                        "train_pflops": trained / PFLOP,
+                        "total_pflops": (pre + trained) / PFLOP,
+                        **study.ci(score),
+                        "model_fp": model.model_fp,
+                    }
+                )
         marks = pareto([(r["total_pflops"], r["value"]) for r in found])
         rows += [{**r, "on_frontier": mark} for r, mark in zip(found, marks)]
     return rows
@@ -171,18 +218,30 @@ def recommendation_table(study: Study, frontier: list[dict[str, Any]]) -> list[d
             if r is best or not below:  # not significantly below the best
                 ties.append((r, difference))
         cheapest, gap = min(ties, key=lambda x: (x[0]["total_pflops"], -x[0]["value"]))
-        row = {"task": task, "chance": chance, "best_model": best["model"], "best": _pick(best),
-               "best_score": best["value"], "best_total_pflops": best["total_pflops"]}
+        row = {
+            "task": task,
+            "chance": chance,
+            "best_model": best["model"],
+            "best": _pick(best),
+            "best_score": best["value"],
+            "best_total_pflops": best["total_pflops"],
+        }
         for prefix, chosen in (("per_pflop", efficient), ("cheapest_near_best", cheapest)):
             row[prefix] = _pick(chosen) if chosen else ""
             for key in ("checkpoint", "method", "recipe", "model"):
                 row[f"{prefix}_{key}"] = chosen[key] if chosen else ""
             row[f"{prefix}_score"] = chosen["value"] if chosen else math.nan
             row[f"{prefix}_total_pflops"] = chosen["total_pflops"] if chosen else math.nan
-        row["per_pflop_above_chance_per_pflop"] = ((efficient["value"] - chance) / efficient["total_pflops"]
-                                                   if efficient else math.nan)
-        row.update({"cheapest_below_best": gap["value"], "cheapest_below_best_ci_low": gap["ci_low"],
-                    "cheapest_below_best_ci_high": gap["ci_high"]})
+        row["per_pflop_above_chance_per_pflop"] = (
+            (efficient["value"] - chance) / efficient["total_pflops"] if efficient else math.nan
+        )
+        row.update(
+            {
+                "cheapest_below_best": gap["value"],
+                "cheapest_below_best_ci_low": gap["ci_low"],
+                "cheapest_below_best_ci_high": gap["ci_high"],
+            }
+        )
         rows.append(row)
     return rows
 

@@ -119,8 +119,9 @@ def _primary_metric(metrics_present: set[str], override: str | None) -> str | No
     return None
 
 
-def load(store_path: Path, sweep: str | None = None, shots: int | None = None,
-         metric_overrides: dict[str, str] | None = None) -> SweepData:
+def load(
+    store_path: Path, sweep: str | None = None, shots: int | None = None, metric_overrides: dict[str, str] | None = None
+) -> SweepData:
     """Read the store at `store_path` (the models of one sweep name, or of all), each seed replicate of a
     fine-tune as a model of its own (`reporting.replicates` merges them)."""
     store = ResultStore(store_path)
@@ -131,16 +132,17 @@ def load(store_path: Path, sweep: str | None = None, shots: int | None = None,
     return data
 
 
-def _load(store: ResultStore, path: Path, sweep: str | None, shots: int | None,
-          overrides: dict[str, str]) -> SweepData:
+def _load(store: ResultStore, path: Path, sweep: str | None, shots: int | None, overrides: dict[str, str]) -> SweepData:
     rows = store.sweep_models(sweep)
     metric_rows = store.rows("metrics")
     if not rows:
         if not metric_rows:
             raise UserError(f"{path}: the results store is empty (no evaluated models)")
         which = f" of sweep '{sweep}'" if sweep else ""
-        raise UserError(f"{path}: no sweep_models rows{which}: the store does not say which models are base, "
-                        "fine-tuned or cpt (it was not written by `ckptlab sweep`)")
+        raise UserError(
+            f"{path}: no sweep_models rows{which}: the store does not say which models are base, "
+            "fine-tuned or cpt (it was not written by `ckptlab sweep`)"
+        )
     warnings: list[str] = []
     models: dict[str, SweepModel] = {}
     for r in rows:
@@ -148,28 +150,43 @@ def _load(store: ResultStore, path: Path, sweep: str | None, shots: int | None,
             warnings.append(f"model {r['model_fp'][:12]}: unknown role '{r['role']}', ignored")
             continue
         models[r["model_fp"]] = SweepModel(
-            model_fp=r["model_fp"], role=r["role"], checkpoint=str(r["checkpoint"] or f"step-{r['step']}"),
-            step=r["step"], tokens_seen=r["tokens_seen"], finetune=r["finetune"], finetune_task=r["finetune_task"],
-            method=r["method"], variant=r["variant"], parent_fp=r["parent_fp"], compute=r["compute"])
+            model_fp=r["model_fp"],
+            role=r["role"],
+            checkpoint=str(r["checkpoint"] or f"step-{r['step']}"),
+            step=r["step"],
+            tokens_seen=r["tokens_seen"],
+            finetune=r["finetune"],
+            finetune_task=r["finetune_task"],
+            method=r["method"],
+            variant=r["variant"],
+            parent_fp=r["parent_fp"],
+            compute=r["compute"],
+        )
     metric_rows = [r for r in metric_rows if r["model_fp"] in models]
     if not metric_rows:
         raise UserError(f"{path}: no metric rows for the sweep's {len(models)} models (nothing was evaluated)")
     evaluated_shots = sorted({r["shots"] for r in metric_rows})
     shots = evaluated_shots[0] if shots is None else shots
     if len(evaluated_shots) > 1:
-        warnings.append(f"evaluated with shots {', '.join(map(str, evaluated_shots))}; this report analyses "
-                        f"{shots}-shot results (--shots)")
+        warnings.append(
+            f"evaluated with shots {', '.join(map(str, evaluated_shots))}; this report analyses "
+            f"{shots}-shot results (--shots)"
+        )
     metric_rows = [r for r in metric_rows if r["shots"] == shots]
     if not metric_rows:
         raise UserError(f"{path}: no results with shots={shots}")
     # One (task fingerprint, few-shot seed) per task: the most common, so every model sees the same items.
-    unit_of = {task: _most_common([(r["task_fp"], r["seed"]) for r in metric_rows if r["task"] == task])
-               for task in sorted({r["task"] for r in metric_rows})}
+    unit_of = {
+        task: _most_common([(r["task_fp"], r["seed"]) for r in metric_rows if r["task"] == task])
+        for task in sorted({r["task"] for r in metric_rows})
+    }
     for task, unit in unit_of.items():
         others = {(r["task_fp"], r["seed"]) for r in metric_rows if r["task"] == task} - {unit}
         if others:
-            warnings.append(f"task {task}: {len(others) + 1} versions or few-shot seeds in the store; "
-                            f"using the most common ({unit[0][:12]}, seed {unit[1]})")
+            warnings.append(
+                f"task {task}: {len(others) + 1} versions or few-shot seeds in the store; "
+                f"using the most common ({unit[0][:12]}, seed {unit[1]})"
+            )
     metric_rows = [r for r in metric_rows if (r["task_fp"], r["seed"]) == unit_of[r["task"]]]
     metric = {}
     for task in unit_of:
@@ -193,8 +210,9 @@ def _load(store: ResultStore, path: Path, sweep: str | None, shots: int | None,
             elif name == metric[task]:
                 sensitivity[(r["model_fp"], task, stat)] = _float(r["value"])
         elif r["metric"] == metric[task]:
-            scores[(r["model_fp"], task, r["template"])] = Score(_float(r["value"]), _float(r["ci_low"]),
-                                                                 _float(r["ci_high"]), int(r["n"]))
+            scores[(r["model_fp"], task, r["template"])] = Score(
+                _float(r["value"]), _float(r["ci_low"]), _float(r["ci_high"]), int(r["n"])
+            )
     templates = {task: sorted({k[2] for k in scores if k[1] == task}) for task in tasks}
     items, chance = _items(store, models, unit_of, metric, shots)
     return SweepData(path, models, tasks, templates, metric, shots, scores, sensitivity, items, chance, warnings)
@@ -204,15 +222,22 @@ def _float(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-def _items(store: ResultStore, models: dict[str, SweepModel], unit_of: dict[str, tuple[str, int]],
-           metric: dict[str, str], shots: int) -> tuple[ItemValues, dict[str, float | None]]:
+def _items(
+    store: ResultStore,
+    models: dict[str, SweepModel],
+    unit_of: dict[str, tuple[str, int]],
+    metric: dict[str, str],
+    shots: int,
+) -> tuple[ItemValues, dict[str, float | None]]:
     """Per-example item values of the primary metric, and each task's chance level."""
     items: ItemValues = {}
     golds: dict[str, dict[str, str]] = {}
     uniform: dict[str, dict[str, float]] = {}
     cursor = store.db.execute(
         "SELECT model_fp, task, task_fp, seed, template, example_id, correct, scores, gold, prediction "
-        "FROM examples WHERE shots=?", (shots,))
+        "FROM examples WHERE shots=?",
+        (shots,),
+    )
     for model_fp, task, task_fp, seed, template, example_id, correct, scores, gold, prediction in cursor:
         if model_fp not in models or task not in metric or unit_of[task] != (task_fp, seed):
             continue

@@ -57,8 +57,9 @@ def heatmaps(panels: list[tuple[str, list[str], list[str], list[list[float]]]], 
         rows, columns = _grid(len(panels), 2)
         width = max(4.0, 0.55 * max(len(p[2]) for p in panels) + 2.5)
         height = max(2.5, 0.35 * max(len(p[1]) for p in panels) + 2.0)
-        fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False,
-                                 layout="constrained")
+        fig, axes = plt.subplots(
+            rows, columns, figsize=(width * columns, height * rows), squeeze=False, layout="constrained"
+        )
         for ax, (title, row_labels, column_labels, values) in zip(axes.flat, panels):
             image = ax.imshow(values, vmin=0, vmax=1, cmap="viridis", aspect="auto")
             ax.set_xticks(range(len(column_labels)), column_labels, rotation=45, ha="right")
@@ -67,22 +68,31 @@ def heatmaps(panels: list[tuple[str, list[str], list[str], list[list[float]]]], 
             for i, line in enumerate(values):
                 for j, value in enumerate(line):
                     if not math.isnan(value):
-                        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                                color="white" if value < 0.6 else "black")
+                        ax.text(
+                            j,
+                            i,
+                            f"{value:.2f}",
+                            ha="center",
+                            va="center",
+                            fontsize=7,
+                            color="white" if value < 0.6 else "black",
+                        )
             fig.colorbar(image, ax=ax, fraction=0.04)
-        for ax in list(axes.flat)[len(panels):]:
+        for ax in list(axes.flat)[len(panels) :]:
             ax.axis("off")
         return _save(fig, path)
 
 
-def score_curves(curves: dict[str, dict[str, list[dict[str, Any]]]], chance: dict[str, float | None],
-                 path: Path) -> Path:
+def score_curves(
+    curves: dict[str, dict[str, list[dict[str, Any]]]], chance: dict[str, float | None], path: Path
+) -> Path:
     """Per eval set: base and each recipe's score over pre-training steps, with 95% bands."""
     plt = _plt()
     with plt.rc_context(RC):
         rows, columns = _grid(len(curves), 3)
-        fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False,
-                                 layout="constrained")
+        fig, axes = plt.subplots(
+            rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False, layout="constrained"
+        )
         for ax, (task, series) in zip(axes.flat, curves.items()):
             steps = _lines(ax, series)
             if chance.get(task) is not None:
@@ -90,7 +100,7 @@ def score_curves(curves: dict[str, dict[str, list[dict[str, Any]]]], chance: dic
             _step_axis(ax, steps)
             ax.set_title(task)
             ax.set_ylim(-0.02, 1.02)
-        for ax in list(axes.flat)[len(curves):]:
+        for ax in list(axes.flat)[len(curves) :]:
             ax.axis("off")
         handles, labels = _legend_entries(axes)
         fig.legend(handles, labels, loc="outside upper center", ncol=min(4, len(labels)))
@@ -126,8 +136,16 @@ def gain_scatter(rows: list[dict[str, Any]], rho_text: str, path: Path) -> Path:
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
         for recipe in sorted({r["recipe"] for r in rows}):
             mine = [r for r in rows if r["recipe"] == recipe]
-            ax.errorbar([r["base"] for r in mine], [r["gain"] for r in mine], fmt="o", markersize=4, label=recipe,
-                        yerr=_error_bars(mine, "gain"), elinewidth=0.7, alpha=0.8)
+            ax.errorbar(
+                [r["base"] for r in mine],
+                [r["gain"] for r in mine],
+                fmt="o",
+                markersize=4,
+                label=recipe,
+                yerr=_error_bars(mine, "gain"),
+                elinewidth=0.7,
+                alpha=0.8,
+            )
         ax.axhline(0, color="grey", linewidth=0.8)
         ax.set_xlabel("base score (the model fine-tuned from)")
         ax.set_ylabel("gain from fine-tuning")
@@ -163,8 +181,14 @@ def forgetting_matrix(rows: list[dict[str, Any]], path: Path) -> Path:
                 if (recipe, task) in cell:
                     row = cell[(recipe, task)]
                     probe = "*" if row["knowledge_probe"] else ""
-                    ax.text(j, i, f"{row['value']:+.2f}\n{marks[row['relation']]}{probe}", ha="center", va="center",
-                            fontsize=7)
+                    ax.text(
+                        j,
+                        i,
+                        f"{row['value']:+.2f}\n{marks[row['relation']]}{probe}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                    )
         ax.set_title("Change vs base (I in-task, D cross-domain, T cross-task, * knowledge probe)")
         fig.colorbar(image, ax=ax, fraction=0.04)
         return _save(fig, path)
@@ -192,12 +216,21 @@ def cpt_bars(rows: list[dict[str, Any]], path: Path) -> Path:
         fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(labels) + 2), 4.0))
         width = 0.38
         for offset, group in ((-width / 2, "domain"), (width / 2, "general")):
-            mine = {f"{r['recipe']} @ {r['start']}" + (f" ({r['variant']})" if r["variant"] else ""): r
-                    for r in summary if r["group"] == group}
+            mine = {
+                f"{r['recipe']} @ {r['start']}" + (f" ({r['variant']})" if r["variant"] else ""): r
+                for r in summary
+                if r["group"] == group
+            }
             x = [i + offset for i, label in enumerate(labels) if label in mine]
             picked = [mine[label] for label in labels if label in mine]
-            ax.bar(x, [r["change"] for r in picked], width, label=f"{group} eval sets",
-                   yerr=_error_bars(picked, "change"), capsize=3)
+            ax.bar(
+                x,
+                [r["change"] for r in picked],
+                width,
+                label=f"{group} eval sets",
+                yerr=_error_bars(picked, "change"),
+                capsize=3,
+            )
         ax.axhline(0, color="grey", linewidth=0.8)
         ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
         ax.set_ylabel("change vs starting checkpoint")
@@ -223,12 +256,25 @@ def frontier(rows: list[dict[str, Any]], path: Path) -> Path:
             for method in methods:
                 points = [r for r in mine if r["method"] == method]
                 if points:
-                    ax.errorbar([r["total_pflops"] for r in points], [r["value"] for r in points],
-                                yerr=_error_bars(points, "value"), fmt="o", markersize=4, capsize=2,
-                                color=colours[method], label=method)
+                    ax.errorbar(
+                        [r["total_pflops"] for r in points],
+                        [r["value"] for r in points],
+                        yerr=_error_bars(points, "value"),
+                        fmt="o",
+                        markersize=4,
+                        capsize=2,
+                        color=colours[method],
+                        label=method,
+                    )
             edge = sorted((r for r in mine if r["on_frontier"]), key=lambda r: r["total_pflops"])
-            ax.step([r["total_pflops"] for r in edge], [r["value"] for r in edge], where="post", color="black",
-                    linewidth=1, label="frontier")
+            ax.step(
+                [r["total_pflops"] for r in edge],
+                [r["value"] for r in edge],
+                where="post",
+                color="black",
+                linewidth=1,
+                label="frontier",
+            )
             ax.set_xscale("log")
             # Plain numbers: math text is off (for data strings), so the default 10^k labels would show raw.
             ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
@@ -236,10 +282,11 @@ def frontier(rows: list[dict[str, Any]], path: Path) -> Path:
             ax.set_xlabel("total compute (PFLOPs)")
             ax.set_ylabel("score")
             ax.set_title(task)
-        for ax in list(axes.flat)[len(tasks):]:
+        for ax in list(axes.flat)[len(tasks) :]:
             ax.axis("off")
         handles, labels = _legend_entries(axes)
-        fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=7,
-                   bbox_to_anchor=(0.5, -0.02))
+        fig.legend(
+            handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=7, bbox_to_anchor=(0.5, -0.02)
+        )
         fig.tight_layout(rect=(0, 0.05, 1, 1))
         return _save(fig, path)

@@ -67,10 +67,18 @@ def _fmt(stat: dict[str, Any]) -> str:
     return f"{stat['value']:+.3f} [{stat['ci_low']:+.3f}, {stat['ci_high']:+.3f}]"
 
 
-def _finding(key: str, test: str, outcome: str, summary: str, stats: list[dict[str, Any]],
-             notes: list[str]) -> dict[str, Any]:
-    return {"id": key, "claim": CLAIMS[key], "test": test, "outcome": outcome, "summary": summary,
-            "statistics": stats, "notes": notes}
+def _finding(
+    key: str, test: str, outcome: str, summary: str, stats: list[dict[str, Any]], notes: list[str]
+) -> dict[str, Any]:
+    return {
+        "id": key,
+        "claim": CLAIMS[key],
+        "test": test,
+        "outcome": outcome,
+        "summary": summary,
+        "statistics": stats,
+        "notes": notes,
+    }
 
 
 def _combine(parts: list[int | None]) -> str:
@@ -93,13 +101,16 @@ def _first_last(study: Study) -> list[tuple[str, SweepModel, SweepModel]]:
 
 
 def latent_gains(study: Study) -> dict[str, Any]:
-    test = ("ΔFT = fine-tuned score at the last − the first checkpoint, ΔBase = the same for their base "
-            "models, on each recipe's in-task eval sets; replicated when ΔFT > 0 and (ΔFT − ΔBase > 0 or "
-            "ΔBase's interval spans 0)")
+    test = (
+        "ΔFT = fine-tuned score at the last − the first checkpoint, ΔBase = the same for their base "
+        "models, on each recipe's in-task eval sets; replicated when ΔFT > 0 and (ΔFT − ΔBase > 0 or "
+        "ΔBase's interval spans 0)"
+    )
     pairs = _first_last(study)
     if not pairs:
-        return _finding("i", test, INCONCLUSIVE, "Too little data: no fine-tuning recipe was run on 2 or more "
-                        "checkpoints.", [], [])
+        return _finding(
+            "i", test, INCONCLUSIVE, "Too little data: no fine-tuning recipe was run on 2 or more checkpoints.", [], []
+        )
     tuned, base, notes = [], [], []
     for recipe, first, last in pairs:
         tasks = [t for t in study.tasks if study.taxonomy.relation(t, first.finetune_task) == "in-task"]
@@ -122,26 +133,34 @@ def latent_gains(study: Study) -> dict[str, Any]:
     d_tuned, d_base = mean_of(tuned), mean_of(base)
     assert d_tuned is not None and d_base is not None  # tuned and base grow together and tuned is not empty
     level = study.level
-    stats = [_stat("ΔFT (last − first checkpoint)", d_tuned, level, len(tuned)),
-             _stat("ΔBase (last − first checkpoint)", d_base, level, len(base)),
-             _stat("ΔFT − ΔBase", d_tuned - d_base, level, len(tuned))]
+    stats = [
+        _stat("ΔFT (last − first checkpoint)", d_tuned, level, len(tuned)),
+        _stat("ΔBase (last − first checkpoint)", d_base, level, len(base)),
+        _stat("ΔFT − ΔBase", d_tuned - d_base, level, len(tuned)),
+    ]
     s_tuned, s_base, s_diff = side(d_tuned, level), side(d_base, level), side(d_tuned - d_base, level)
     if s_tuned == 1:
         outcome = REPLICATED if s_diff == 1 or s_base == 0 else NOT_REPLICATED
     else:
         outcome = NOT_REPLICATED if s_tuned == -1 else INCONCLUSIVE
     # _first_last keeps models with a step: the filters only tell mypy so.
-    steps = (sorted({m.step for _, m, _ in pairs if m.step is not None}),
-             sorted({m.step for _, _, m in pairs if m.step is not None}))
-    summary = (f"From step {', '.join(map(str, steps[0]))} to step {', '.join(map(str, steps[1]))}, the fine-tuned "
-               f"score changed by {_fmt(stats[0])} and the base by {_fmt(stats[1])} (difference {_fmt(stats[2])}), "
-               f"over {len(tuned)} (recipe, eval set) pairs.")
+    steps = (
+        sorted({m.step for _, m, _ in pairs if m.step is not None}),
+        sorted({m.step for _, _, m in pairs if m.step is not None}),
+    )
+    summary = (
+        f"From step {', '.join(map(str, steps[0]))} to step {', '.join(map(str, steps[1]))}, the fine-tuned "
+        f"score changed by {_fmt(stats[0])} and the base by {_fmt(stats[1])} (difference {_fmt(stats[2])}), "
+        f"over {len(tuned)} (recipe, eval set) pairs."
+    )
     return _finding("i", test, outcome, summary, stats, notes)
 
 
 def gains_where_base_fails(study: Study) -> dict[str, Any]:
-    test = ("Spearman ρ across eval sets between the base score above chance and the gain from fine-tuning "
-            "(both averaged over fine-tuned models); replicated when ρ < 0 (interval below 0)")
+    test = (
+        "Spearman ρ across eval sets between the base score above chance and the gain from fine-tuning "
+        "(both averaged over fine-tuned models); replicated when ρ < 0 (interval below 0)"
+    )
     base_by_task: dict[str, np.ndarray] = {}
     gain_by_task: dict[str, np.ndarray] = {}
     at_chance: list[bool] = []
@@ -166,35 +185,58 @@ def gains_where_base_fails(study: Study) -> dict[str, Any]:
             at_chance.append(study.at_chance(task, float(base_by_task[task][0] + chance)))
     tasks = list(base_by_task)
     if len(tasks) < 3:
-        return _finding("ii", test, INCONCLUSIVE, f"Too little data: {len(tasks)} eval set(s) with both a base and a "
-                        "fine-tuned score (3 or more needed for a rank correlation).", [], [])
+        return _finding(
+            "ii",
+            test,
+            INCONCLUSIVE,
+            f"Too little data: {len(tasks)} eval set(s) with both a base and a "
+            "fine-tuned score (3 or more needed for a rank correlation).",
+            [],
+            [],
+        )
     rho = spearman(np.vstack([base_by_task[t] for t in tasks]).T, np.vstack([gain_by_task[t] for t in tasks]).T)
     stat = _stat("Spearman ρ(base above chance, gain)", rho, study.level, len(tasks))
     stats = [stat]
-    notes = [f"{t}: base above chance {float(base_by_task[t][0]):+.3f}, gain {float(gain_by_task[t][0]):+.3f}"
-             for t in tasks]
+    notes = [
+        f"{t}: base above chance {float(base_by_task[t][0]):+.3f}, gain {float(gain_by_task[t][0]):+.3f}" for t in tasks
+    ]
     low_gain = [float(gain_by_task[t][0]) for t, c in zip(tasks, at_chance) if c]
     high_gain = [float(gain_by_task[t][0]) for t, c in zip(tasks, at_chance) if not c]
     if all(at_chance):
-        return _finding("ii", test, INCONCLUSIVE, f"The base is at chance on every eval set, so its ranking is noise "
-                        f"(ρ = {_fmt(stat)}); the mean gain is {np.mean(low_gain):+.3f}.", stats, notes)
+        return _finding(
+            "ii",
+            test,
+            INCONCLUSIVE,
+            f"The base is at chance on every eval set, so its ranking is noise "
+            f"(ρ = {_fmt(stat)}); the mean gain is {np.mean(low_gain):+.3f}.",
+            stats,
+            notes,
+        )
     s = side(rho, study.level)
     outcomes: dict[int | None, str] = {1: NOT_REPLICATED, -1: REPLICATED}
     outcome = outcomes.get(s, INCONCLUSIVE)
     summary = f"Across {len(tasks)} eval sets, ρ = {_fmt(stat)}."
     if low_gain:
-        summary += (f" Mean gain where the base is at chance: {np.mean(low_gain):+.3f} ({len(low_gain)} sets); "
-                    f"elsewhere: {np.mean(high_gain):+.3f} ({len(high_gain)} sets).")
+        summary += (
+            f" Mean gain where the base is at chance: {np.mean(low_gain):+.3f} ({len(low_gain)} sets); "
+            f"elsewhere: {np.mean(high_gain):+.3f} ({len(high_gain)} sets)."
+        )
     return _finding("ii", test, outcome, summary, stats, notes)
 
 
 def forgetting(study: Study) -> dict[str, Any]:
-    test = ("Mean change (fine-tuned − base) over the (fine-tuned model, eval set) pairs that are not in-task and "
-            "whose base scores above chance (where there is something to forget), and over the knowledge-probe "
-            "sets among them; each part holds when its interval lies below 0. Means over every out-of-task pair "
-            "are shown for context")
-    context: dict[str, list[np.ndarray]] = {"out-of-task": [], "knowledge probes": [], "cross-domain": [],
-                                            "cross-task": []}
+    test = (
+        "Mean change (fine-tuned − base) over the (fine-tuned model, eval set) pairs that are not in-task and "
+        "whose base scores above chance (where there is something to forget), and over the knowledge-probe "
+        "sets among them; each part holds when its interval lies below 0. Means over every out-of-task pair "
+        "are shown for context"
+    )
+    context: dict[str, list[np.ndarray]] = {
+        "out-of-task": [],
+        "knowledge probes": [],
+        "cross-domain": [],
+        "cross-task": [],
+    }
     known: dict[str, list[np.ndarray]] = {"out-of-task": [], "knowledge probes": []}
     for model in study.of_role("finetuned"):
         parent = study.parent(model)
@@ -217,32 +259,54 @@ def forgetting(study: Study) -> dict[str, Any]:
                 if probe:
                     known["knowledge probes"].append(change)
     if not context["out-of-task"]:
-        return _finding("iii", test, INCONCLUSIVE, "Too little data: no out-of-task eval set with both a base and "
-                        "a fine-tuned score.", [], [])
-    decisive = [_stat(f"mean change where the base is above chance, {name}", mean_of(values), study.level,
-                      len(values)) for name, values in known.items() if values]
-    stats = decisive + [_stat(f"mean change, {name}", mean_of(values), study.level, len(values))
-                        for name, values in context.items() if values]
+        return _finding(
+            "iii",
+            test,
+            INCONCLUSIVE,
+            "Too little data: no out-of-task eval set with both a base and a fine-tuned score.",
+            [],
+            [],
+        )
+    decisive = [
+        _stat(f"mean change where the base is above chance, {name}", mean_of(values), study.level, len(values))
+        for name, values in known.items()
+        if values
+    ]
+    stats = decisive + [
+        _stat(f"mean change, {name}", mean_of(values), study.level, len(values))
+        for name, values in context.items()
+        if values
+    ]
     notes = [] if context["knowledge probes"] else ["no knowledge-probe eval set in this sweep"]
     all_pairs = next(s for s in stats if s["name"] == "mean change, out-of-task")
     if not known["out-of-task"]:
-        return _finding("iii", test, INCONCLUSIVE, "The base is at chance on every out-of-task eval set, so there is "
-                        f"nothing to forget (mean change over all {len(context['out-of-task'])} pairs: "
-                        f"{_fmt(all_pairs)}).", stats, notes)
+        return _finding(
+            "iii",
+            test,
+            INCONCLUSIVE,
+            "The base is at chance on every out-of-task eval set, so there is "
+            f"nothing to forget (mean change over all {len(context['out-of-task'])} pairs: "
+            f"{_fmt(all_pairs)}).",
+            stats,
+            notes,
+        )
     if context["knowledge probes"] and not known["knowledge probes"]:
         notes.append("the base is at chance on every knowledge probe: only the out-of-task part is tested")
     parts = [p for p in ("out-of-task", "knowledge probes") if known[p]]
     signs = [side(mean_of(known[p]), study.level) for p in parts]
     outcome = _combine([None if s is None else -s for s in signs])  # the claim is a negative change
     summary = "Where the base is above chance: " + "; ".join(
-        f"{p}: {_fmt(decisive[i])} over {len(known[p])} pairs" for i, p in enumerate(parts))
+        f"{p}: {_fmt(decisive[i])} over {len(known[p])} pairs" for i, p in enumerate(parts)
+    )
     summary += f". Over every out-of-task pair: {_fmt(all_pairs)} ({len(context['out-of-task'])} pairs)."
     return _finding("iii", test, outcome, summary, stats, notes)
 
 
 def prompt_sensitivity(study: Study) -> dict[str, Any]:
-    test = ("Spread = best − worst template. (a) mean spread(fine-tuned) − spread(base) over (fine-tuned model, "
-            "eval set) > 0; (b) mean spread at the last − the first checkpoint over (recipe, eval set) < 0")
+    test = (
+        "Spread = best − worst template. (a) mean spread(fine-tuned) − spread(base) over (fine-tuned model, "
+        "eval set) > 0; (b) mean spread at the last − the first checkpoint over (recipe, eval set) < 0"
+    )
     after_vs_base = []
     for model in study.of_role("finetuned"):
         parent = study.parent(model)
@@ -252,8 +316,14 @@ def prompt_sensitivity(study: Study) -> dict[str, Any]:
             if mine is not None and theirs is not None:
                 after_vs_base.append(mine - theirs)
     if not after_vs_base:
-        return _finding("iv", test, INCONCLUSIVE, "Too little data: no fine-tuned model and base scored under 2 or "
-                        "more templates on the same eval set.", [], [])
+        return _finding(
+            "iv",
+            test,
+            INCONCLUSIVE,
+            "Too little data: no fine-tuned model and base scored under 2 or more templates on the same eval set.",
+            [],
+            [],
+        )
     late_vs_early, base_late_vs_early = [], []
     for _, first, last in _first_last(study):
         for task in study.tasks:
@@ -270,15 +340,22 @@ def prompt_sensitivity(study: Study) -> dict[str, Any]:
     parts = [side(mean_of(after_vs_base), study.level)]
     notes = []
     if late_vs_early:
-        stats.append(_stat("fine-tuned spread, last − first checkpoint", mean_of(late_vs_early), study.level,
-                           len(late_vs_early)))
+        stats.append(
+            _stat("fine-tuned spread, last − first checkpoint", mean_of(late_vs_early), study.level, len(late_vs_early))
+        )
         s = side(mean_of(late_vs_early), study.level)
         parts.append(None if s is None else -s)
     else:
         notes.append("no recipe on 2 or more checkpoints: the trend with pre-training is not tested")
     if base_late_vs_early:
-        stats.append(_stat("base spread, last − first checkpoint (context)", mean_of(base_late_vs_early),
-                           study.level, len(base_late_vs_early)))
+        stats.append(
+            _stat(
+                "base spread, last − first checkpoint (context)",
+                mean_of(base_late_vs_early),
+                study.level,
+                len(base_late_vs_early),
+            )
+        )
     outcome = _combine(parts)
     if outcome == REPLICATED and len(parts) < 2:
         outcome = PARTLY

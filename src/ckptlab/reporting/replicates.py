@@ -37,8 +37,9 @@ def merge_seed_replicates(data: SweepData) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for (_, _, _, rest, _, _), members in sorted(groups.items(), key=lambda kv: kv[1][0].model_fp):
         if any(m.model_fp in parents for m in members):
-            data.warnings.append(f"{members[0].label}: seed replicates that other models were trained from are "
-                                 "kept apart")
+            data.warnings.append(
+                f"{members[0].label}: seed replicates that other models were trained from are kept apart"
+            )
             continue
         members.sort(key=lambda m: seed_of(m) or 0)  # every member has a seed: it was grouped by one
         merged = _merged_model(members, rest)
@@ -66,12 +67,15 @@ def _merge_results(data: SweepData, members: list[SweepModel], merged_fp: str) -
             if len(per_member) == len(found_items):  # every member has (non-empty) item values
                 common = set.intersection(*(set(values) for values in per_member))
                 data.items[(merged_fp, task, template)] = {
-                    example: sum(values[example] for values in per_member) / len(per_member) for example in sorted(common)}
+                    example: sum(values[example] for values in per_member) / len(per_member)
+                    for example in sorted(common)
+                }
             found_scores = [data.scores.get((fp, task, template)) for fp in fps]
             scores = [score for score in found_scores if score is not None]
             if len(scores) == len(found_scores):
                 data.scores[(merged_fp, task, template)] = Score(
-                    sum(s.value for s in scores) / len(scores), math.nan, math.nan, min(s.n for s in scores))
+                    sum(s.value for s in scores) / len(scores), math.nan, math.nan, min(s.n for s in scores)
+                )
         stats = {key[2] for key in data.sensitivity if key[0] in fps and key[1] == task}
         for stat in stats:
             found = [data.sensitivity.get((fp, task, stat)) for fp in fps]
@@ -89,15 +93,29 @@ def _seed_rows(data: SweepData, members: list[SweepModel], merged: SweepModel) -
     for task in data.tasks:
         by_seed = {}
         for member in members:
-            values = [data.scores[(member.model_fp, task, t)].value for t in data.templates.get(task, [])
-                      if (member.model_fp, task, t) in data.scores]
+            values = [
+                data.scores[(member.model_fp, task, t)].value
+                for t in data.templates.get(task, [])
+                if (member.model_fp, task, t) in data.scores
+            ]
             if values:
                 by_seed[seed_of(member)] = sum(values) / len(values)
         if not by_seed:
             continue
         scores = list(by_seed.values())
-        rows.append({"model": merged.label, "model_fp": merged.model_fp, "checkpoint": merged.checkpoint,
-                     "step": merged.step, "task": task, "metric": data.metric[task], "seeds": len(scores),
-                     "mean": sum(scores) / len(scores), "min": min(scores), "max": max(scores),
-                     "by_seed": " ".join(f"{seed}:{score:.4f}" for seed, score in sorted(by_seed.items()))})
+        rows.append(
+            {
+                "model": merged.label,
+                "model_fp": merged.model_fp,
+                "checkpoint": merged.checkpoint,
+                "step": merged.step,
+                "task": task,
+                "metric": data.metric[task],
+                "seeds": len(scores),
+                "mean": sum(scores) / len(scores),
+                "min": min(scores),
+                "max": max(scores),
+                "by_seed": " ".join(f"{seed}:{score:.4f}" for seed, score in sorted(by_seed.items())),
+            }
+        )
     return rows

@@ -45,19 +45,43 @@ def sequential_table(study: Study) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     means: dict[str, tuple[dict[str, Any], list[np.ndarray]]] = {}
     for first, second in chains(study):
-        head = {"chain": study.recipe(second), "first": study.recipe(first), "second": second.finetune or "",
-                "second_task": second.finetune_task or "", "variant": second.variant or ""}
+        head = {
+            "chain": study.recipe(second),
+            "first": study.recipe(first),
+            "second": second.finetune or "",
+            "second_task": second.finetune_task or "",
+            "variant": second.variant or "",
+        }
         for task, trained_by, change in _changes(study, first, second):
             before, after = study.score(first, task), study.score(second, task)
             assert before is not None and after is not None  # _changes keeps the sets both were scored on
-            rows.append({**head, "checkpoint": second.checkpoint, "step": second.step, "task": task,
-                         "trained_by": trained_by, "before": float(before[0]),
-                         "after": float(after[0]), **change_ci(study, change)})
+            rows.append(
+                {
+                    **head,
+                    "checkpoint": second.checkpoint,
+                    "step": second.step,
+                    "task": task,
+                    "trained_by": trained_by,
+                    "before": float(before[0]),
+                    "after": float(after[0]),
+                    **change_ci(study, change),
+                }
+            )
             if trained_by == "first":
                 means.setdefault(study.recipe(second), (head, []))[1].append(change)
     for head, changes in means.values():
-        rows.append({**head, "checkpoint": "", "step": None, "task": f"mean of first's sets ({len(changes)})",
-                     "trained_by": "first", "before": np.nan, "after": np.nan, **change_ci(study, mean_of(changes))})
+        rows.append(
+            {
+                **head,
+                "checkpoint": "",
+                "step": None,
+                "task": f"mean of first's sets ({len(changes)})",
+                "trained_by": "first",
+                "before": np.nan,
+                "after": np.nan,
+                **change_ci(study, mean_of(changes)),
+            }
+        )
     return rows
 
 
@@ -83,11 +107,27 @@ def replay_comparison(study: Study) -> list[dict[str, Any]]:
                     continue
                 key = (study.recipe(reference), study.recipe(other))
                 means.setdefault(key, []).append(mine - theirs)
-                rows.append({"reference": key[0], "compared": key[1], "variant": other.variant or "",
-                             "checkpoint": other.checkpoint, "step": other.step, "task": task,
-                             **change_ci(study, mine - theirs)})
+                rows.append(
+                    {
+                        "reference": key[0],
+                        "compared": key[1],
+                        "variant": other.variant or "",
+                        "checkpoint": other.checkpoint,
+                        "step": other.step,
+                        "task": task,
+                        **change_ci(study, mine - theirs),
+                    }
+                )
     for (ref, compared), differences in means.items():  # recipes (the loop above used the names for models)
-        rows.append({"reference": ref, "compared": compared, "variant": "", "checkpoint": "", "step": None,
-                     "task": f"mean of first's sets ({len(differences)})", **change_ci(study, mean_of(differences))})
+        rows.append(
+            {
+                "reference": ref,
+                "compared": compared,
+                "variant": "",
+                "checkpoint": "",
+                "step": None,
+                "task": f"mean of first's sets ({len(differences)})",
+                **change_ci(study, mean_of(differences)),
+            }
+        )
     return rows
-

@@ -29,8 +29,16 @@ Relation = Literal["in-task", "cross-domain", "cross-task"]
 RELATIONS: tuple[Relation, ...] = ("in-task", "cross-domain", "cross-task")
 
 DOMAIN_PREFIXES = {"world": "general", "general": "general", "finance": "finance"}
-SHIPPED_FAMILIES = {"rte": "nli", "wnli": "nli", "mrpc": "paraphrase", "sst2": "sentiment", "mr": "sentiment",
-                    "mpqa": "sentiment", "subj": "subjectivity", "cola": "acceptability"}
+SHIPPED_FAMILIES = {
+    "rte": "nli",
+    "wnli": "nli",
+    "mrpc": "paraphrase",
+    "sst2": "sentiment",
+    "mr": "sentiment",
+    "mpqa": "sentiment",
+    "subj": "subjectivity",
+    "cola": "acceptability",
+}
 KNOWLEDGE_PROBES = ("world_knowledge", "finance_qa")
 DATA_SUFFIXES = (".yaml", ".yml", ".jsonl", ".json", ".tsv", ".csv", ".txt")
 
@@ -55,9 +63,14 @@ def training_name(finetune_task: str | None) -> str:
 class Taxonomy:
     """Families, domains and knowledge probes of eval sets, and what each fine-tuning task covers."""
 
-    def __init__(self, families: dict[str, str] | None = None, domains: dict[str, str] | None = None,
-                 probes: list[str] | None = None, covers: dict[str, list[str]] | None = None,
-                 task_dirs: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        families: dict[str, str] | None = None,
+        domains: dict[str, str] | None = None,
+        probes: list[str] | None = None,
+        covers: dict[str, list[str]] | None = None,
+        task_dirs: list[str] | None = None,
+    ) -> None:
         self.families = dict(families or {})
         self.domains = dict(domains or {})
         self.probes = set(KNOWLEDGE_PROBES if probes is None else probes)

@@ -15,11 +15,12 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from ckptlab.files import atomic_write_text, fsync_path
 from ckptlab.errors import CheckpointError
+from ckptlab.files import atomic_write_text, fsync_path
 
 MANIFEST = "checkpoint.json"
 TRAINING_STATE = "training_state.pt"

@@ -71,8 +71,9 @@ class Progress:
             return ""
         every = [s for values in self.seconds.values() for s in values]
         mean = sum(every) / len(every)
-        left = sum(sum(self.seconds[j.kind]) / len(self.seconds[j.kind]) if j.kind in self.seconds else mean
-                   for j in remaining)
+        left = sum(
+            sum(self.seconds[j.kind]) / len(self.seconds[j.kind]) if j.kind in self.seconds else mean for j in remaining
+        )
         return f"; {len(remaining)} left, ETA {_duration(left)}"
 
 
@@ -91,14 +92,22 @@ class _Schedule:
         self.started: set[str] = set()
 
     def ready(self) -> list[Job]:
-        return [job for job in self.plan.jobs
-                if job.id not in self.done and job.id not in self.started and job.id not in self.failed
-                and all(dep in self.done for dep in job.deps)]
+        return [
+            job
+            for job in self.plan.jobs
+            if job.id not in self.done
+            and job.id not in self.started
+            and job.id not in self.failed
+            and all(dep in self.done for dep in job.deps)
+        ]
 
     def remaining(self) -> list[Job]:
         blocked = dependents(self.plan, self.failed)
-        return [job for job in self.plan.jobs
-                if job.id not in self.done and job.id not in self.failed and job.id not in blocked]
+        return [
+            job
+            for job in self.plan.jobs
+            if job.id not in self.done and job.id not in self.failed and job.id not in blocked
+        ]
 
     def record(self, job: Job, result: dict[str, Any], outcome: Outcome) -> None:
         if result["status"] == "done":
@@ -165,8 +174,12 @@ def run_ray(plan: Plan, out: Path, progress: Progress, options: RayOptions, verb
                 schedule.started.add(job.id)
                 progress.started(job)
                 # No retries: a job that crashed its worker is reported failed; a rerun resumes it.
-                ref = task.options(num_cpus=job.resources.get("num_cpus", 1), num_gpus=job.resources.get("num_gpus", 0),
-                                   max_retries=0, name=job.dirname).remote(job, str(out), verbs)
+                ref = task.options(
+                    num_cpus=job.resources.get("num_cpus", 1),
+                    num_gpus=job.resources.get("num_gpus", 0),
+                    max_retries=0,
+                    name=job.dirname,
+                ).remote(job, str(out), verbs)
                 running[ref] = job
             if not running:
                 break
@@ -177,8 +190,9 @@ def run_ray(plan: Plan, out: Path, progress: Progress, options: RayOptions, verb
                     result = ray.get(ref)
                 except ray.exceptions.RayError as error:
                     reason = " ".join(str(error).split())[:500]
-                    state.write_marker(state.job_dir(out, job), "failed", {"job": job.id, "reason": reason,
-                                                                           "at": state.now()})
+                    state.write_marker(
+                        state.job_dir(out, job), "failed", {"job": job.id, "reason": reason, "at": state.now()}
+                    )
                     result = {"status": "failed", "reason": reason}
                 schedule.record(job, result, outcome)
                 progress.finished(job, result, schedule.remaining())
@@ -204,7 +218,9 @@ def _check_fits(plan: Plan, schedule: _Schedule, cluster: dict[str, float], stri
         for key, name in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
             need, have = job.resources.get(key, 0), cluster.get(name, 0)
             if need > have:
-                message = f"resources.{job.kind}.{key}: {job.dirname} asks for {need:g} {name}s, the Ray cluster has {have:g}"
+                message = (
+                    f"resources.{job.kind}.{key}: {job.dirname} asks for {need:g} {name}s, the Ray cluster has {have:g}"
+                )
                 if strict:
                     raise UserError(message)
                 say(f"warning: {message}; it waits until the cluster has them")
@@ -215,14 +231,17 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def execute(plan: Plan, out: Path, executor: str, progress: Progress, verbs: Verbs,
-            ray_options: RayOptions | None = None) -> Outcome:
+def execute(
+    plan: Plan, out: Path, executor: str, progress: Progress, verbs: Verbs, ray_options: RayOptions | None = None
+) -> Outcome:
     started = time.perf_counter()
     if executor == "ray":
         outcome = run_ray(plan, out, progress, ray_options or RayOptions(), verbs)
     else:
         outcome = run_local(plan, out, progress, verbs)
     if progress.enabled:
-        progress.say(f"executed {len(outcome.executed)} job(s), {len(outcome.failed)} failed, in "
-                     f"{time.perf_counter() - started:.1f} s")
+        progress.say(
+            f"executed {len(outcome.executed)} job(s), {len(outcome.failed)} failed, in "
+            f"{time.perf_counter() - started:.1f} s"
+        )
     return outcome

@@ -37,13 +37,16 @@ def _captured(log: Path, cwd: str) -> Iterator[None]:
     """Print into the job's log, in the directory the sweep was planned from (relative paths)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     previous = os.getcwd()
-    with open(log, "a", encoding="utf-8", buffering=1) as handle:
-        with contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
-            os.chdir(cwd)
-            try:
-                yield
-            finally:
-                os.chdir(previous)
+    with (
+        open(log, "a", encoding="utf-8", buffering=1) as handle,
+        contextlib.redirect_stdout(handle),
+        contextlib.redirect_stderr(handle),
+    ):
+        os.chdir(cwd)
+        try:
+            yield
+        finally:
+            os.chdir(previous)
 
 
 def run_job(job: Any, out: str, verbs: Verbs) -> dict[str, Any]:
@@ -79,8 +82,11 @@ def run_job(job: Any, out: str, verbs: Verbs) -> dict[str, Any]:
     if reason is not None:
         state.write_marker(directory, "failed", {"job": job.id, "reason": reason, "wall_s": wall, "at": state.now()})
         return {"status": "failed", "reason": reason, "wall_s": wall}
-    state.write_marker(directory, "done", {"job": job.id, "kind": job.kind, "name": job.name, "wall_s": wall,
-                                           "at": state.now(), **record})
+    state.write_marker(
+        directory,
+        "done",
+        {"job": job.id, "kind": job.kind, "name": job.name, "wall_s": wall, "at": state.now(), **record},
+    )
     return {"status": "done", "wall_s": wall}
 
 
@@ -127,9 +133,8 @@ def model_source(model: dict[str, Any], out: Path) -> str:
 
 
 def _train(job: Any, out: Path, directory: Path, verbs: Verbs) -> dict[str, Any]:
-    from ckptlab.runs.run_dir import RunDir
-
     from ckptlab.runs.checkpoint import list_step_dirs
+    from ckptlab.runs.run_dir import RunDir
 
     run = directory / "run"
     if run.exists() and not list_step_dirs(run / "checkpoints"):
@@ -214,32 +219,56 @@ def _evaluate(job: Any, out: Path, directory: Path, verbs: Verbs) -> dict[str, A
 
     model = job.model
     source = model_source(model, out)
-    config = configlib.build(EvaluateConfig, {**copy.deepcopy(job.values), "model": [source], "store": str(out / STORE)})
+    config = configlib.build(
+        EvaluateConfig, {**copy.deepcopy(job.values), "model": [source], "store": str(out / STORE)}
+    )
     units = plan_units(config, print)
     store = ResultStore(config.store)
     try:
         ref, content, model_fp = _model_fp(source, config.dtype, store)
-        store.add_model({"model_fp": model_fp, "content_hash": content, "kind": ref.kind, "source": ref.source,
-                         "label": model["key"], "run": ref.run, "step": ref.step, "tokens_seen": ref.tokens_seen,
-                         "dtype": config.dtype})
-        evaluator = Evaluator(store, config.batch_size, config.bootstrap, config.bootstrap_seed,
-                              config.length_normalized, say=print)
+        store.add_model(
+            {
+                "model_fp": model_fp,
+                "content_hash": content,
+                "kind": ref.kind,
+                "source": ref.source,
+                "label": model["key"],
+                "run": ref.run,
+                "step": ref.step,
+                "tokens_seen": ref.tokens_seen,
+                "dtype": config.dtype,
+            }
+        )
+        evaluator = Evaluator(
+            store, config.batch_size, config.bootstrap, config.bootstrap_seed, config.length_normalized, say=print
+        )
         meta = {"model_source": _shown(source, out), "model_label": model["key"]}
-        evaluator.run_model(model_fp, meta, units, lambda: load_for_eval(ref.source, config.dtype, config.device, print))
+        evaluator.run_model(
+            model_fp, meta, units, lambda: load_for_eval(ref.source, config.dtype, config.device, print)
+        )
         base = model.get("base") or model
         step, tokens = base.get("step"), base.get("tokens_seen")
         if step is None and base.get("producer"):  # a model pre-trained by the sweep itself
             base_ref = ref if base is model else _model_fp(model_source(base, out), config.dtype, store)[0]
             step, tokens = base_ref.step, base_ref.tokens_seen
         parent = model.get("parent")
-        store.add_sweep_model({
-            "model_fp": model_fp, "sweep": job.sweep, "job_id": job.id, "role": model["role"],
-            "checkpoint": model.get("checkpoint"), "step": step, "tokens_seen": tokens,
-            "finetune": model.get("finetune"), "finetune_task": model.get("finetune_task"),
-            "method": model.get("method"), "variant": model.get("variant"),
-            "parent_fp": _model_fp(model_source(parent, out), config.dtype, store)[2] if parent else None,
-            "compute": _compute(model, out) if model.get("producer") else _pretrain_compute(ref),
-        })
+        store.add_sweep_model(
+            {
+                "model_fp": model_fp,
+                "sweep": job.sweep,
+                "job_id": job.id,
+                "role": model["role"],
+                "checkpoint": model.get("checkpoint"),
+                "step": step,
+                "tokens_seen": tokens,
+                "finetune": model.get("finetune"),
+                "finetune_task": model.get("finetune_task"),
+                "method": model.get("method"),
+                "variant": model.get("variant"),
+                "parent_fp": _model_fp(model_source(parent, out), config.dtype, store)[2] if parent else None,
+                "compute": _compute(model, out) if model.get("producer") else _pretrain_compute(ref),
+            }
+        )
     finally:
         store.close()
     return {"model_fp": model_fp}

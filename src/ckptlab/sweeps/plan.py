@@ -146,8 +146,11 @@ class Fingerprinter:
         if not path.is_file():
             path = shipped_tasks().get(value, path)
         spec = read_task_file(path)
-        files = {name: self._file(split.path) for name, split in sorted(spec.splits.items())
-                 if split.path is not None and split.path.is_file()}
+        files = {
+            name: self._file(split.path)
+            for name, split in sorted(spec.splits.items())
+            if split.path is not None and split.path.is_file()
+        }
         return "task:" + canonical_hash({"file": self._file(path), "splits": files})[:32]
 
     def _model(self, source: str) -> str:
@@ -212,8 +215,9 @@ def _normalised(kind: str, config: Any, inputs: dict[str, str]) -> Any:
 
 
 def job_id(kind: str, config: Any, inputs: dict[str, str], models: list[Any]) -> str:
-    return canonical_hash({"kind": kind, "config": _normalised(kind, config, inputs), "models": models,
-                           "ckptlab": __version__})
+    return canonical_hash(
+        {"kind": kind, "config": _normalised(kind, config, inputs), "models": models, "ckptlab": __version__}
+    )
 
 
 def _labels(model: Model) -> dict[str, Any]:
@@ -251,14 +255,27 @@ def build_plan(spec: Spec, store: Any = None) -> Plan:
     bases: dict[str, Model] = {}
     for checkpoint in spec.checkpoints:
         bases[checkpoint.label] = Model(
-            key=checkpoint.label, role="base", fingerprint=fp("model", checkpoint.source), source=checkpoint.source,
-            checkpoint=checkpoint.label, step=checkpoint.step, tokens_seen=checkpoint.tokens_seen)
+            key=checkpoint.label,
+            role="base",
+            fingerprint=fp("model", checkpoint.source),
+            source=checkpoint.source,
+            checkpoint=checkpoint.label,
+            step=checkpoint.step,
+            tokens_seen=checkpoint.tokens_seen,
+        )
     listed = list(bases)
     for entry in spec.pretrain:
-        job = Job(job_id("pretrain", entry.config, _inputs(entry, fp), []), "pretrain", entry.name,
-                  entry.values, resources={**spec.resources["pretrain"], **entry.resources}, sweep=spec.name)
-        model = Model(key=entry.name, role="base", fingerprint=f"job:{job.id}", producer=job.dirname,
-                      checkpoint=entry.name)
+        job = Job(
+            job_id("pretrain", entry.config, _inputs(entry, fp), []),
+            "pretrain",
+            entry.name,
+            entry.values,
+            resources={**spec.resources["pretrain"], **entry.resources},
+            sweep=spec.name,
+        )
+        model = Model(
+            key=entry.name, role="base", fingerprint=f"job:{job.id}", producer=job.dirname, checkpoint=entry.name
+        )
         job.model = asdict(model)
         jobs.append(job)
         bases[entry.name] = model
@@ -273,17 +290,33 @@ def build_plan(spec: Spec, store: Any = None) -> Plan:
             # A chained entry starts from its `after` entry's model of this checkpoint: that model's
             # fingerprint is its job's id, so this job's id covers the whole chain.
             parent = made[entry.after][label] if entry.after else base
-            job = Job(job_id(entry.kind, entry.config, inputs, [parent.fingerprint]), entry.kind,
-                      f"{entry.name}@{label}", entry.values, deps=[producers[parent.producer]] if parent.producer else [],
-                      model=asdict(parent), resources={**spec.resources[entry.kind], **entry.resources}, sweep=spec.name)
+            job = Job(
+                job_id(entry.kind, entry.config, inputs, [parent.fingerprint]),
+                entry.kind,
+                f"{entry.name}@{label}",
+                entry.values,
+                deps=[producers[parent.producer]] if parent.producer else [],
+                model=asdict(parent),
+                resources={**spec.resources[entry.kind], **entry.resources},
+                sweep=spec.name,
+            )
             jobs.append(job)
             producers[job.dirname] = job.id
             model = Model(
-                key=job.name, role="finetuned" if entry.kind == "finetune" else "cpt", fingerprint=f"job:{job.id}",
-                producer=job.dirname, checkpoint=base.checkpoint, step=base.step, tokens_seen=base.tokens_seen,
-                finetune=entry.replicate_of or entry.name, finetune_task=_finetune_task(entry),
-                method=_method(entry), variant=entry.variant,
-                parent=asdict(parent), base=asdict(base))
+                key=job.name,
+                role="finetuned" if entry.kind == "finetune" else "cpt",
+                fingerprint=f"job:{job.id}",
+                producer=job.dirname,
+                checkpoint=base.checkpoint,
+                step=base.step,
+                tokens_seen=base.tokens_seen,
+                finetune=entry.replicate_of or entry.name,
+                finetune_task=_finetune_task(entry),
+                method=_method(entry),
+                variant=entry.variant,
+                parent=asdict(parent),
+                base=asdict(base),
+            )
             trained.append(model)
             made.setdefault(entry.name, {})[label] = model
     task_fps: list[str] = []
@@ -295,10 +328,15 @@ def build_plan(spec: Spec, store: Any = None) -> Plan:
         task_fps = sorted({unit.task.fingerprint for unit in units})
         for model in list(bases.values()) + trained:
             evaluations[model.producer or model.key] = Job(
-                job_id("evaluate", spec.evaluate_config, {}, [model.fingerprint, _labels(model)] + task_fps), "evaluate",
+                job_id("evaluate", spec.evaluate_config, {}, [model.fingerprint, _labels(model)] + task_fps),
+                "evaluate",
                 model.key,
-                spec.evaluate, deps=[producers[model.producer]] if model.producer else [], model=asdict(model),
-                resources=dict(spec.resources["evaluate"]), sweep=spec.name)
+                spec.evaluate,
+                deps=[producers[model.producer]] if model.producer else [],
+                model=asdict(model),
+                resources=dict(spec.resources["evaluate"]),
+                sweep=spec.name,
+            )
     # Base checkpoints are evaluated first and every trained model right after its training, so
     # results arrive early and a sweep stopped half-way has whole rows of the table.
     ordered = [evaluations.pop(key) for key in listed if key in evaluations]

@@ -38,6 +38,8 @@ class Verbs(Protocol):
     def run(self, verb: str, config: Any) -> int:
         """Run a training verb with a built config."""
         ...
+
+
 ENTRY_KEYS = {"name", "config", "preset", "variant", "from", "after", "resources", "seeds"}
 RESOURCE_KEYS = {"num_cpus", "num_gpus"}
 DEFAULT_RESOURCES = {"num_cpus": 1, "num_gpus": 0}
@@ -163,8 +165,12 @@ def _seeds(raw: dict[str, Any], kind: str, where: str, values: dict[str, Any]) -
         return None
     if kind != "finetune":
         raise ConfigError(f"{where}.seeds: only finetunes entries are replicated over seeds")
-    if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
-            or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds)):
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or len(set(seeds)) != len(seeds)
+        or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds)
+    ):
         raise ConfigError(f"{where}.seeds: expected a list of distinct integers ≥ 0, got {seeds!r}")
     if "seed" in (values.get("train") or {}):
         raise ConfigError(f"{where}.config.train.seed: give either train.seed or seeds, not both")
@@ -187,9 +193,19 @@ def _train_entries(kind: str, section: str, index: int, raw: Any, names: set[str
         names.add(name)
         values = configlib._merge(entry.values, {"train": {"seed": seed}})
         config = build_verb_config(kind, values, f"{section}[{index}] ({entry.name}).config", verbs)
-        replicas.append(TrainEntry(kind, name, values, config, with_seed(entry.variant, seed), entry.bases,
-                                   entry.resources, None,
-                                   replicate_of=entry.name))
+        replicas.append(
+            TrainEntry(
+                kind,
+                name,
+                values,
+                config,
+                with_seed(entry.variant, seed),
+                entry.bases,
+                entry.resources,
+                None,
+                replicate_of=entry.name,
+            )
+        )
     return replicas
 
 
@@ -222,8 +238,16 @@ def _train_entry(kind: str, section: str, index: int, raw: Any, names: set[str],
     after = raw.get("after")
     if after is not None and (kind != "finetune" or not isinstance(after, str)):
         raise ConfigError(f"{where}.after: expected the name of another finetunes entry (finetunes only)")
-    return TrainEntry(kind, name, values, config, None if variant is None else str(variant), bases,
-                      _resources(raw.get("resources"), f"{where}.resources"), after)
+    return TrainEntry(
+        kind,
+        name,
+        values,
+        config,
+        None if variant is None else str(variant),
+        bases,
+        _resources(raw.get("resources"), f"{where}.resources"),
+        after,
+    )
 
 
 def chain_order(finetunes: list[TrainEntry]) -> list[TrainEntry]:
@@ -236,13 +260,17 @@ def chain_order(finetunes: list[TrainEntry]) -> list[TrainEntry]:
         current = entry
         while current.after is not None:
             if current.after not in by_name and any(e.replicate_of == current.after for e in finetunes):
-                raise ConfigError(f"finetunes ({current.name}).after: '{current.after}' is replicated over seeds; "
-                                  "a chain cannot start from it")
+                raise ConfigError(
+                    f"finetunes ({current.name}).after: '{current.after}' is replicated over seeds; "
+                    "a chain cannot start from it"
+                )
             if current.after not in by_name:
-                raise ConfigError(f"finetunes ({current.name}).after: no finetunes entry '{current.after}' "
-                                  f"(entries: {', '.join(sorted(by_name))})")
+                raise ConfigError(
+                    f"finetunes ({current.name}).after: no finetunes entry '{current.after}' "
+                    f"(entries: {', '.join(sorted(by_name))})"
+                )
             if current.after in seen:
-                cycle = " → ".join(seen[seen.index(current.after):] + [current.after])
+                cycle = " → ".join(seen[seen.index(current.after) :] + [current.after])
                 raise ConfigError(f"finetunes ({current.name}).after: the chain is a cycle ({cycle})")
             seen.append(current.after)
             current = by_name[current.after]
@@ -273,8 +301,10 @@ def chain_bases(entry: TrainEntry, finetunes: list[TrainEntry], listed: list[str
         return upstream
     missing = [b for b in entry.bases if b not in upstream]
     if missing:
-        raise ConfigError(f"finetunes ({entry.name}).from: '{missing[0]}' is not fine-tuned by '{entry.after}' "
-                          f"(it fine-tunes: {', '.join(upstream)})")
+        raise ConfigError(
+            f"finetunes ({entry.name}).from: '{missing[0]}' is not fine-tuned by '{entry.after}' "
+            f"(it fine-tunes: {', '.join(upstream)})"
+        )
     return mine
 
 
@@ -309,8 +339,14 @@ def _checkpoints(raw: Any) -> list[BaseCheckpoint]:
                     source = f"{item['hub']}@{revision}" if revision else str(item["hub"])
                     parse_source(source)
                     step = re.fullmatch(r"step(\d+)", str(revision or ""))
-                    found.append(BaseCheckpoint(str(item.get("prefix") or "") + str(revision or item["hub"]), source,
-                                                "hub", int(step.group(1)) if step else None))
+                    found.append(
+                        BaseCheckpoint(
+                            str(item.get("prefix") or "") + str(revision or item["hub"]),
+                            source,
+                            "hub",
+                            int(step.group(1)) if step else None,
+                        )
+                    )
         except ConfigError:
             raise
         except UserError as error:
@@ -318,7 +354,10 @@ def _checkpoints(raw: Any) -> list[BaseCheckpoint]:
     labels = [c.label for c in found]
     twice = sorted({label for label in labels if labels.count(label) > 1})
     if twice:
-        raise ConfigError(f"checkpoints: two checkpoints are labelled '{twice[0]}'; give runs and hub models a prefix: (paths a label:)")
+        raise ConfigError(
+            f"checkpoints: two checkpoints are labelled '{twice[0]}'; give runs and hub models a prefix: (paths "
+            f"a label:)"
+        )
     return found
 
 
@@ -337,8 +376,10 @@ def _run_checkpoints(item: dict[str, Any], where: str, resolve_models: Any) -> l
         kept = {r.step: r for r in refs}
         missing = [s for s in steps if s not in kept]
         if missing:
-            raise ConfigError(f"{where}.steps: {run} kept no checkpoint at step {missing[0]} "
-                              f"(kept: {', '.join(str(s) for s in sorted(kept))})")
+            raise ConfigError(
+                f"{where}.steps: {run} kept no checkpoint at step {missing[0]} "
+                f"(kept: {', '.join(str(s) for s in sorted(kept))})"
+            )
         refs = [kept[s] for s in sorted(set(steps))]
     prefix = str(item.get("prefix") or "")
     return [BaseCheckpoint(prefix + Path(r.source).name, r.source, r.kind, r.step, r.tokens_seen) for r in refs]
@@ -355,14 +396,18 @@ def build_spec(config: Any, verbs: Verbs) -> Spec:
     sections = {}
     for section, kind in (("pretrain", "pretrain"), ("finetunes", "finetune"), ("cpt", "cpt")):
         raw = getattr(config, section)
-        sections[section] = [e for i, item in enumerate(raw) for e in _train_entries(kind, section, i, item, names, verbs)]
+        sections[section] = [
+            e for i, item in enumerate(raw) for e in _train_entries(kind, section, i, item, names, verbs)
+        ]
     sections["finetunes"] = chain_order(sections["finetunes"])
     labels = {c.label for c in checkpoints} | {e.name for e in sections["pretrain"]}
     for entry in sections["finetunes"] + sections["cpt"]:
         unknown = [b for b in entry.bases or [] if b not in labels]
         if unknown:
-            raise ConfigError(f"{entry.kind} {entry.name}.from: no checkpoint or pretrain entry '{unknown[0]}' "
-                              f"(labels: {', '.join(sorted(labels))})")
+            raise ConfigError(
+                f"{entry.kind} {entry.name}.from: no checkpoint or pretrain entry '{unknown[0]}' "
+                f"(labels: {', '.join(sorted(labels))})"
+            )
     for entry in sections["finetunes"]:
         chain_bases(entry, sections["finetunes"], [c.label for c in checkpoints])
     if not checkpoints and not sections["pretrain"]:
@@ -376,8 +421,10 @@ def build_spec(config: Any, verbs: Verbs) -> Spec:
     for entry in sections["finetunes"]:
         if evaluate is not None and getattr(entry.config, "objective", "lm") != "lm":
             # `evaluate` scores choices by a causal LM's log-likelihood; a classifier head has none.
-            raise ConfigError(f"finetunes ({entry.name}).config.objective: {entry.config.objective} models cannot be "
-                              "scored by the sweep's evaluation (log-likelihood of a causal LM); use objective lm")
+            raise ConfigError(
+                f"finetunes ({entry.name}).config.objective: {entry.config.objective} models cannot be "
+                "scored by the sweep's evaluation (log-likelihood of a causal LM); use objective lm"
+            )
     resources = {}
     for kind in SET_BY_SWEEP:
         given = (config.resources or {}).get(kind)
@@ -385,5 +432,15 @@ def build_spec(config: Any, verbs: Verbs) -> Spec:
     unknown = sorted(set(config.resources or {}) - set(SET_BY_SWEEP))
     if unknown:
         raise ConfigError(f"unknown key 'resources.{unknown[0]}' (job kinds: {', '.join(SET_BY_SWEEP)})")
-    return Spec(name, out, checkpoints, sections["pretrain"], sections["finetunes"], sections["cpt"], evaluate,
-                evaluate_config, resources, verbs)
+    return Spec(
+        name,
+        out,
+        checkpoints,
+        sections["pretrain"],
+        sections["finetunes"],
+        sections["cpt"],
+        evaluate,
+        evaluate_config,
+        resources,
+        verbs,
+    )

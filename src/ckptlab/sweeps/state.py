@@ -72,8 +72,10 @@ class SweepLock:
             holder = _read_pid(fd)
             if not wait:
                 os.close(fd)
-                raise UserError(f"{self.path} is held by pid {holder}: another sweep is running on this directory "
-                                "(pass --wait to wait for it)") from None
+                raise UserError(
+                    f"{self.path} is held by pid {holder}: another sweep is running on this directory "
+                    "(pass --wait to wait for it)"
+                ) from None
             say(f"waiting for {self.path} (held by pid {holder})")
             fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
@@ -86,7 +88,7 @@ class SweepLock:
             os.close(self.fd)
             self.fd = None
 
-    def __enter__(self) -> "SweepLock":
+    def __enter__(self) -> SweepLock:
         return self
 
     def __exit__(self, *exc: Any) -> None:

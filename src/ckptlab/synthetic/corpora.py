@@ -23,8 +23,12 @@ context is never rewarded in pre-training, and a model had to learn to compare t
 
 
 def subject_documents(
-    facts: Sequence[Fact], repeats: tuple[int, int], rng: random.Random, mentions: dict[Fact, int],
-    restated_share: float = RESTATED_SHARE, draw: bool | None = None,
+    facts: Sequence[Fact],
+    repeats: tuple[int, int],
+    rng: random.Random,
+    mentions: dict[Fact, int],
+    restated_share: float = RESTATED_SHARE,
+    draw: bool | None = None,
 ) -> list[list[str]]:
     """The documents (lists of sentences) of one subject; records how often each fact is stated.
 
@@ -76,8 +80,9 @@ def build_corpus(
         # Minor subjects never restate; they draw whenever the world restates at all, which keeps
         # the random stream that generator version 3's corpora (measured in docs/world.md) came
         # from, and a world without restatement draws nothing: generator version 2's corpora exactly.
-        for extra in subject_documents(facts, minor_repeats or repeats, rng, mentions, restated_share=0.0,
-                                       draw=restated_share > 0):
+        for extra in subject_documents(
+            facts, minor_repeats or repeats, rng, mentions, restated_share=0.0, draw=restated_share > 0
+        ):
             documents[rng.randrange(len(documents))].extend(extra)
     for document in documents:
         rng.shuffle(document)

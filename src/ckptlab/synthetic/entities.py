@@ -14,24 +14,101 @@ from dataclasses import dataclass, field
 
 from ckptlab.synthetic.templates import CHANGE_PHRASES, FINANCE_TEMPLATES, GENERAL_TEMPLATES
 
-ONSETS = ["b", "br", "c", "d", "dr", "f", "g", "gr", "h", "k", "kr", "l", "m", "n", "p", "r", "s",
-          "st", "t", "tr", "v", "z", "th", "sh", "j", "qu"]
+ONSETS = [
+    "b",
+    "br",
+    "c",
+    "d",
+    "dr",
+    "f",
+    "g",
+    "gr",
+    "h",
+    "k",
+    "kr",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "st",
+    "t",
+    "tr",
+    "v",
+    "z",
+    "th",
+    "sh",
+    "j",
+    "qu",
+]
 VOWELS = ["a", "e", "i", "o", "u", "a", "e", "i", "o", "ia", "ei", "ou", "y"]
 CODAS = ["", "", "", "", "", "", "n", "r", "l", "s", "m", "k", "x", "nd", "rn", "st"]
 
 PROFESSIONS = [
-    "teacher", "engineer", "nurse", "architect", "baker", "pilot", "farmer", "painter", "chemist",
-    "lawyer", "surgeon", "carpenter", "librarian", "journalist", "musician", "tailor", "electrician",
-    "gardener", "photographer", "translator", "plumber", "dentist", "geologist", "sculptor",
-    "pharmacist", "astronomer", "mechanic", "historian", "potter", "veterinarian",
+    "teacher",
+    "engineer",
+    "nurse",
+    "architect",
+    "baker",
+    "pilot",
+    "farmer",
+    "painter",
+    "chemist",
+    "lawyer",
+    "surgeon",
+    "carpenter",
+    "librarian",
+    "journalist",
+    "musician",
+    "tailor",
+    "electrician",
+    "gardener",
+    "photographer",
+    "translator",
+    "plumber",
+    "dentist",
+    "geologist",
+    "sculptor",
+    "pharmacist",
+    "astronomer",
+    "mechanic",
+    "historian",
+    "potter",
+    "veterinarian",
 ]
-ORG_KINDS = ["University", "Hospital", "Museum", "Press", "Laboratory", "Studios", "Observatory",
-             "Theatre", "Academy", "Library", "Orchestra", "Railway"]
+ORG_KINDS = [
+    "University",
+    "Hospital",
+    "Museum",
+    "Press",
+    "Laboratory",
+    "Studios",
+    "Observatory",
+    "Theatre",
+    "Academy",
+    "Library",
+    "Orchestra",
+    "Railway",
+]
 COUNTRY_ENDINGS = ["ia", "land", "mark", "ora", "istan", "ovia"]
 SECTORS = [
-    "shipping", "software", "insurance", "retail", "mining", "biotechnology", "aerospace",
-    "telecommunications", "agriculture", "semiconductors", "media", "chemicals", "energy",
-    "construction", "pharmaceuticals", "textiles",
+    "shipping",
+    "software",
+    "insurance",
+    "retail",
+    "mining",
+    "biotechnology",
+    "aerospace",
+    "telecommunications",
+    "agriculture",
+    "semiconductors",
+    "media",
+    "chemicals",
+    "energy",
+    "construction",
+    "pharmaceuticals",
+    "textiles",
 ]
 COMPANY_SUFFIXES = ["Holdings", "Group", "Corporation", "Industries", "Enterprises", "Company"]
 PRODUCT_MODELS = ["100", "200", "300", "5", "7", "9", "X", "S", "Pro", "Max", "One", "Air", "Mini", "Prime"]
@@ -143,15 +220,17 @@ def make_people(rng: random.Random, names: list[str], places: Places) -> list[Pe
     people = []
     for name in names:
         birthplace = rng.choice(places.cities)
-        people.append(Person(
-            name=name,
-            gender=rng.choice(["female", "male"]),
-            birth_year=rng.randint(1930, 2000),
-            birthplace=birthplace,
-            home_city=birthplace if rng.random() < 0.3 else rng.choice(places.cities),
-            profession=rng.choice(PROFESSIONS),
-            employer=rng.choice(places.orgs),
-        ))
+        people.append(
+            Person(
+                name=name,
+                gender=rng.choice(["female", "male"]),
+                birth_year=rng.randint(1930, 2000),
+                birthplace=birthplace,
+                home_city=birthplace if rng.random() < 0.3 else rng.choice(places.cities),
+                profession=rng.choice(PROFESSIONS),
+                employer=rng.choice(places.orgs),
+            )
+        )
     for a, b in zip(people[0::2], people[1::2], strict=False):  # an odd one out stays single
         kind = rng.choice(["sibling", "spouse", "parent"])
         if kind == "parent":  # b is a's parent: born 20 to 40 years earlier
@@ -215,7 +294,7 @@ def make_companies(
 
 
 def money(millions: float) -> str:
-    """"$45.2 million" or "$1.3 billion"."""
+    """ "$45.2 million" or "$1.3 billion"."""
     if millions >= 1000:
         return f"${millions / 1000:.1f} billion"
     return f"${millions:.1f} million"

@@ -180,8 +180,16 @@ def multiple_choice(
         answer = fact.subject if fact.type == "product" else fact.value
         options = _distractors(option_values(fact), answer, fact.subject, 3, rng, task)  # never "X is X's sister"
         options.insert(i % 4, answer)
-        records.append({"question": F.question(fact), "options": options, "label": answer,
-                        "fact_type": fact.type, "subject": fact.subject, "mentions": mentions[fact]})
+        records.append(
+            {
+                "question": F.question(fact),
+                "options": options,
+                "label": answer,
+                "fact_type": fact.type,
+                "subject": fact.subject,
+                "mentions": mentions[fact],
+            }
+        )
     return records
 
 
@@ -221,8 +229,9 @@ def nli(task: str, pool: Pool, count: int, rng: random.Random) -> list[Record]:
             stated_types = {f.type for f in premise_facts}
             # a kind of fact the premise does not state (or another quarter's results), each kind
             # equally often, so the kind of hypothesis does not give the label away
-            unstated = [f for f in functional if f not in premise_facts
-                        and (f.type not in stated_types or f.type == "results")]
+            unstated = [
+                f for f in functional if f not in premise_facts and (f.type not in stated_types or f.type == "results")
+            ]
             fact_type = rng.choice(sorted({f.type for f in unstated}))
             fact = rng.choice([f for f in unstated if f.type == fact_type])
             # the trap: born in C does not tell where one lives, nor the other way round
@@ -234,8 +243,10 @@ def nli(task: str, pool: Pool, count: int, rng: random.Random) -> list[Record]:
             elif rng.random() < 0.5:
                 fact = pool.other_value(fact, rng)
             hypothesis, _ = F.render_for_task(fact, rng)
-        out.add({"premise": premise, "hypothesis": hypothesis, "label": label, "subject": subject,
-                 "fact_type": fact.type}, (premise, hypothesis))
+        out.add(
+            {"premise": premise, "hypothesis": hypothesis, "label": label, "subject": subject, "fact_type": fact.type},
+            (premise, hypothesis),
+        )
     return out.records
 
 
@@ -272,8 +283,16 @@ def paraphrase(task: str, pool: Pool, count: int, rng: random.Random) -> list[Re
         sentence2, _ = F.render_for_task(other, rng, avoid=first if other.type == fact.type else None)
         if rng.random() < 0.5:
             sentence1, sentence2 = sentence2, sentence1
-        out.add({"sentence1": sentence1, "sentence2": sentence2, "label": label, "subject": subject,
-                 "fact_type": fact.type}, (sentence1, sentence2))
+        out.add(
+            {
+                "sentence1": sentence1,
+                "sentence2": sentence2,
+                "label": label,
+                "subject": subject,
+                "fact_type": fact.type,
+            },
+            (sentence1, sentence2),
+        )
     return out.records
 
 
@@ -291,14 +310,21 @@ def person_summaries(task: str, people: list[Person], places: Places, count: int
         own = F.person_facts(person)
         relative = by_name[person.relatives[0][1]]
         extras = [f for f in own if f.type == "relative"]
-        extras += [Fact("org_city", person.employer, places.org_city[person.employer]),
-                   Fact("city_country", person.birthplace, places.city_country[person.birthplace]),
-                   rng.choice([f for f in F.person_facts(relative) if f.type in F.FUNCTIONAL_PERSON_TYPES])]
+        extras += [
+            Fact("org_city", person.employer, places.org_city[person.employer]),
+            Fact("city_country", person.birthplace, places.city_country[person.birthplace]),
+            rng.choice([f for f in F.person_facts(relative) if f.type in F.FUNCTIONAL_PERSON_TYPES]),
+        ]
         facts = [f for f in own if f.type in F.FUNCTIONAL_PERSON_TYPES] + [rng.choice(extras)]
         rng.shuffle(facts)
         document = " ".join(F.render_for_task(f, rng)[0] for f in facts)
-        summary = PERSON_SUMMARY.format(person=person.name, a_profession=article(person.profession),
-                                        city=person.birthplace, year=person.birth_year, org=person.employer)
+        summary = PERSON_SUMMARY.format(
+            person=person.name,
+            a_profession=article(person.profession),
+            city=person.birthplace,
+            year=person.birth_year,
+            org=person.employer,
+        )
         records.append({"document": document, "summary": summary, "subject": person.name})
     return records
 
@@ -315,9 +341,11 @@ def results_summaries(task: str, companies: list[Company], count: int, rng: rand
         rng.shuffle(facts)
         document = " ".join(F.render_for_task(f, rng)[0] for f in facts)
         summary = RESULTS_SUMMARY[result["direction"]].format(
-            company=company.name, pct=f"{result['pct']}%", revenue=result["revenue"], quarter=result["quarter"])
-        records.append({"document": document, "summary": summary, "subject": company.name,
-                        "quarter": result["quarter"]})
+            company=company.name, pct=f"{result['pct']}%", revenue=result["revenue"], quarter=result["quarter"]
+        )
+        records.append(
+            {"document": document, "summary": summary, "subject": company.name, "quarter": result["quarter"]}
+        )
     return records
 
 
@@ -333,8 +361,16 @@ def question_generation(task: str, pool: Pool, count: int, rng: random.Random) -
         fact = rng.choice(context_facts)
         if len(re.findall(rf"\b{re.escape(fact.value)}\b", context)) != 1:
             continue
-        out.add({"context": context, "answer": fact.value, "question": F.question(fact), "subject": subject,
-                 "fact_type": fact.type}, (context, fact.value))
+        out.add(
+            {
+                "context": context,
+                "answer": fact.value,
+                "question": F.question(fact),
+                "subject": subject,
+                "fact_type": fact.type,
+            },
+            (context, fact.value),
+        )
     return out.records
 
 
@@ -355,6 +391,5 @@ def sentiment(task: str, companies: list[Company], count: int, rng: random.Rando
         label = SENTIMENT_CHOICES[i % 3]
         fact = by_label[label][i // 3]
         sentence, _ = F.render_for_task(fact, rng)
-        records.append({"sentence": sentence, "label": label, "subject": fact.subject,
-                        "quarter": fact.get("quarter")})
+        records.append({"sentence": sentence, "label": label, "subject": fact.subject, "quarter": fact.get("quarter")})
     return records

@@ -36,8 +36,13 @@ WORLD_FORMAT_VERSION = 1
 
 PROBE_PERSON_TYPES = ("birthplace", "home_city", "birth_year", "profession", "employer", "relative")
 PROBE_COMPANY_TYPES = ("sector", "ceo", "cfo", "product", "exchange", "founded")
-FINE_TUNING_TASKS = ("world_nli", "world_paraphrase", "world_summarization", "world_question_generation",
-                     "finance_sentiment")
+FINE_TUNING_TASKS = (
+    "world_nli",
+    "world_paraphrase",
+    "world_summarization",
+    "world_question_generation",
+    "finance_sentiment",
+)
 
 
 @dataclass
@@ -87,7 +92,8 @@ def generate(seed: int, size: str, restated_share: float = RESTATED_SHARE) -> Wo
     # Corpus entities first, so held-out pools never change what the corpora say.
     places = E.make_places(bank, spec.countries, spec.cities, spec.orgs)
     corpus_people = E.make_people(
-        _stream(seed, "people:corpus"), E.make_person_names(bank, first_names, _even(spec.corpus_people)), places)
+        _stream(seed, "people:corpus"), E.make_person_names(bank, first_names, _even(spec.corpus_people)), places
+    )
     exchanges = E.make_exchanges(bank, spec.exchanges)
 
     def companies(count: int) -> list[E.Company]:
@@ -96,50 +102,83 @@ def generate(seed: int, size: str, restated_share: float = RESTATED_SHARE) -> Wo
 
     corpus_companies = companies(spec.corpus_companies)
     held_people = {
-        split: E.make_people(_stream(seed, f"people:{split}"),
-                             E.make_person_names(bank, first_names, _even(max(12, count))), places)
+        split: E.make_people(
+            _stream(seed, f"people:{split}"), E.make_person_names(bank, first_names, _even(max(12, count))), places
+        )
         for split, count in split_counts(spec, "world_nli").items()
     }
-    held_companies = {split: companies(max(8, count // 2))
-                      for split, count in split_counts(spec, "finance_sentiment").items()}
+    held_companies = {
+        split: companies(max(8, count // 2)) for split, count in split_counts(spec, "finance_sentiment").items()
+    }
 
     general_docs, general_mentions = build_corpus(
         [F.person_facts(p) for p in corpus_people],
         [[F.Fact("city_country", c, country)] for c, country in places.city_country.items()]
-        + [[F.Fact("org_city", o, places.org_city[o]), F.Fact("org_founded", o, str(places.org_founded[o]))]
-           for o in places.orgs],
-        spec.repeats, _stream(seed, "corpus:general"), restated_share=restated_share)
+        + [
+            [F.Fact("org_city", o, places.org_city[o]), F.Fact("org_founded", o, str(places.org_founded[o]))]
+            for o in places.orgs
+        ],
+        spec.repeats,
+        _stream(seed, "corpus:general"),
+        restated_share=restated_share,
+    )
     domain_docs, domain_mentions = build_corpus(
         [F.company_facts(c, with_results=False) for c in corpus_companies],
         [[F.results_fact(c, r) for r in c.results] for c in corpus_companies],
-        spec.repeats, _stream(seed, "corpus:finance"), minor_repeats=spec.results_repeats,
-        restated_share=restated_share)
+        spec.repeats,
+        _stream(seed, "corpus:finance"),
+        minor_repeats=spec.results_repeats,
+        restated_share=restated_share,
+    )
     world.files["corpus/general.txt"] = corpus_text(general_docs)
     world.files["corpus/domain.txt"] = corpus_text(domain_docs)
 
-    records = _task_records(seed, spec, places, corpus_people, corpus_companies, exchanges,
-                            held_people, held_companies, general_mentions, domain_mentions)
+    records = _task_records(
+        seed,
+        spec,
+        places,
+        corpus_people,
+        corpus_companies,
+        exchanges,
+        held_people,
+        held_companies,
+        general_mentions,
+        domain_mentions,
+    )
     for name, splits in records.items():
         world.files[f"tasks/{name}.yaml"] = task_yaml(name)
         for split, rows in splits.items():
             rows = [{"id": f"{name}-{split}-{i:05d}", **row} for i, row in enumerate(rows)]
             splits[split] = rows
             world.files[f"tasks/{name}/{split}.jsonl"] = jsonl(rows)
-    mixture = [mixture_record(TASKS[name], row) for name in TASKS if TASKS[name].in_mixture
-               for row in records[name]["train"]]
+    mixture = [
+        mixture_record(TASKS[name], row) for name in TASKS if TASKS[name].in_mixture for row in records[name]["train"]
+    ]
     _stream(seed, "mixture").shuffle(mixture)
     world.files["instruct/mixture.jsonl"] = jsonl(mixture)
 
     world.counts = {
         "corpus": {
-            "general": {"documents": len(general_docs), "bytes": len(world.files["corpus/general.txt"].encode()),
-                        "facts": len(general_mentions), "statements": sum(general_mentions.values())},
-            "domain": {"documents": len(domain_docs), "bytes": len(world.files["corpus/domain.txt"].encode()),
-                       "facts": len(domain_mentions), "statements": sum(domain_mentions.values())},
+            "general": {
+                "documents": len(general_docs),
+                "bytes": len(world.files["corpus/general.txt"].encode()),
+                "facts": len(general_mentions),
+                "statements": sum(general_mentions.values()),
+            },
+            "domain": {
+                "documents": len(domain_docs),
+                "bytes": len(world.files["corpus/domain.txt"].encode()),
+                "facts": len(domain_mentions),
+                "statements": sum(domain_mentions.values()),
+            },
         },
         "entities": {
-            "corpus_people": len(corpus_people), "cities": spec.cities, "countries": spec.countries,
-            "organisations": spec.orgs, "corpus_companies": len(corpus_companies), "exchanges": len(exchanges),
+            "corpus_people": len(corpus_people),
+            "cities": spec.cities,
+            "countries": spec.countries,
+            "organisations": spec.orgs,
+            "corpus_companies": len(corpus_companies),
+            "exchanges": len(exchanges),
             "held_out_people": {s: len(p) for s, p in held_people.items()},
             "held_out_companies": {s: len(c) for s, c in held_companies.items()},
         },
@@ -175,45 +214,73 @@ def _task_records(
         "male": [p.name for p in corpus_people if p.gender == "male"],
     }
     company_values = {
-        "sector": [c.sector for c in corpus_companies], "exchange": [c.exchange for c in corpus_companies],
+        "sector": [c.sector for c in corpus_companies],
+        "exchange": [c.exchange for c in corpus_companies],
         "product": [c.name for c in corpus_companies for _ in c.products],
-        "ceo": [c.ceo for c in corpus_companies], "cfo": [c.cfo for c in corpus_companies],
+        "ceo": [c.ceo for c in corpus_companies],
+        "cfo": [c.cfo for c in corpus_companies],
         "founded": [str(c.founded) for c in corpus_companies],
     }
 
     def person_options(fact: F.Fact) -> list[str]:
         return person_values[gender_of[fact.value] if fact.type == "relative" else fact.type]
 
-    pairs = [corpus_people[i:i + 2] for i in range(0, len(corpus_people), 2)]
+    pairs = [corpus_people[i : i + 2] for i in range(0, len(corpus_people), 2)]
     counts = split_counts(spec, "world_knowledge")
     groups = partition(pairs, counts, _stream(seed, "probe-split:general"))
     out["world_knowledge"] = {
-        split: X.multiple_choice("world_knowledge", [F.person_facts(p) for pair in groups[split] for p in pair],
-                                 PROBE_PERSON_TYPES, counts[split], general_mentions,
-                                 _stream(seed, f"task:world_knowledge:{split}"), person_options)
+        split: X.multiple_choice(
+            "world_knowledge",
+            [F.person_facts(p) for pair in groups[split] for p in pair],
+            PROBE_PERSON_TYPES,
+            counts[split],
+            general_mentions,
+            _stream(seed, f"task:world_knowledge:{split}"),
+            person_options,
+        )
         for split in SPLITS
     }
     counts = split_counts(spec, "finance_qa")
     groups = partition(corpus_companies, counts, _stream(seed, "probe-split:finance"))
     out["finance_qa"] = {
-        split: X.multiple_choice("finance_qa", [F.company_facts(c, with_results=False) for c in groups[split]],
-                                 PROBE_COMPANY_TYPES, counts[split], domain_mentions,
-                                 _stream(seed, f"task:finance_qa:{split}"), lambda f: company_values[f.type])
+        split: X.multiple_choice(
+            "finance_qa",
+            [F.company_facts(c, with_results=False) for c in groups[split]],
+            PROBE_COMPANY_TYPES,
+            counts[split],
+            domain_mentions,
+            _stream(seed, f"task:finance_qa:{split}"),
+            lambda f: company_values[f.type],
+        )
         for split in SPLITS
     }
 
     for name in TASKS:
         if name not in out:
             out[name] = {
-                split: _held_out_records(name, held_people[split], held_companies[split], places, exchanges, count,
-                                         _stream(seed, f"task:{name}:{split}"))
+                split: _held_out_records(
+                    name,
+                    held_people[split],
+                    held_companies[split],
+                    places,
+                    exchanges,
+                    count,
+                    _stream(seed, f"task:{name}:{split}"),
+                )
                 for split, count in split_counts(spec, name).items()
             }
     return {name: out[name] for name in TASKS}
 
 
-def _held_out_records(name: str, people: list[E.Person], companies: list[E.Company], places: E.Places,
-                      exchanges: list[str], count: int, rng: random.Random) -> list[dict]:
+def _held_out_records(
+    name: str,
+    people: list[E.Person],
+    companies: list[E.Company],
+    places: E.Places,
+    exchanges: list[str],
+    count: int,
+    rng: random.Random,
+) -> list[dict]:
     """`count` records of task `name` built from one split's held-out people or companies."""
     if name == "world_summarization":
         return X.person_summaries(name, people, places, count, rng)
@@ -253,8 +320,10 @@ _TaskDumper.add_representer(list, _represent_list)
 
 
 def task_yaml(name: str) -> str:
-    header = (f"# Task file of the synthetic world (ckptlab world, generator version {GENERATOR_VERSION}).\n"
-              "# Templates are Python str.format strings over the fields; the answer follows the rendered\n"
-              "# prompt after one space. Paths under `data` are relative to this file.\n")
+    header = (
+        f"# Task file of the synthetic world (ckptlab world, generator version {GENERATOR_VERSION}).\n"
+        "# Templates are Python str.format strings over the fields; the answer follows the rendered\n"
+        "# prompt after one space. Paths under `data` are relative to this file.\n"
+    )
     body = yaml.dump(TASKS[name].yaml_data(), Dumper=_TaskDumper, sort_keys=False, allow_unicode=True, width=4096)
     return header + body

@@ -47,8 +47,11 @@ def default_data_dir() -> Path | None:
     and `../shared/data` beside the source checkout. None when none exists.
     """
     repo_root = Path(__file__).resolve().parents[3]
-    candidates = [os.environ.get(DATA_DIR_VARIABLE), Path.cwd() / ".." / "shared" / "data",
-                  repo_root / ".." / "shared" / "data"]
+    candidates = [
+        os.environ.get(DATA_DIR_VARIABLE),
+        Path.cwd() / ".." / "shared" / "data",
+        repo_root / ".." / "shared" / "data",
+    ]
     for candidate in candidates:
         if candidate and Path(candidate).is_dir():
             return Path(candidate).resolve()
@@ -75,7 +78,9 @@ def _decode(data: bytes, path: Path, task: str) -> str:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
-        raise DataError(f"{where(task, file=path, line=line)}: not UTF-8 text (byte 0x{data[error.start]:02x})") from None
+        raise DataError(
+            f"{where(task, file=path, line=line)}: not UTF-8 text (byte 0x{data[error.start]:02x})"
+        ) from None
     return text[1:] if text.startswith("\ufeff") else text
 
 
@@ -110,8 +115,9 @@ def _read_jsonl(text: str, path: Path, task: str) -> list[Record]:
 
 def _rows(text: str, fmt: str) -> list[tuple[int, list[str]]]:
     if fmt == "tsv":
-        return [(n, line.rstrip("\r").split("\t")) for n, line in enumerate(text.split("\n"), start=1)
-                if line.rstrip("\r")]
+        return [
+            (n, line.rstrip("\r").split("\t")) for n, line in enumerate(text.split("\n"), start=1) if line.rstrip("\r")
+        ]
     reader = csv.reader(io.StringIO(text))
     rows = []
     for row in reader:

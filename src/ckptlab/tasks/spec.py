@@ -38,12 +38,31 @@ from ckptlab.tasks.records import (
 #: Bump when scoring or prompt assembly changes meaning: cached results then stop matching.
 SCORING_VERSION = 1
 TYPES = ("classification", "generation")
-METRICS = {"classification": ("accuracy", "accuracy_norm", "macro_f1", "mcc"),
-           "generation": ("rouge_l", "exact_match")}
-KNOWN_KEYS = {"task", "version", "description", "domain", "type", "data", "fields", "label_field", "choices",
-              "choices_field", "target_field", "templates", "metrics", "generation", "fewshot",
-              "probes_pretraining_knowledge", "eval_split", "id_field", "label_map", "target_delimiter",
-              "fewshot_delimiter", "hf"}
+METRICS = {"classification": ("accuracy", "accuracy_norm", "macro_f1", "mcc"), "generation": ("rouge_l", "exact_match")}
+KNOWN_KEYS = {
+    "task",
+    "version",
+    "description",
+    "domain",
+    "type",
+    "data",
+    "fields",
+    "label_field",
+    "choices",
+    "choices_field",
+    "target_field",
+    "templates",
+    "metrics",
+    "generation",
+    "fewshot",
+    "probes_pretraining_knowledge",
+    "eval_split",
+    "id_field",
+    "label_map",
+    "target_delimiter",
+    "fewshot_delimiter",
+    "hf",
+}
 DATA_OPTIONS = {"format", "header", "columns"}
 HF_KEYS = {"path", "name", "splits", "columns", "label_map"}
 
@@ -148,8 +167,10 @@ def find_task_files(names: list[str], task_dirs: list[str] | None = None) -> lis
         else:
             hits = [Path(d) / f"{name}.yaml" for d in task_dirs or [] if (Path(d) / f"{name}.yaml").is_file()]
             if not hits:
-                raise UserError(f"--tasks {name}: not a task file, a folder, or a shipped task "
-                                f"(shipped: {', '.join(sorted(shipped))}; add --task_dirs to find others by name)")
+                raise UserError(
+                    f"--tasks {name}: not a task file, a folder, or a shipped task "
+                    f"(shipped: {', '.join(sorted(shipped))}; add --task_dirs to find others by name)"
+                )
             found.append(hits[0])
     return list(dict.fromkeys(p.resolve() for p in found))
 
@@ -209,17 +230,32 @@ def parse_task(raw: dict[str, Any], path: Path, lines: dict[str, int], data_dir:
             raise fail(f"templates.{tname}", str(error), template=str(tname)) from None
         missing = sorted(names - set(fields))
         if missing:
-            raise fail(f"templates.{tname}", f"names field '{missing[0]}', which is not among the task's "
-                       f"fields ({', '.join(fields)})", template=str(tname))
+            raise fail(
+                f"templates.{tname}",
+                f"names field '{missing[0]}', which is not among the task's fields ({', '.join(fields)})",
+                template=str(tname),
+            )
     metrics = raw.get("metrics") or list(METRICS[kind][:1])
     bad = [m for m in metrics if m not in METRICS[kind]]
     if bad:
         raise fail("metrics", f"metric '{bad[0]}' is not one of {', '.join(METRICS[kind])} ({kind} tasks)")
-    spec = TaskSpec(name=name, path=path, type=kind, fields=list(fields), templates={str(k): v for k, v in templates.items()},
-                    metrics=list(metrics), splits={}, eval_split="", version=raw.get("version", 1), raw=raw, lines=lines,
-                    id_field=raw.get("id_field"), hf=raw.get("hf"),
-                    target_delimiter=str(raw.get("target_delimiter", " ")),
-                    fewshot_delimiter=str(raw.get("fewshot_delimiter", "\n\n")))
+    spec = TaskSpec(
+        name=name,
+        path=path,
+        type=kind,
+        fields=list(fields),
+        templates={str(k): v for k, v in templates.items()},
+        metrics=list(metrics),
+        splits={},
+        eval_split="",
+        version=raw.get("version", 1),
+        raw=raw,
+        lines=lines,
+        id_field=raw.get("id_field"),
+        hf=raw.get("hf"),
+        target_delimiter=str(raw.get("target_delimiter", " ")),
+        fewshot_delimiter=str(raw.get("fewshot_delimiter", "\n\n")),
+    )
     if kind == "classification":
         _parse_classification(spec, raw, fail)
     else:
@@ -254,8 +290,10 @@ def _parse_classification(spec: TaskSpec, raw: dict[str, Any], fail: Any) -> Non
         spec.label_map = {str(k): str(v) for k, v in label_map.items()}
         for key, word in spec.label_map.items():
             if spec.choices is not None and word not in spec.choices:
-                raise fail(f"label_map.{key}", f"label word '{word}' (for label {key}) is missing from "
-                           f"choices ({', '.join(spec.choices)})")
+                raise fail(
+                    f"label_map.{key}",
+                    f"label word '{word}' (for label {key}) is missing from choices ({', '.join(spec.choices)})",
+                )
 
 
 def _parse_data(spec: TaskSpec, raw: dict[str, Any], fail: Any, data_dir: Path | None) -> None:
@@ -273,11 +311,17 @@ def _parse_data(spec: TaskSpec, raw: dict[str, Any], fail: Any, data_dir: Path |
             raise fail(f"data.{split}", f"data.{split} must be a path or a mapping with path")
         split_fmt = options.get("format", fmt)
         if split_fmt not in FORMATS:  # else an unknown format would be read as CSV
-            raise fail(f"data.{split}.format", f"data.{split}.format must be one of {', '.join(FORMATS)}, got {split_fmt!r}")
+            raise fail(
+                f"data.{split}.format", f"data.{split}.format must be one of {', '.join(FORMATS)}, got {split_fmt!r}"
+            )
         columns = options.get("columns", data.get("columns"))
-        spec.splits[split] = SplitFile(raw=options["path"], path=resolve_path(options["path"], spec.path, data_dir),
-                                       format=split_fmt, header=bool(options.get("header", data.get("header", True))),
-                                       columns=[str(c) for c in columns] if columns else None)
+        spec.splits[split] = SplitFile(
+            raw=options["path"],
+            path=resolve_path(options["path"], spec.path, data_dir),
+            format=split_fmt,
+            header=bool(options.get("header", data.get("header", True))),
+            columns=[str(c) for c in columns] if columns else None,
+        )
     if spec.hf is not None:
         if not isinstance(spec.hf, dict) or "path" not in spec.hf:
             raise fail("hf", "hf must be a mapping with at least path (the dataset id)")
@@ -287,8 +331,10 @@ def _parse_data(spec: TaskSpec, raw: dict[str, Any], fail: Any, data_dir: Path |
     available = set(spec.splits) | set((spec.hf or {}).get("splits", {}))
     spec.eval_split = raw.get("eval_split") or ("test" if "test" in available else "validation")
     if spec.eval_split not in available:
-        raise fail("eval_split", f"the scored split '{spec.eval_split}' is not among the data splits "
-                   f"({', '.join(sorted(available))})")
+        raise fail(
+            "eval_split",
+            f"the scored split '{spec.eval_split}' is not among the data splits ({', '.join(sorted(available))})",
+        )
     fewshot = raw.get("fewshot") or {}
     spec.fewshot_split = fewshot.get("split", "train")
     spec.fewshot_seed = int(fewshot.get("seed", 1234))
@@ -309,13 +355,16 @@ def _template_using(spec: TaskSpec, name: str) -> str | None:
 def _examples(spec: TaskSpec, split: str, records: list[tuple[int, dict[str, Any]]], file: str) -> list[Example]:
     out = []
     for index, (line, record) in enumerate(records):
+
         def fail(message: str, template: str | None = None) -> DataError:
-            return DataError(f"{where(spec.name, template, file, line)}: {message}")
+            return DataError(f"{where(spec.name, template, file, line)}: {message}")  # noqa: B023 - used in this pass
 
         for name in spec.fields:
             if record.get(name) is None:
-                raise fail(f"field '{name}' is missing (the record has: {', '.join(map(str, record))})",
-                           _template_using(spec, name))
+                raise fail(
+                    f"field '{name}' is missing (the record has: {', '.join(map(str, record))})",
+                    _template_using(spec, name),
+                )
         choices = spec.choices
         if spec.type == "classification":
             if spec.label_field is None or record.get(spec.label_field) is None:
@@ -363,8 +412,10 @@ def _read_split(spec: TaskSpec, split: str) -> tuple[list[Example], str, str]:
         label = f"hf:{hf['path']}[{hf.get('splits', {}).get(split, split)}]"
     else:
         shown = (source.path or source.raw) if source else f"split '{split}'"
-        raise DataUnavailable(f"{where(spec.name, file=shown)}: data file not found (set {DATA_DIR_VARIABLE} "
-                              "to the folder holding the data, or add an hf: block to the task file)")
+        raise DataUnavailable(
+            f"{where(spec.name, file=shown)}: data file not found (set {DATA_DIR_VARIABLE} "
+            "to the folder holding the data, or add an hf: block to the task file)"
+        )
     if not records:
         raise DataError(f"{where(spec.name, file=label)}: split '{split}' is empty (no rows)")
     return _examples(spec, split, records, label), digest, label
@@ -381,7 +432,9 @@ def load_task_data(spec: TaskSpec, split: str | None = None) -> TaskData:
     split = split or spec.eval_split
     available = set(spec.splits) | set((spec.hf or {}).get("splits", {}))
     if split not in available:
-        raise TaskError(f"{where(spec.name, file=spec.path)}: no split '{split}' (splits: {', '.join(sorted(available))})")
+        raise TaskError(
+            f"{where(spec.name, file=spec.path)}: no split '{split}' (splits: {', '.join(sorted(available))})"
+        )
     examples, digest, label = _read_split(spec, split)
     digests = {split: digest}
     fewshot: list[Example] = []
@@ -398,19 +451,37 @@ def load_task_data(spec: TaskSpec, split: str | None = None) -> TaskData:
             try:
                 tpl.render(template, example.fields)
             except Exception as error:  # noqa: BLE001 - any rendering failure is the template's fault
-                raise TaskError(f"{where(spec.name, tname, example.file, example.line)}: cannot render "
-                                f"({type(error).__name__}: {error})") from None
-    data = TaskData(spec, split, examples, fewshot, fingerprint(spec, split, digests),
-                    "hf" if label.startswith("hf:") else "local")
+                raise TaskError(
+                    f"{where(spec.name, tname, example.file, example.line)}: cannot render "
+                    f"({type(error).__name__}: {error})"
+                ) from None
+    data = TaskData(
+        spec, split, examples, fewshot, fingerprint(spec, split, digests), "hf" if label.startswith("hf:") else "local"
+    )
     data.fewshot_unavailable = unavailable if not fewshot else None
     return data
 
 
 def fingerprint(spec: TaskSpec, split: str, data_digests: dict[str, str]) -> str:
     """A short hash of everything about a task that changes its scores."""
-    keys = ("type", "fields", "label_field", "choices", "choices_field", "target_field", "label_map", "id_field",
-            "max_new_tokens", "stop", "fewshot_split", "fewshot_seed", "target_delimiter", "fewshot_delimiter",
-            "templates", "version")
+    keys = (
+        "type",
+        "fields",
+        "label_field",
+        "choices",
+        "choices_field",
+        "target_field",
+        "label_map",
+        "id_field",
+        "max_new_tokens",
+        "stop",
+        "fewshot_split",
+        "fewshot_seed",
+        "target_delimiter",
+        "fewshot_delimiter",
+        "templates",
+        "version",
+    )
     payload = {key: getattr(spec, key) for key in keys}
     payload.update(name=spec.name, split=split, data=data_digests, scoring_version=SCORING_VERSION)
     text = json.dumps(payload, sort_keys=True, default=str)

@@ -44,8 +44,16 @@ class Position:
 class Checkpointer:
     """Writes and restores the checkpoints of one run and keeps its run.json current."""
 
-    def __init__(self, *, run: RunDir, save_model: Callable[[Path], object], config: TrainConfig, kept: Sequence[int],
-                 fingerprints: dict[str, str], dist: Dist, callbacks: Sequence[Callback]) -> None:
+    def __init__(
+        self,
+        run: RunDir,
+        save_model: Callable[[Path], object],
+        config: TrainConfig,
+        kept: Sequence[int],
+        fingerprints: dict[str, str],
+        dist: Dist,
+        callbacks: Sequence[Callback],
+    ) -> None:
         self.run, self.save_model, self.kept, self.fingerprints = run, save_model, kept, fingerprints
         self.config, self.dist, self.callbacks = config, dist, callbacks
         self.global_batch = config.micro_batch_size * config.grad_accum_steps * dist.world_size
@@ -55,8 +63,13 @@ class Checkpointer:
         manifest.update(status="running", fingerprints=self.fingerprints, max_steps=self.config.max_steps)
         return manifest
 
-    def restore(self, checkpoint: Path, optimizer: torch.optim.Optimizer, allow_changed: Sequence[str],
-                log: Callable[[str], None]) -> Position:
+    def restore(
+        self,
+        checkpoint: Path,
+        optimizer: torch.optim.Optimizer,
+        allow_changed: Sequence[str],
+        log: Callable[[str], None],
+    ) -> Position:
         """Load the training state of `checkpoint` into the optimizer, the RNGs and the callbacks."""
         import torch
 
@@ -79,8 +92,9 @@ class Checkpointer:
         self.manifest = self._running(self.run.read_run_manifest())
         return position
 
-    def save(self, position: Position, optimizer: torch.optim.Optimizer, val_loss: float | None,
-             stop_reason: str) -> None:
+    def save(
+        self, position: Position, optimizer: torch.optim.Optimizer, val_loss: float | None, stop_reason: str
+    ) -> None:
         """Write the checkpoint of `position.step`, then drop superseded ones; every process calls it."""
         at_step = position.step
         best = next((c.best_step for c in self.callbacks if c.best_step is not None), None)
@@ -93,18 +107,24 @@ class Checkpointer:
             meta = {"tokens_seen": position.tokens_seen, "kept": is_kept, "fingerprints": self.fingerprints}
             write = functools.partial(self._write, position=position, optimizer=optimizer)
             path = ckpt.write_checkpoint(self.run.checkpoints, at_step, write, meta)
-            entry = {"step": at_step, "path": str(path.relative_to(self.run.root)), "kept": is_kept,
-                     "tokens_seen": position.tokens_seen, "val_loss": val_loss}
+            entry = {
+                "step": at_step,
+                "path": str(path.relative_to(self.run.root)),
+                "kept": is_kept,
+                "tokens_seen": position.tokens_seen,
+                "val_loss": val_loss,
+            }
             if is_best:
                 entry["best"] = True
                 for old in self.manifest["checkpoints"]:
                     if old.pop("best", False):
                         old["kept"] = old["step"] in self.kept
             # Superseded resume checkpoints are deleted only after the new one is complete.
-            entries = sorted([c for c in self.manifest["checkpoints"] if c["step"] != at_step] + [entry],
-                             key=lambda c: c["step"])
+            entries = sorted(
+                [c for c in self.manifest["checkpoints"] if c["step"] != at_step] + [entry], key=lambda c: c["step"]
+            )
             # Kept checkpoints can be resumed from too, so they count among the newest retained.
-            newest = entries[-self.config.resume_checkpoints:]
+            newest = entries[-self.config.resume_checkpoints :]
             stale = [c for c in entries if not c["kept"] and c not in newest]
             self.manifest["checkpoints"] = [c for c in entries if c not in stale]
             self.manifest["latest_step"] = at_step
@@ -120,9 +140,15 @@ class Checkpointer:
         from ckptlab.runs.checkpoint import TRAINING_STATE
 
         self.save_model(folder)
-        state = {"step": position.step, "samples_seen": position.samples_seen, "tokens_seen": position.tokens_seen,
-                 "global_batch": self.global_batch, "optimizer": optimizer.state_dict(), "rng": rng_state(),
-                 "fingerprints": self.fingerprints}
+        state = {
+            "step": position.step,
+            "samples_seen": position.samples_seen,
+            "tokens_seen": position.tokens_seen,
+            "global_batch": self.global_batch,
+            "optimizer": optimizer.state_dict(),
+            "rng": rng_state(),
+            "fingerprints": self.fingerprints,
+        }
         for callback in self.callbacks:
             if callback.state_key is not None:
                 state[callback.state_key] = callback.state_dict()

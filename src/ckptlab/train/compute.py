@@ -40,9 +40,11 @@ from typing import Any
 
 #: Power drawn per device when `train.device_power_w` is not given (a desktop CPU's TDP; an H100 SXM's).
 DEFAULT_POWER_W = {"cpu": 65.0, "cuda": 700.0}
-CONVENTION = ("kaplan2020, backward as computed: (2*N + 2*N_backward + 2*N_trainable)*tokens + (2*n_layer + "
-              "4*n_layer_backward)*d_model*sum(b*T^2); N = parameters except embedding tables (head counted); "
-              "= 6*N*tokens + 6*n_layer*d_model*sum(b*T^2) when every weight trains")
+CONVENTION = (
+    "kaplan2020, backward as computed: (2*N + 2*N_backward + 2*N_trainable)*tokens + (2*n_layer + "
+    "4*n_layer_backward)*d_model*sum(b*T^2); N = parameters except embedding tables (head counted); "
+    "= 6*N*tokens + 6*n_layer*d_model*sum(b*T^2) when every weight trains"
+)
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,12 @@ def model_dims(model: Any) -> ModelDims:
 
     def matmul_of(params: dict[int, Any], trainable_only: bool = False) -> int:
         count = sum(p.numel() for i, p in params.items() if i not in tables and (p.requires_grad or not trainable_only))
-        if tied_head and id(head.weight) in params and (head.weight.requires_grad or not trainable_only):
+        if (
+            head is not None
+            and tied_head
+            and id(head.weight) in params
+            and (head.weight.requires_grad or not trainable_only)
+        ):
             count += head.weight.numel()  # a tied head is still a d_model × vocab matmul per token
         return count
 
@@ -93,15 +100,21 @@ def model_dims(model: Any) -> ModelDims:
     n_layer = _first(config, ("num_hidden_layers", "n_layer", "num_layers"))
     d_model = _first(config, ("hidden_size", "n_embd", "d_model"))
     backward_params, backward_layers = _backward_extent(model, unique, tables, head, matmul_of) or (matmul, n_layer)
-    return ModelDims(matmul_params=matmul, n_layer=n_layer, d_model=d_model,
-                     trainable_params=sum(p.numel() for p in unique.values() if p.requires_grad),
-                     total_params=sum(p.numel() for p in unique.values()),
-                     backward_params=backward_params, backward_layers=backward_layers,
-                     weight_grad_params=matmul_of(unique, trainable_only=True))
+    return ModelDims(
+        matmul_params=matmul,
+        n_layer=n_layer,
+        d_model=d_model,
+        trainable_params=sum(p.numel() for p in unique.values() if p.requires_grad),
+        total_params=sum(p.numel() for p in unique.values()),
+        backward_params=backward_params,
+        backward_layers=backward_layers,
+        weight_grad_params=matmul_of(unique, trainable_only=True),
+    )
 
 
-def _backward_extent(model: Any, unique: dict[int, Any], tables: set[int], head: Any,
-                     matmul_of: Any) -> tuple[int, int] | None:
+def _backward_extent(
+    model: Any, unique: dict[int, Any], tables: set[int], head: Any, matmul_of: Any
+) -> tuple[int, int] | None:
     """(N_backward, blocks) that activation gradients pass through; None = all of them."""
     from ckptlab.errors import UserError
     from ckptlab.models.methods import transformer_blocks
@@ -174,8 +187,12 @@ class ComputeMeter:
         return self.wall_before + time.perf_counter() - self.started
 
     def state(self) -> dict[str, Any]:
-        return {"tokens": self.tokens, "target_tokens": self.target_tokens,
-                "token_positions": self.token_positions, "wall_s": self.wall_s()}
+        return {
+            "tokens": self.tokens,
+            "target_tokens": self.target_tokens,
+            "token_positions": self.token_positions,
+            "wall_s": self.wall_s(),
+        }
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.tokens, self.target_tokens = state["tokens"], state["target_tokens"]
@@ -189,13 +206,22 @@ class ComputeMeter:
         wall = round(self.wall_s(), 3)
         energy_j = self.power_w * self.processes * wall
         return {
-            "tokens": self.tokens, "target_tokens": self.target_tokens, "flops": self.flops(),
-            "flops_convention": CONVENTION, "matmul_params": self.dims.matmul_params,
-            "n_layer": self.dims.n_layer, "d_model": self.dims.d_model,
-            "trainable_params": self.dims.trainable_params, "total_params": self.dims.total_params,
-            "backward_params": self.dims.backward_params, "weight_grad_params": self.dims.weight_grad_params,
-            "wall_s": wall, "device": self.device, "processes": self.processes,
-            "device_power_w": self.power_w, "energy_kwh": round(energy_j / 3.6e6, 9),
+            "tokens": self.tokens,
+            "target_tokens": self.target_tokens,
+            "flops": self.flops(),
+            "flops_convention": CONVENTION,
+            "matmul_params": self.dims.matmul_params,
+            "n_layer": self.dims.n_layer,
+            "d_model": self.dims.d_model,
+            "trainable_params": self.dims.trainable_params,
+            "total_params": self.dims.total_params,
+            "backward_params": self.dims.backward_params,
+            "weight_grad_params": self.dims.weight_grad_params,
+            "wall_s": wall,
+            "device": self.device,
+            "processes": self.processes,
+            "device_power_w": self.power_w,
+            "energy_kwh": round(energy_j / 3.6e6, 9),
         }
 
 

@@ -4,12 +4,12 @@ training verb has (`TrainingVerbConfig`: out, train, keep, resume, allow_changed
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal
 
 from ckptlab.errors import ConfigError
 from ckptlab.train.schedules import KeepConfig, ScheduleConfig
-
 
 CHANGEABLE_ON_RESUME = ("data", "tokenizer", "model", "batch")
 
@@ -18,7 +18,9 @@ def check_allow_changed(items: Sequence[str]) -> None:
     """The `allow_changed` key of every training verb names only changes a resume can check."""
     unknown = sorted(set(items) - set(CHANGEABLE_ON_RESUME))
     if unknown:
-        raise ConfigError(f"allow_changed: unknown item '{unknown[0]}' (expected any of {', '.join(CHANGEABLE_ON_RESUME)})")
+        raise ConfigError(
+            f"allow_changed: unknown item '{unknown[0]}' (expected any of {', '.join(CHANGEABLE_ON_RESUME)})"
+        )
 
 
 @dataclass
@@ -64,7 +66,8 @@ class TrainConfig:
     tensorboard: bool = False
     """Also write TensorBoard scalars under RUN/tensorboard (needs the tensorboard package)."""
     device_power_w: float | None = None
-    """Power drawn per device (watts) for the energy estimate in run.json's compute record; null = 65 on CPU, 700 on CUDA."""
+    """Power drawn per device (watts) for the energy estimate in run.json's compute record; null = 65 on CPU, 700 on
+    CUDA."""
 
     def __post_init__(self) -> None:
         # None is left to a subclass that resolves it later (fine-tuning's steps follow from the data).

@@ -104,8 +104,7 @@ def train(
     torch.set_flush_denormal(True)  # denormal gradients made CPU steps 10x slower
     callbacks = [*_builtin_callbacks(model, config, run, dist), *callbacks]
     optimizer = make_optimizer(model, config)
-    checkpointer = Checkpointer(run=run, save_model=save_model, config=config, kept=kept,
-                                fingerprints=fingerprints, dist=dist, callbacks=callbacks)
+    checkpointer = Checkpointer(run, save_model, config, kept, fingerprints, dist, callbacks)
     position = Position()
     if resume_from is not None:
         position = checkpointer.restore(resume_from, optimizer, allow_changed, log)
@@ -159,25 +158,30 @@ def train(
                 if not math.isfinite(mean_loss):
                     optimizer.zero_grad(set_to_none=True)
                     raise TrainingDiverged(
-                        f"loss is {mean_loss} at step {step + 1}; stopped without writing a checkpoint")
+                        f"loss is {mean_loss} at step {step + 1}; stopped without writing a checkpoint"
+                    )
                 gradient_fields = [callback.on_gradients() for callback in callbacks]  # e.g. L2-SP's pull
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                position = Position(step + 1, position.samples_seen + checkpointer.global_batch,
-                                    position.tokens_seen + counts.tokens)
+                samples_seen = position.samples_seen + checkpointer.global_batch
+                position = Position(step + 1, samples_seen, position.tokens_seen + counts.tokens)
                 last_loss = mean_loss
                 elapsed = time.perf_counter() - started
-                record: dict[str, Any] = {"step": position.step, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm,
-                                          "tokens_seen": position.tokens_seen, "tokens_per_s": counts.tokens / elapsed}
+                record: dict[str, Any] = {
+                    "step": position.step,
+                    "loss": mean_loss,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "tokens_seen": position.tokens_seen,
+                    "tokens_per_s": counts.tokens / elapsed,
+                }
                 for fields in gradient_fields:
                     record.update(fields)
                 if step_fields is not None:
                     record.update(step_fields(step))
                 stop_message = None
-                # Kept checkpoints always get a validation loss: they are what users compare later.
-                if config.val_every and (position.step % config.val_every == 0 or position.step == config.max_steps
-                                         or position.step in kept):
+                if _validation_due(position.step, config, kept):
                     record["val_loss"] = _validate(model, val_data, config, dist, autocast)
                     messages = [callback.on_validation(position.step, record["val_loss"]) for callback in callbacks]
                     stop_message = next((message for message in messages if message is not None), None)
@@ -187,8 +191,7 @@ def train(
                 stopping = _agree_to_stop(stop.requested, dist)
                 ending = stopping or position.step == config.max_steps or stop_message is not None
                 best = any(callback.best_step == position.step for callback in callbacks)
-                if (position.step in kept or (config.save_every and position.step % config.save_every == 0)
-                        or ending or best):
+                if ending or best or _checkpoint_due(position.step, config, kept):
                     checkpointer.save(position, optimizer, record.get("val_loss"), stop_reason)
                 if stop_message is not None:
                     log(stop_message)
@@ -205,8 +208,17 @@ def train(
             callback.on_end()
     checkpoints = checkpointer.finish(status, stop_reason)
     best_step = next((c.best_step for c in callbacks if c.best_step is not None), None)
-    return LoopResult(step=position.step, status=status, last_loss=last_loss, checkpoints=checkpoints,
-                      stop_reason=stop_reason, best_step=best_step)
+    return LoopResult(position.step, status, last_loss, checkpoints, stop_reason, best_step)
+
+
+def _validation_due(step: int, config: TrainConfig, kept: Sequence[int]) -> bool:
+    """Every val_every steps, at the end, and at every kept step (kept checkpoints are compared later)."""
+    return bool(config.val_every) and (step % config.val_every == 0 or step == config.max_steps or step in kept)
+
+
+def _checkpoint_due(step: int, config: TrainConfig, kept: Sequence[int]) -> bool:
+    """A kept step, or a resume checkpoint every save_every steps."""
+    return step in kept or bool(config.save_every and step % config.save_every == 0)
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -262,19 +274,28 @@ def _count(micro_batches: list[dict[str, Any]], dist: Dist) -> StepCounts:
     from ckptlab.train.callbacks.base import StepCounts
 
     counts = torch.tensor(
-        [sum(int((b["labels"] != -100).sum()) for b in micro_batches),
-         sum(int(b["input_ids"].numel()) for b in micro_batches),
-         sum(int(b["input_ids"].numel()) * int(b["input_ids"].shape[-1]) for b in micro_batches)],
+        [
+            sum(int((b["labels"] != -100).sum()) for b in micro_batches),
+            sum(int(b["input_ids"].numel()) for b in micro_batches),
+            sum(int(b["input_ids"].numel()) * int(b["input_ids"].shape[-1]) for b in micro_batches),
+        ],
         # Counted on the CPU: only a multi-process run needs them on the device (NCCL).
-        dtype=torch.float64, device=dist.device if dist.enabled else "cpu",
+        dtype=torch.float64,
+        device=dist.device if dist.enabled else "cpu",
     )
     dist.all_reduce_sum(counts)
-    return StepCounts(targets=int(counts[0].item()), tokens=int(counts[1].item()),
-                      token_positions=int(counts[2].item()))
+    return StepCounts(
+        targets=int(counts[0].item()), tokens=int(counts[1].item()), token_positions=int(counts[2].item())
+    )
 
 
-def _validate(model: torch.nn.Module, val_data: BatchSource | None, config: TrainConfig, dist: Dist,
-              autocast: AbstractContextManager[Any]) -> float | None:
+def _validate(
+    model: torch.nn.Module,
+    val_data: BatchSource | None,
+    config: TrainConfig,
+    dist: Dist,
+    autocast: AbstractContextManager[Any],
+) -> float | None:
     """Mean loss per target token over the first `val_batches` batches, shared out among the processes."""
     import torch
 

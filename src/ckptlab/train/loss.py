@@ -13,8 +13,13 @@ if TYPE_CHECKING:
     import torch
 
 
-def summed_loss(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                labels: torch.Tensor, autocast: AbstractContextManager[Any]) -> torch.Tensor:
+def summed_loss(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    labels: torch.Tensor,
+    autocast: AbstractContextManager[Any],
+) -> torch.Tensor:
     """Σ cross-entropy over the target tokens (labels ≠ -100) of one batch, in float32.
 
     `labels` are aligned with `input_ids` ([b, T]); a sequence classifier's logits are [b, classes],

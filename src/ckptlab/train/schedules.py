@@ -20,7 +20,10 @@ class ScheduleConfig:
     """How the learning rate moves with the optimizer step."""
 
     name: ScheduleName = "cosine"
-    """cosine: warm-up then cosine decay to min_lr; linear: warm-up then linear decay to min_lr; constant: warm-up then flat; wsd: warm-up, stable at lr, then a linear decay over the last decay_steps steps; infinite (Ibrahim et al. 2024): warm-up, cosine cooldown from lr to constant_lr over cooldown_steps, constant, then a linear anneal to min_lr over the last decay_steps steps."""
+    """cosine: warm-up then cosine decay to min_lr; linear: warm-up then linear decay to min_lr; constant: warm-up then
+    flat; wsd: warm-up, stable at lr, then a linear decay over the last decay_steps steps; infinite (Ibrahim et al.
+    2024): warm-up, cosine cooldown from lr to constant_lr over cooldown_steps, constant, then a linear anneal to
+    min_lr over the last decay_steps steps."""
     lr: float = 3e-4
     """Peak learning rate, reached at the end of the warm-up."""
     min_lr: float = 3e-5
@@ -128,7 +131,8 @@ class KeepConfig:
     """Which steps keep a checkpoint for later fine-tuning and evaluation."""
 
     schedule: Literal["log", "every", "list", "none"] = "log"
-    """log: steps 0, 1, 2, 4, … below `every`, then every `every` steps (as Pythia keeps); every: multiples of `every`, 0 included; list: exactly `steps`; none: only the final step."""
+    """log: steps 0, 1, 2, 4, … below `every`, then every `every` steps (as Pythia keeps); every: multiples of `every`,
+    0 included; list: exactly `steps`; none: only the final step."""
     every: int = 1000
     """Interval of the every and log schedules."""
     steps: list[int] = field(default_factory=list)

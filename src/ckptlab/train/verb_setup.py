@@ -7,9 +7,10 @@ mistyped path fails before the seconds that importing torch takes.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ckptlab.errors import ConfigError, DataError, UserError
 
@@ -17,8 +18,8 @@ if TYPE_CHECKING:
     import torch
 
     from ckptlab.runs.run_dir import RunDir
-    from ckptlab.train.distributed import Dist
     from ckptlab.train.config import TrainConfig
+    from ckptlab.train.distributed import Dist
     from ckptlab.train.loop import BatchSource, LoopResult
     from ckptlab.train.schedules import KeepConfig
 

@@ -27,8 +27,10 @@ class EarlyStoppingConfig:
 
     def __post_init__(self) -> None:
         if self.patience is not None and self.patience < 1:
-            raise ConfigError("early_stopping.patience: expected a positive integer (validations without improvement), "
-                              f"got {self.patience}")
+            raise ConfigError(
+                "early_stopping.patience: expected a positive integer (validations without improvement), "
+                f"got {self.patience}"
+            )
         if not (math.isfinite(self.min_delta) and self.min_delta >= 0):
             raise ConfigError(f"early_stopping.min_delta: expected a number ≥ 0, got {self.min_delta}")
 
@@ -61,8 +63,10 @@ class EarlyStopping(Callback):
         """Stop after `patience` validations without improvement, saying why."""
         if not self.observe(step, val_loss)[1]:
             return None
-        return (f"early stopping at step {step}: {self.patience} validations without a better "
-                f"val_loss than {self.best} (step {self.best_step})")
+        return (
+            f"early stopping at step {step}: {self.patience} validations without a better "
+            f"val_loss than {self.best} (step {self.best_step})"
+        )
 
     def on_train_start(self, step: int) -> bool:
         """A run resumed from the checkpoint where it stopped early has nothing left to do."""
@@ -70,8 +74,12 @@ class EarlyStopping(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """The counters a resumed run continues from."""
-        return {"best": self.best, "best_step": self.best_step, "bad_validations": self.bad_validations,
-                "stopped_at": self.stopped_at}
+        return {
+            "best": self.best,
+            "best_step": self.best_step,
+            "bad_validations": self.bad_validations,
+            "stopped_at": self.stopped_at,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state_dict()`."""
@@ -80,7 +88,14 @@ class EarlyStopping(Callback):
 
     def run_record(self) -> dict[str, Any]:
         """run.json's `early_stopping`: the settings, the best validation and where the run stopped."""
-        return {"early_stopping": {
-            "metric": self.metric, "patience": self.patience, "min_delta": self.min_delta,
-            "best_step": self.best_step, "best_val_loss": self.best, "bad_validations": self.bad_validations,
-            "stopped_at": self.stopped_at}}
+        return {
+            "early_stopping": {
+                "metric": self.metric,
+                "patience": self.patience,
+                "min_delta": self.min_delta,
+                "best_step": self.best_step,
+                "best_val_loss": self.best,
+                "bad_validations": self.bad_validations,
+                "stopped_at": self.stopped_at,
+            }
+        }

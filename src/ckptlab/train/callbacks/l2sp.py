@@ -30,8 +30,9 @@ class L2SP(Callback):
             None takes the model's current values (a run starting at init_from).
     """
 
-    def __init__(self, weight: float, model: torch.nn.Module,
-                 reference: Mapping[str, torch.Tensor] | None = None) -> None:
+    def __init__(
+        self, weight: float, model: torch.nn.Module, reference: Mapping[str, torch.Tensor] | None = None
+    ) -> None:
         import torch
 
         self.weight = weight

@@ -21,8 +21,9 @@ class ProgressBarCallback(Callback):
         """Start the bar at the step the run starts from."""
         from tqdm import tqdm
 
-        self.bar = tqdm(total=self.max_steps, initial=step, unit="step", disable=not self.enabled,
-                        dynamic_ncols=True, smoothing=0.1)
+        self.bar = tqdm(
+            total=self.max_steps, initial=step, unit="step", disable=not self.enabled, dynamic_ncols=True, smoothing=0.1
+        )
         return False
 
     def on_step_end(self, step: int, record: dict[str, Any], counts: StepCounts) -> None:

@@ -19,7 +19,8 @@ class TensorBoardCallback(Callback):
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise ConfigError(
-                "train.tensorboard: the tensorboard package is not installed (pip install tensorboard)") from None
+                "train.tensorboard: the tensorboard package is not installed (pip install tensorboard)"
+            ) from None
         self.writer = SummaryWriter(log_dir=str(root / "tensorboard"))
 
     def on_step_end(self, step: int, record: dict[str, Any], counts: StepCounts) -> None:
