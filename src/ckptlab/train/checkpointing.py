@@ -56,7 +56,7 @@ class Checkpointer:
     ) -> None:
         self.run, self.save_model, self.kept, self.fingerprints = run, save_model, kept, fingerprints
         self.config, self.dist, self.callbacks = config, dist, callbacks
-        self.global_batch = config.micro_batch_size * config.grad_accum_steps * dist.world_size
+        self.global_batch = config.global_batch(dist.world_size)
         self.manifest = self._running({"checkpoints": []})
 
     def _running(self, manifest: dict[str, Any]) -> dict[str, Any]:
