@@ -90,3 +90,27 @@ def test_resume_without_a_checkpoint_starts_a_fresh_metrics_history(tmp_path):
     said = []
     assert run.resume_point("step 0", said.append) is None
     assert read_metrics(run.metrics) == [] and "starting from step 0" in said[0]
+
+
+class _Payload:
+    """An object a hostile training_state.pt could pickle (unpickling it would run its code)."""
+
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+def test_training_state_loads_only_tensors_and_plain_data(tmp_path, capsys):
+    import torch
+
+    torch.save(
+        {"step": 3, "optimizer": {"state": {}, "param_groups": []}, "rng": torch.get_rng_state()},
+        tmp_path / ckpt.TRAINING_STATE,
+    )
+    assert ckpt.load_training_state(tmp_path)["step"] == 3
+    torch.save({"step": 3, "payload": _Payload()}, tmp_path / ckpt.TRAINING_STATE)
+    with pytest.raises(CheckpointError, match=r"training_state.pt: holds more than tensors and plain data"):
+        ckpt.load_training_state(tmp_path)
+    assert "unpickled!" not in capsys.readouterr().out
+    (tmp_path / ckpt.TRAINING_STATE).write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match=r"training_state.pt: "):
+        ckpt.load_training_state(tmp_path)

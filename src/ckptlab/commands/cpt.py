@@ -432,15 +432,14 @@ def _carried_optimizer_state(
     init: InitModel, model: Any, train_config: TrainConfig
 ) -> tuple[dict[str, Any] | None, str]:
     """The AdamW state of a ckptlab checkpoint, with this run's hyperparameters (betas, eps, decay)."""
-    import torch
 
     from ckptlab.errors import CheckpointError
-    from ckptlab.runs.checkpoint import TRAINING_STATE
+    from ckptlab.runs.checkpoint import TRAINING_STATE, load_training_state
     from ckptlab.train.loop import make_optimizer
 
     if init.checkpoint is None or not (init.checkpoint / TRAINING_STATE).is_file():
         return None, "fresh (init_from has no optimizer state)"
-    saved = torch.load(init.checkpoint / TRAINING_STATE, map_location="cpu", weights_only=False)["optimizer"]
+    saved = load_training_state(init.checkpoint)["optimizer"]
     fresh = make_optimizer(model, train_config)
     fresh_groups = fresh.state_dict()["param_groups"]
     if [len(g["params"]) for g in saved["param_groups"]] != [len(g["params"]) for g in fresh_groups]:

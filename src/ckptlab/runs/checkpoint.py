@@ -133,3 +133,23 @@ def remove_stale_temporaries(parent: Path) -> None:
         for path in parent.iterdir():
             if path.name.startswith(".step-") and (".tmp-" in path.name or ".old-" in path.name):
                 shutil.rmtree(path, ignore_errors=True)
+
+
+def load_training_state(checkpoint: Path) -> dict[str, Any]:
+    """The training state of a checkpoint (optimizer, RNG, data position, callbacks' states).
+
+    Read with `weights_only=True`: tensors and plain data only. A checkpoint may come from anyone
+    (`--init_from` takes any directory), and unpickling arbitrary objects could run their code.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(checkpoint) / TRAINING_STATE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).splitlines()[0]
+        raise CheckpointError(f"{path}: holds more than tensors and plain data; not loaded ({reason})") from None
+    except (OSError, RuntimeError, EOFError) as error:
+        raise CheckpointError(f"{path}: unreadable training state ({str(error).splitlines()[0]})") from None

@@ -71,11 +71,9 @@ class Checkpointer:
         log: Callable[[str], None],
     ) -> Position:
         """Load the training state of `checkpoint` into the optimizer, the RNGs and the callbacks."""
-        import torch
+        from ckptlab.runs.checkpoint import load_training_state
 
-        from ckptlab.runs.checkpoint import TRAINING_STATE
-
-        state = torch.load(checkpoint / TRAINING_STATE, map_location="cpu", weights_only=False)
+        state = load_training_state(checkpoint)
         check_fingerprints(state.get("fingerprints", {}), self.fingerprints, allow_changed, checkpoint)
         if state["global_batch"] != self.global_batch and "batch" not in allow_changed:
             raise CheckpointError(
