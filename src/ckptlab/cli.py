@@ -7,12 +7,11 @@ without loading either.
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 
 from ckptlab import __version__
-from ckptlab.commands import VERBS
+from ckptlab.commands import VERBS, VerbTable
 from ckptlab.errors import TrainingDiverged, UserError
 
 
@@ -39,12 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     if verb not in VERBS:
         print(f"ckptlab: error: unknown verb '{verb}' (verbs: {', '.join(VERBS)})", file=sys.stderr)
         return 2
-    entry = VERBS[verb]
+    entry, verbs = VERBS[verb], VerbTable()
     # Hugging Face draws a progress bar for every weight load and save ("Loading weights",
     # "Writing model shards"): noise in a log that already has ckptlab's own progress bar.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    module = importlib.import_module(entry.module)
-    config_cls = getattr(module, entry.config)
+    config_cls = verbs.config_class(verb)
     from ckptlab import config as configlib
 
     if rest and not rest[0].startswith("-") and "command" in getattr(config_cls, "__dataclass_fields__", {}):
@@ -57,11 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         rest = [f"--{positional}", *rest]  # `ckptlab report SWEEP ...` = `ckptlab report --sweep SWEEP ...`
     try:
         config = configlib.load(config_cls, rest)
-        result = getattr(module, entry.function)(config)
+        return verbs.run(verb, config)
     except (UserError, TrainingDiverged) as error:
         print(f"ckptlab {verb}: error: {error}", file=sys.stderr)
         return error.exit_code
-    return int(result or 0)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,11 @@ class Checkpointer:
         self.global_batch = config.global_batch(dist.world_size)
         self.manifest = self._running({"checkpoints": []})
 
+    @property
+    def best_step(self) -> int | None:
+        """The step a callback (early stopping) chose as best so far: its checkpoint is written and kept."""
+        return next((c.best_step for c in self.callbacks if c.best_step is not None), None)
+
     def _running(self, manifest: dict[str, Any]) -> dict[str, Any]:
         manifest.update(status="running", fingerprints=self.fingerprints, max_steps=self.config.max_steps)
         return manifest
@@ -95,9 +100,8 @@ class Checkpointer:
     ) -> None:
         """Write the checkpoint of `position.step`, then drop superseded ones; every process calls it."""
         at_step = position.step
-        best = next((c.best_step for c in self.callbacks if c.best_step is not None), None)
         # The best checkpoint so far (early stopping) is kept until a better one replaces it.
-        is_best = best == at_step
+        is_best = self.best_step == at_step
         is_kept = at_step in self.kept or is_best
         if self.dist.is_main:
             from ckptlab.runs import checkpoint as ckpt

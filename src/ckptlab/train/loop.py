@@ -190,7 +190,7 @@ def train(
                     callback.on_step_end(position.step, record, counts)
                 stopping = _agree_to_stop(stop.requested, dist)
                 ending = stopping or position.step == config.max_steps or stop_message is not None
-                best = any(callback.best_step == position.step for callback in callbacks)
+                best = checkpointer.best_step == position.step
                 if ending or best or _checkpoint_due(position.step, config, kept):
                     checkpointer.save(position, optimizer, record.get("val_loss"), stop_reason)
                 if stop_message is not None:
@@ -207,8 +207,7 @@ def train(
         for callback in callbacks:
             callback.on_end()
     checkpoints = checkpointer.finish(status, stop_reason)
-    best_step = next((c.best_step for c in callbacks if c.best_step is not None), None)
-    return LoopResult(position.step, status, last_loss, checkpoints, stop_reason, best_step)
+    return LoopResult(position.step, status, last_loss, checkpoints, stop_reason, checkpointer.best_step)
 
 
 def _validation_due(step: int, config: TrainConfig, kept: Sequence[int]) -> bool:
