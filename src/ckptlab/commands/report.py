@@ -50,7 +50,11 @@ class ReportConfig:
     confidence: float = 0.95
     """Level of the intervals; a finding's part holds when its interval excludes 0."""
     chance_margin: float = 0.02
-    """A base score at most this far above chance (uniform or majority label) counts as at chance."""
+    """A base score at most this far above chance (uniform or majority label) counts as at chance; on a small eval
+    set the margin grows to the one-sided critical value of a score at chance (docs/report.md)."""
+    equivalence_margin: float = 0.02
+    """The recommendation's "cheapest equivalent" model scores less than this below the best (shown by a one-sided
+    test at `confidence`)."""
     knowledge_probes: list[str] = field(default_factory=lambda: ["world_knowledge", "finance_qa"])
     """Eval sets that probe knowledge from pre-training (task files with probes_pretraining_knowledge add to them)."""
     task_dirs: list[str] = field(default_factory=list)
@@ -69,6 +73,11 @@ class ReportConfig:
     def __post_init__(self) -> None:
         if not 0 < self.confidence < 1:
             raise ConfigError(f"config key 'confidence': expected a number between 0 and 1, got {self.confidence}")
+        if self.equivalence_margin < 0 or self.chance_margin < 0:
+            raise ConfigError(
+                "config keys 'chance_margin', 'equivalence_margin': expected 0 or more, got "
+                f"{self.chance_margin}, {self.equivalence_margin}"
+            )
         if self.bootstrap < 0:
             raise ConfigError(f"config key 'bootstrap': expected 0 or more resamples, got {self.bootstrap}")
         if self.shots is not None and self.shots < 0:
@@ -98,13 +107,14 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """NaN → null, recursively: JSON has no NaN."""
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -133,7 +143,7 @@ def build_study(config: ReportConfig) -> Any:
             if config.template not in names
         ]
     means = Resampled(sweep, config.bootstrap, config.bootstrap_seed, config.template)
-    return analysis.Study(sweep, means, taxonomy, config.confidence, config.chance_margin)
+    return analysis.Study(sweep, means, taxonomy, config.confidence, config.chance_margin, config.equivalence_margin)
 
 
 def report(config: ReportConfig) -> int:
@@ -165,7 +175,7 @@ def report(config: ReportConfig) -> int:
     for name, rows in tables.items():
         write_csv(out / "tables" / f"{name}.csv", rows)
     (out / "findings.json").write_text(
-        json.dumps(_json_safe(results), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        json.dumps(json_safe(results), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
     figures = pages.draw_figures(study, tables, results, out / "figures")
     html = pages.page(study, config, results, figures, sorted(p.name for p in (out / "tables").glob("*.csv")))

@@ -11,13 +11,14 @@ checkpoint — so a recipe is one line across pre-training steps.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
-from ckptlab.reporting.bootstrap import Resampled, interval, mean_of
-from ckptlab.reporting.data import SweepData, SweepModel
+from ckptlab.reporting.bootstrap import Half, Resampled, interval, mean_of
+from ckptlab.reporting.data import DEGENERATE_SHARE, SweepData, SweepModel
 from ckptlab.reporting.taxonomy import Taxonomy, training_name
 
 
@@ -25,10 +26,16 @@ class Study:
     """The sweep's models and how they relate: parents, recipes, checkpoints in step order."""
 
     def __init__(
-        self, data: SweepData, means: Resampled, taxonomy: Taxonomy, level: float = 0.95, chance_margin: float = 0.02
+        self,
+        data: SweepData,
+        means: Resampled,
+        taxonomy: Taxonomy,
+        level: float = 0.95,
+        chance_margin: float = 0.02,
+        equivalence_margin: float = 0.02,
     ) -> None:
         self.data, self.means, self.taxonomy, self.level = data, means, taxonomy, level
-        self.chance_margin = chance_margin
+        self.chance_margin, self.equivalence_margin = chance_margin, equivalence_margin
         self.models = data.models
         self.tasks = data.tasks
         self.base_by_checkpoint = {m.checkpoint: m for m in self.of_role("base")}
@@ -75,19 +82,84 @@ class Study:
         """The eval sets a fine-tuned model trained on."""
         return [t for t in self.tasks if self.taxonomy.relation(t, model.finetune_task) == "in-task"]
 
-    def score(self, model: SweepModel, task: str) -> np.ndarray | None:
-        return self.means.score(model.model_fp, task)
+    def score(self, model: SweepModel, task: str, templates: Sequence[str] | None = None) -> np.ndarray | None:
+        return self.means.score(model.model_fp, task, templates)
 
-    def change(self, model: SweepModel, task: str) -> np.ndarray | None:
+    def common_templates(self, models: Sequence[SweepModel], task: str) -> list[str]:
+        """The templates every one of the models was scored with on the task (a warning when they differ): a
+        comparison over different templates would count the templates' difference as the models'."""
+        sets = [self.means.templates_of(m.model_fp, task) for m in models]
+        common = [t for t in sets[0] if all(t in other for other in sets[1:])] if sets else []
+        if any(names != common for names in sets):
+            warning = (
+                f"task {task}: {', '.join(m.label for m in models)} were scored with different templates; "
+                f"compared on the {len(common)} all of them have ({', '.join(common) or 'none'})"
+            )
+            if warning not in self.data.warnings:
+                self.data.warnings.append(warning)
+        return common
+
+    def aligned(
+        self, models: Sequence[SweepModel], task: str, half: Half = "all", normalised: bool = False
+    ) -> list[np.ndarray] | None:
+        """The models' scores on the templates all of them have (on the chance-normalised scale if asked);
+        None when one is missing."""
+        common = self.common_templates(models, task)
+        found = [self.means.score(m.model_fp, task, common, half) for m in models]
+        if not common or any(v is None for v in found):
+            return None
+        scores = [v for v in found if v is not None]
+        return [self.normalised(task, v) for v in scores] if normalised else scores
+
+    def pair(
+        self, model: SweepModel, other: SweepModel, task: str, half: Half = "all", normalised: bool = False
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Both models' scores on their common templates; None when either is missing."""
+        both = self.aligned([model, other], task, half, normalised)
+        return None if both is None else (both[0], both[1])
+
+    def change(self, model: SweepModel, task: str, half: Half = "all", normalised: bool = False) -> np.ndarray | None:
         """Paired change of a model vs the model it was trained from (None when either is missing)."""
         parent = self.parent(model)
-        mine = self.score(model, task)
-        theirs = self.score(parent, task) if parent is not None else None
-        return None if mine is None or theirs is None else mine - theirs
+        both = self.pair(model, parent, task, half, normalised) if parent is not None else None
+        return None if both is None else both[0] - both[1]
 
-    def at_chance(self, task: str, value: float) -> bool:
+    def has_chance(self, task: str) -> bool:
+        """A choice task (accuracy, accuracy_norm): its scores have a chance level and a chance-normalised scale."""
+        return self.data.chance.get(task) is not None
+
+    def normalised(self, task: str, values: np.ndarray) -> np.ndarray:
+        """(score − chance) / (1 − chance): 0 at chance, 1 at perfect, so eval sets with 2 and 4 choices (or a
+        majority label) share one scale."""
         chance = self.data.chance.get(task)
-        return chance is not None and not math.isnan(value) and value <= chance + self.chance_margin
+        assert chance is not None  # only choice tasks are normalised
+        return (values - chance) / (1 - chance)
+
+    def chance_margin_of(self, task: str, items: int | None = None) -> float:
+        """How far above chance a score must be to count as above it: `chance_margin`, or more on a small eval
+        set — the one-sided critical value of a score at chance over `items` items at the report's level."""
+        chance = self.data.chance.get(task)
+        n = items if items is not None else self.means.items_per_task.get(task, 0)
+        if chance is None or n <= 0:
+            return self.chance_margin
+        return max(self.chance_margin, NormalDist().inv_cdf(self.level) * math.sqrt(chance * (1 - chance) / n))
+
+    def at_chance(self, task: str, value: float, items: int | None = None) -> bool:
+        chance = self.data.chance.get(task)
+        return chance is not None and not math.isnan(value) and value <= chance + self.chance_margin_of(task, items)
+
+    def degenerate(self, model: SweepModel, task: str) -> bool:
+        """The model answers (nearly) one class on this set: see `data.DEGENERATE_SHARE`."""
+        share = self.data.sensitivity.get((model.model_fp, task, "top_share"), math.nan)
+        return not math.isnan(share) and share >= DEGENERATE_SHARE
+
+    def template_variance(self, model: SweepModel, task: str, templates: Sequence[str]) -> np.ndarray | None:
+        """The model's template variance component over `templates`, on the chance-normalised scale."""
+        values = self.means.template_variance(model.model_fp, task, templates)
+        chance = self.data.chance.get(task)
+        if values is None or chance is None:
+            return values
+        return values / (1 - chance) ** 2
 
     def ci(self, values: np.ndarray | None) -> dict[str, float]:
         value, low, high = interval(values, self.level)
@@ -166,9 +238,10 @@ def gain_table(study: Study) -> list[dict[str, Any]]:
         if parent is None:
             continue
         for task in study.tasks:
-            base, tuned = study.score(parent, task), study.score(model, task)
-            if base is None or tuned is None:
+            both = study.pair(model, parent, task)
+            if both is None:
                 continue
+            tuned, base = both
             gain = study.ci(tuned - base)
             rows.append(
                 {
@@ -211,23 +284,35 @@ def forgetting_table(study: Study) -> list[dict[str, Any]]:
     return rows
 
 
+STATS = ("agreement", "kappa", "top_share")
+
+
 def sensitivity_table(study: Study) -> list[dict[str, Any]]:
-    """Model × eval set: template spread (best − worst) with its interval, and the stored agreement."""
+    """Model × eval set: the template variance component (chance-normalised on choice sets) with its interval,
+    the best − worst template gap (a point value: biased upward, shown for familiarity), the templates' raw
+    agreement and Fleiss' κ, and whether the model answers one class (degenerate)."""
     rows = []
     for role in ("base", "cpt", "finetuned"):
         for model in study.of_role(role):
             for task in study.tasks:
-                spread = study.means.spread(model.model_fp, task)
-                if spread is None:
+                templates = study.means.templates_of(model.model_fp, task)
+                variance = study.template_variance(model, task, templates)
+                if variance is None:
                     continue
-                agreement = study.data.sensitivity.get((model.model_fp, task, "agreement"), math.nan)
+                by_template = [study.score(model, task, [t]) for t in templates]
+                points = [float(v[0]) for v in by_template if v is not None]
+                stat = {name: study.data.sensitivity.get((model.model_fp, task, name), math.nan) for name in STATS}
                 rows.append(
                     {
                         **_row_of(study, model),
                         "task": task,
-                        "statistic": "spread",
-                        **study.ci(spread),
-                        "agreement": agreement,
+                        "statistic": "template variance" + (" (chance-normalised)" if study.has_chance(task) else ""),
+                        **study.ci(variance),
+                        "best_minus_worst": max(points) - min(points) if points else math.nan,
+                        "agreement": stat["agreement"],
+                        "kappa": stat["kappa"],
+                        "top_prediction_share": stat["top_share"],
+                        "degenerate": study.degenerate(model, task),
                     }
                 )
     return rows
@@ -248,11 +333,16 @@ def mean_over_tasks(
 
 
 def sensitivity_series(study: Study) -> dict[str, list[dict[str, Any]]]:
-    """Mean template spread over eval sets at each step, for the base models and each recipe."""
-    spread = lambda model, task: study.means.spread(model.model_fp, task)  # noqa: E731
-    series = {"base": mean_over_tasks(study, study.of_role("base"), spread)}
+    """Mean template variance over eval sets at each step, for the base models and each recipe."""
+
+    def variance(model: SweepModel, task: str) -> np.ndarray | None:
+        if study.degenerate(model, task):
+            return None
+        return study.template_variance(model, task, study.means.templates_of(model.model_fp, task))
+
+    series = {"base": mean_over_tasks(study, study.of_role("base"), variance)}
     for recipe, models in study.recipes().items():
-        series[recipe] = mean_over_tasks(study, models, spread)
+        series[recipe] = mean_over_tasks(study, models, variance)
     return {name: points for name, points in series.items() if points}
 
 

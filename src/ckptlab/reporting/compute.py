@@ -50,10 +50,19 @@ def pretraining_flops(study: Study, base: SweepModel | None) -> tuple[float | No
     if recorded is not None:
         return float(recorded), "run record"
     if base.tokens_seen:
+        # N of the whole pre-trained network: a full fine-tune or cpt run keeps its shape; a LoRA run adds
+        # adapters and a classification run swaps the head, so their N is used only when nothing else is.
+        found: dict[int, list[float]] = {}
         for model in study.models.values():
             params = (model.compute or {}).get("matmul_params")
             if params and model.role != "base" and base_of(study, model) is base:
-                return 6.0 * params * base.tokens_seen, "6·N·tokens"
+                rank = 0 if model.role == "cpt" or model.method == "full" else 1
+                found.setdefault(rank, []).append(float(params))
+        if found:
+            candidates = found[min(found)]
+            params = max(set(candidates), key=lambda n: (candidates.count(n), -n))
+            how = "6·N·tokens" if min(found) == 0 else "6·N·tokens (N of an adapted model)"
+            return 6.0 * params * base.tokens_seen, how
     return None, "unknown"
 
 
@@ -196,7 +205,7 @@ def frontier_table(study: Study) -> list[dict[str, Any]]:
 
 def recommendation_table(study: Study, frontier: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per eval set: the model with the most score above chance per total PFLOP (among those whose
-    interval lies above chance), and the cheapest model not significantly below the best score."""
+    interval lies above chance), and the cheapest model shown equivalent to the best (`equivalent`)."""
     rows = []
     for task in study.tasks:
         points = [r for r in frontier if r["task"] == task and r["total_pflops"] > 0]
@@ -213,10 +222,8 @@ def recommendation_table(study: Study, frontier: list[dict[str, Any]]) -> list[d
         for r in points:
             values = study.means.score(r["model_fp"], task)
             assert values is not None  # frontier rows are models with a score
-            difference = study.ci(best_values - values)
-            below = difference["ci_low"] > 0 if not math.isnan(difference["ci_low"]) else difference["value"] > 0
-            if r is best or not below:  # not significantly below the best
-                ties.append((r, difference))
+            if r is best or equivalent(best_values - values, study.equivalence_margin, study.level):
+                ties.append((r, study.ci(best_values - values)))
         cheapest, gap = min(ties, key=lambda x: (x[0]["total_pflops"], -x[0]["value"]))
         row = {
             "task": task,
@@ -226,7 +233,7 @@ def recommendation_table(study: Study, frontier: list[dict[str, Any]]) -> list[d
             "best_score": best["value"],
             "best_total_pflops": best["total_pflops"],
         }
-        for prefix, chosen in (("per_pflop", efficient), ("cheapest_near_best", cheapest)):
+        for prefix, chosen in (("per_pflop", efficient), ("cheapest_equivalent", cheapest)):
             row[prefix] = _pick(chosen) if chosen else ""
             for key in ("checkpoint", "method", "recipe", "model"):
                 row[f"{prefix}_{key}"] = chosen[key] if chosen else ""
@@ -240,10 +247,22 @@ def recommendation_table(study: Study, frontier: list[dict[str, Any]]) -> list[d
                 "cheapest_below_best": gap["value"],
                 "cheapest_below_best_ci_low": gap["ci_low"],
                 "cheapest_below_best_ci_high": gap["ci_high"],
+                "equivalence_margin": study.equivalence_margin,
             }
         )
         rows.append(row)
     return rows
+
+
+def equivalent(best_minus_it: np.ndarray, margin: float, level: float) -> bool:
+    """A one-sided test that the best is less than `margin` better: the upper `level` bound of best − it lies
+    below the margin (the upper half of a two one-sided tests equivalence test; the other side, it being
+    better than the best by the margin, cannot happen to the best). Not significantly below the best would
+    call any model equivalent on a noisy eval set; this needs evidence of closeness. Without an interval, no."""
+    replicates = best_minus_it[1:]
+    if replicates.size == 0 or np.isnan(replicates).any():
+        return False
+    return float(np.percentile(replicates, 100 * level)) < margin
 
 
 def _pick(row: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ckptlab.errors import UserError
-from ckptlab.evaluation.metrics import MEAN_METRICS, item_values
+from ckptlab.evaluation.metrics import MEAN_METRICS, item_values, normalised_prediction
 from ckptlab.evaluation.store import ResultStore
 
 ROLES = ("base", "finetuned", "cpt")
@@ -76,10 +76,14 @@ class SweepData:
     items: dict[tuple[str, str, str], dict[str, float]]
     """(model_fp, task, template) → example id → item value of the primary metric."""
     chance: dict[str, float | None]
-    """Per task, the larger of uniform guessing and always answering the most common gold label (None: generation)."""
+    """Per task, the larger of uniform guessing and always answering the most common gold label (None: a
+    metric without a chance level: generation, exact match)."""
     warnings: list[str] = field(default_factory=list)
     seed_rows: list[dict[str, Any]] = field(default_factory=list)
     """Seed replicates merged into one model each: every replicate's score per eval set (tables/seeds.csv)."""
+    members: dict[str, list[str]] = field(default_factory=dict)
+    """A seed-averaged model → its replicates, whose item values stay in `items` (prompt sensitivity is
+    measured per replicate)."""
 
     def steps(self) -> list[int]:
         return sorted({m.step for m in self.models.values() if m.step is not None})
@@ -214,8 +218,37 @@ def _load(store: ResultStore, path: Path, sweep: str | None, shots: int | None, 
                 _float(r["value"]), _float(r["ci_low"]), _float(r["ci_high"]), int(r["n"])
             )
     templates = {task: sorted({k[2] for k in scores if k[1] == task}) for task in tasks}
-    items, chance = _items(store, models, unit_of, metric, shots)
+    items, chance, predictions = _items(store, models, unit_of, metric, shots)
+    for (model_fp, task), by_template in predictions.items():
+        sensitivity.update({(model_fp, task, stat): value for stat, value in prediction_stats(by_template).items()})
     return SweepData(path, models, tasks, templates, metric, shots, scores, sensitivity, items, chance, warnings)
+
+
+CHOICE_METRICS = ("accuracy", "accuracy_norm")
+"""Metrics of a choice among answers: they have a chance level and share one scale once normalised by it."""
+DEGENERATE_SHARE = 0.9
+"""A model whose most common prediction covers at least this share of an eval set's answers (over items and
+templates) answers one class whatever the input: its template spread and agreement say nothing about the prompt."""
+
+
+def prediction_stats(by_template: dict[str, dict[str, str]]) -> dict[str, float]:
+    """Chance-corrected agreement of the templates' predictions (Fleiss' κ, templates as raters) and the share of
+    the most common prediction; NaN κ when every answer is the same class (agreement by construction)."""
+    templates = list(by_template)
+    ids = sorted(set.intersection(*(set(v) for v in by_template.values()))) if templates else []
+    answers = [[by_template[t][i] for t in templates] for i in ids]
+    if not answers:
+        return {}
+    raters = len(templates)
+    overall = Counter(a for row in answers for a in row)
+    top_share = max(overall.values()) / (raters * len(answers))
+    if raters < 2:
+        return {"top_share": top_share}
+    observed = sum((sum(c * c for c in Counter(row).values()) - raters) / (raters * (raters - 1)) for row in answers)
+    observed /= len(answers)
+    expected = sum((c / (raters * len(answers))) ** 2 for c in overall.values())
+    kappa = math.nan if expected >= 1 else (observed - expected) / (1 - expected)
+    return {"top_share": top_share, "kappa": kappa}
 
 
 def _float(value: Any) -> float:
@@ -228,9 +261,11 @@ def _items(
     unit_of: dict[str, tuple[str, int]],
     metric: dict[str, str],
     shots: int,
-) -> tuple[ItemValues, dict[str, float | None]]:
-    """Per-example item values of the primary metric, and each task's chance level."""
+) -> tuple[ItemValues, dict[str, float | None], dict[tuple[str, str], dict[str, dict[str, str]]]]:
+    """Per-example item values of the primary metric, each task's chance level, and the predictions of
+    choice tasks per (model, task) → template → example id."""
     items: ItemValues = {}
+    predictions: dict[tuple[str, str], dict[str, dict[str, str]]] = {}
     golds: dict[str, dict[str, str]] = {}
     uniform: dict[str, dict[str, float]] = {}
     cursor = store.db.execute(
@@ -244,21 +279,25 @@ def _items(
         name = metric[task]
         if name == "accuracy":
             value = float(correct)
-            if task not in uniform or example_id not in uniform[task]:
-                choices = json.loads(scores).get("choices") or []
-                uniform.setdefault(task, {})[example_id] = 1 / len(choices) if choices else math.nan
         else:
             row = {"correct": correct, "scores": json.loads(scores), "gold": gold, "prediction": prediction}
             value = item_values(name, [row])[0]
+        if name in CHOICE_METRICS:
+            if task not in uniform or example_id not in uniform[task]:
+                choices = json.loads(scores).get("choices") or []
+                uniform.setdefault(task, {})[example_id] = 1 / len(choices) if choices else math.nan
+            # accuracy_norm's answer is the length-normalised choice, not the stored prediction
+            answer = normalised_prediction(json.loads(scores)) if name == "accuracy_norm" else str(prediction)
+            predictions.setdefault((model_fp, task), {}).setdefault(template, {})[example_id] = answer
         items.setdefault((model_fp, task, template), {})[example_id] = value
         golds.setdefault(task, {})[example_id] = gold
     chance: dict[str, float | None] = {}
     for task in metric:
-        if metric[task] != "accuracy" or task not in golds:
+        if metric[task] not in CHOICE_METRICS or task not in golds:
             chance[task] = None
             continue
         labels = Counter(golds[task].values())
         majority = max(labels.values()) / sum(labels.values())
         guesses = [v for v in uniform.get(task, {}).values() if not math.isnan(v)]
         chance[task] = max(majority, sum(guesses) / len(guesses) if guesses else 0.0)
-    return items, chance
+    return items, chance, predictions

@@ -86,7 +86,7 @@ def heatmaps(panels: list[tuple[str, list[str], list[str], list[list[float]]]], 
 def score_curves(
     curves: dict[str, dict[str, list[dict[str, Any]]]], chance: dict[str, float | None], path: Path
 ) -> Path:
-    """Per eval set: base and each recipe's score over pre-training steps, with 95% bands."""
+    """Per eval set: base and each recipe's score over pre-training steps, with bands (the report's level)."""
     plt = _plt()
     with plt.rc_context(RC):
         rows, columns = _grid(len(curves), 3)
@@ -108,7 +108,7 @@ def score_curves(
 
 
 def _lines(ax: Any, series: dict[str, list[dict[str, Any]]]) -> list[int]:
-    """One line per series over steps (base dashed black) with its 95% band; returns the steps drawn."""
+    """One line per series over steps (base dashed black) with its band (the report's level); returns the steps."""
     steps: list[int] = []
     for name, points in series.items():
         x = [p["step"] for p in points]
@@ -195,7 +195,7 @@ def forgetting_matrix(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def series_plot(series: dict[str, list[dict[str, Any]]], ylabel: str, title: str, path: Path) -> Path:
-    """One line per series over pre-training steps with a 95% band (prompt sensitivity)."""
+    """One line per series over pre-training steps with a band at the report's confidence level (prompt sensitivity)."""
     plt = _plt()
     with plt.rc_context(RC):
         fig, ax = plt.subplots(figsize=(6.5, 4.0))

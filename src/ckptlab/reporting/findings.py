@@ -1,41 +1,55 @@
-"""The four findings of Sun & Dredze 2024, each tested on this sweep with a paired bootstrap over items.
+"""The four findings of Sun & Dredze 2024, each tested on this sweep, with verdicts calibrated by simulation.
 
-Every statistic below is a mean of paired differences of per-example scores (or a rank correlation
-of such means), so its 95% interval comes from the same item resamples as the numbers themselves
-(`bootstrap.py`). A part of a test *holds* when its interval lies entirely on the claimed side of 0,
-*fails* when it lies entirely on the other side, and is *undecided* when it spans 0 (or has no
-interval: no per-example rows). Outcomes: `replicated` (every part holds), `not replicated` (a part
-fails, or the claim's precondition is contradicted), `partly replicated` (some parts hold, the
-others are undecided), `inconclusive` (nothing holds or fails, or too little data).
+Every statistic is computed once on the items and once per paired bootstrap resample (`bootstrap.py`);
+a part's p-value is the two-sided bootstrap p of "the statistic is 0" (finding (ii): a permutation p
+across eval sets). Within a finding the parts are decided together so that a finding whose claim is
+false comes out *replicated or partly replicated* with probability at most α = 1 − level:
 
-(i) Latent gains from pre-training. For each recipe (one fine-tuning run of the sweep applied to
-    every checkpoint) and each of its in-task eval sets (all eval sets when the fine-tuning task is
-    not one of them): ΔFT = fine-tuned score at the last checkpoint − at the first; ΔBase = the same
-    for the models they were fine-tuned from. Means over (recipe, eval set). Replicated when ΔFT > 0
-    and either ΔFT − ΔBase > 0 or ΔBase is flat (its interval spans 0); not replicated when ΔFT < 0,
-    or ΔFT > 0 but the base rose as much (ΔBase > 0 and ΔFT − ΔBase not > 0). Needs 2 checkpoints.
-(ii) Gains where the base cannot do it. Per eval set: base score above chance (the larger of uniform
-    guessing and the majority label; 0 for generation), and gain = fine-tuned − base, both averaged
-    over fine-tuned models. Spearman ρ(base above chance, gain) across eval sets: replicated when
-    ρ < 0, not replicated when ρ > 0. Needs 3 eval sets; a base at chance on every set is inconclusive.
-(iii) Forgetting. Change = fine-tuned − base on every (fine-tuned model, eval set) pair that is not
-    in-task; parts: the mean over all such pairs (out-of-task) and over the knowledge-probe sets
-    (`probes_pretraining_knowledge`). Each part holds when its mean change < 0.
-(iv) Prompt sensitivity. Spread = best − worst template score. Parts: (a) mean over (fine-tuned
-    model, eval set) of spread(fine-tuned) − spread(base) > 0; (b) mean over (recipe, eval set) of
-    spread at the last checkpoint − at the first < 0. Needs 2 templates; (b) needs 2 checkpoints.
+- Where every part must hold for the claim (an intersection-union test), each part is tested at α.
+- Where one part holding is reported (*partly replicated*), the parts' p-values are Holm-adjusted.
+
+A part *holds* when its (adjusted) p < α and the estimate lies on the claimed side, *fails* when
+p < α on the other side, and is *undecided* otherwise (or without an interval). The rates are
+measured by `benchmarks/findings_calibration.py` on simulated sweeps with a known truth (docs/report.md).
+
+Scores are compared on one scale: choice eval sets (accuracy, accuracy_norm) on the chance-normalised
+scale (score − chance) / (1 − chance). Metrics without a chance level (ROUGE-L, exact match) are kept
+out of the findings' statistics (noted), since they have neither a floor nor a scale shared with accuracy.
+
+(i) Latent gains from pre-training. Per recipe and in-task eval set: ΔFT = fine-tuned score at the last
+    checkpoint − at the first; ΔBase = the same for their parents. Replicated when ΔFT − ΔBase > 0 and
+    ΔFT > 0 both hold; not replicated when either fails; otherwise inconclusive (no "partly": a
+    fine-tuned rise that the base matches is not a latent gain).
+(ii) Gains where the base cannot do it. Per eval set with an in-task fine-tune (or one on its
+    cross-domain twin): the base's level x and the fine-tuned gain as a share of the base's headroom,
+    y = (FT − base) / (1 − base). x and y are measured on disjoint halves of the items (cross-fitted: x
+    on A with y on B, and x on B with y on A, averaged) so that luck in the base's score cannot make
+    the two look anti-correlated. Spearman ρ(x, y) across eval sets; p from the permutation
+    distribution across eval sets; needs 5 eval sets (with 4, no permutation can reach p < 0.05).
+(iii) Forgetting. Change = fine-tuned − base per (fine-tuned model, eval set) not in-task, where the
+    base is above chance. "Above chance" is decided on one half of the items and the change measured
+    on the other (cross-fitted), so bases above chance by luck do not regress toward "forgetting".
+    Parts (Holm): cross-task sets and knowledge probes, each a mean change < 0. Cross-domain sets are
+    context: the paper expects transfer there, not forgetting.
+(iv) Prompt sensitivity. Sensitivity = the template variance component (unbiased; `bootstrap.py`).
+    Parts (Holm): (a) fine-tuned − its base > 0 over (fine-tuned model, eval set); (b) last − first
+    checkpoint < 0 over (recipe, eval set). Pairs where either model answers one class (degenerate)
+    are left out. Only (a) testable gives at most partly replicated.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ckptlab.reporting.analysis import Study
-from ckptlab.reporting.bootstrap import interval, mean_of, spearman
-from ckptlab.reporting.data import SweepModel
+from ckptlab.reporting.bootstrap import HALVES, Half, holm, interval, mean_of, p_value, spearman
+from ckptlab.reporting.data import DEGENERATE_SHARE, SweepModel
 
 REPLICATED, NOT_REPLICATED, PARTLY, INCONCLUSIVE = "replicated", "not replicated", "partly replicated", "inconclusive"
 CLAIMS = {
@@ -44,27 +58,55 @@ CLAIMS = {
     "iii": "Fine-tuning forgets domain knowledge and unseen tasks.",
     "iv": "Sensitivity to the prompt format is high after fine-tuning and falls with more pre-training.",
 }
+MIN_SETS_FOR_RANKS = 5
+"""Eval sets (ii) needs: with n sets the smallest two-sided permutation p of a rank correlation is 2 / n!."""
+HEADROOM_FLOOR = 0.05
+"""(ii) divides a gain by the base's headroom (1 − base), at least this much: a near-perfect base would
+otherwise turn a tiny gain into an arbitrarily large share."""
 
 
-def side(values: np.ndarray | None, level: float) -> int | None:
-    """+1 / -1 when the interval lies above / below 0, 0 when it spans 0, None without an interval."""
-    _, low, high = interval(values, level)
-    if math.isnan(low):
-        return None
-    return 1 if low > 0 else -1 if high < 0 else 0
+@dataclass
+class Part:
+    """One tested part of a finding: its replicates, the side the claim expects, and its p-values."""
+
+    name: str
+    values: np.ndarray | None
+    claimed: int
+    """+1: the claim says the statistic is above 0; −1: below."""
+    pairs: int
+    p: float = math.nan
+    p_adjusted: float = math.nan
+
+    def side(self, alpha: float, adjusted: bool) -> int | None:
+        """+1 holds, −1 fails, 0 undecided, None without an interval."""
+        p = self.p_adjusted if adjusted else self.p
+        if math.isnan(p) or self.values is None:
+            return None
+        if p >= alpha:
+            return 0
+        return 1 if np.sign(self.values[0]) == self.claimed else -1
 
 
-def _stat(name: str, values: np.ndarray | None, level: float, n: int) -> dict[str, Any]:
-    value, low, high = interval(values, level)
-    return {"name": name, "value": value, "ci_low": low, "ci_high": high, "pairs": n}
+def _stat(
+    study: Study, name: str, values: np.ndarray | None, n: int, role: str = "context", part: Part | None = None
+) -> dict[str, Any]:
+    value, low, high = interval(values, study.level)
+    p = part.p if part is not None else p_value(values)
+    out = {"name": name, "value": value, "ci_low": low, "ci_high": high, "pairs": n, "role": role, "p_value": p}
+    if part is not None:
+        out["p_adjusted"] = part.p_adjusted
+    return out
 
 
 def _fmt(stat: dict[str, Any]) -> str:
-    if math.isnan(stat["value"]):
+    value, low, high = stat["value"], stat["ci_low"], stat["ci_high"]
+    if math.isnan(value):
         return "n/a"
-    if math.isnan(stat["ci_low"]):
-        return f"{stat['value']:+.3f} (no interval)"
-    return f"{stat['value']:+.3f} [{stat['ci_low']:+.3f}, {stat['ci_high']:+.3f}]"
+    small = max(abs(value), 0.0 if math.isnan(low) else max(abs(low), abs(high))) < 0.05
+    f = "{:+.4f}" if small else "{:+.3f}"
+    if math.isnan(low):
+        return f.format(value) + " (no interval)"
+    return f"{f.format(value)} [{f.format(low)}, {f.format(high)}]"
 
 
 def _finding(
@@ -81,13 +123,35 @@ def _finding(
     }
 
 
-def _combine(parts: list[int | None]) -> str:
-    """Outcome of parts that each should be +1 (already sign-flipped to the claimed side)."""
-    if any(p == -1 for p in parts):
+def _decide(parts: list[Part], alpha: float) -> str:
+    """Holm-adjusted outcome of parts: replicated (all hold), not replicated (one fails), partly replicated
+    (some hold, the rest undecided), inconclusive (none holds or fails)."""
+    for part, adjusted in zip(parts, holm([p.p for p in parts])):
+        part.p_adjusted = adjusted
+    sides = [p.side(alpha, adjusted=True) for p in parts]
+    if any(s == -1 for s in sides):
         return NOT_REPLICATED
-    if parts and all(p == 1 for p in parts):
+    if sides and all(s == 1 for s in sides):
         return REPLICATED
-    return PARTLY if any(p == 1 for p in parts) else INCONCLUSIVE
+    return PARTLY if any(s == 1 for s in sides) else INCONCLUSIVE
+
+
+def _part(name: str, values: np.ndarray | None, claimed: int, pairs: int) -> Part:
+    return Part(name, values, claimed, pairs, p=p_value(values))
+
+
+def _choice_tasks(study: Study) -> tuple[list[str], list[str]]:
+    """(eval sets the findings use: those with a chance level, the others: kept apart)."""
+    return [t for t in study.tasks if study.has_chance(t)], [t for t in study.tasks if not study.has_chance(t)]
+
+
+def _apart_note(others: list[str]) -> list[str]:
+    if not others:
+        return []
+    return [
+        f"left out of this finding (no chance level, so no scale shared with accuracy): {', '.join(others)}; "
+        "see the tables"
+    ]
 
 
 def _first_last(study: Study) -> list[tuple[str, SweepModel, SweepModel]]:
@@ -102,264 +166,317 @@ def _first_last(study: Study) -> list[tuple[str, SweepModel, SweepModel]]:
 
 def latent_gains(study: Study) -> dict[str, Any]:
     test = (
-        "ΔFT = fine-tuned score at the last − the first checkpoint, ΔBase = the same for their base "
-        "models, on each recipe's in-task eval sets; replicated when ΔFT > 0 and (ΔFT − ΔBase > 0 or "
-        "ΔBase's interval spans 0)"
+        "ΔFT = fine-tuned score at the last − the first checkpoint, ΔBase = the same for their base models, "
+        "on each recipe's in-task eval sets (chance-normalised); replicated when ΔFT − ΔBase > 0 and ΔFT > 0 "
+        "both hold (each at α: both must hold), not replicated when either lies on the other side"
     )
+    alpha = 1 - study.level
+    tasks_used, others = _choice_tasks(study)
+    notes = _apart_note(others)
     pairs = _first_last(study)
     if not pairs:
-        return _finding(
-            "i", test, INCONCLUSIVE, "Too little data: no fine-tuning recipe was run on 2 or more checkpoints.", [], []
-        )
-    tuned, base, notes = [], [], []
+        summary = "Too little data: no fine-tuning recipe was run on 2 or more checkpoints."
+        return _finding("i", test, INCONCLUSIVE, summary, [], notes)
+    tuned, base = [], []
     for recipe, first, last in pairs:
-        tasks = [t for t in study.tasks if study.taxonomy.relation(t, first.finetune_task) == "in-task"]
-        if not tasks:
-            tasks = list(study.tasks)
+        tasks = [t for t in tasks_used if study.taxonomy.relation(t, first.finetune_task) == "in-task"]
+        if not tasks and not [t for t in study.tasks if study.taxonomy.relation(t, first.finetune_task) == "in-task"]:
+            tasks = list(tasks_used)
             notes.append(f"{recipe}: its fine-tuning task is not an eval set; all eval sets used")
+        parent_first, parent_last = study.parent(first), study.parent(last)
+        assert parent_first is not None and parent_last is not None  # _first_last keeps models with a parent
         for task in tasks:
-            parent_first, parent_last = study.parent(first), study.parent(last)
-            assert parent_first is not None and parent_last is not None  # _first_last keeps models with a parent
-            a, b = study.score(first, task), study.score(last, task)
-            pa, pb = study.score(parent_first, task), study.score(parent_last, task)
-            if a is None or b is None or pa is None or pb is None:
+            scores = study.aligned([first, last, parent_first, parent_last], task, normalised=True)
+            if scores is None:
                 continue
+            a, b, pa, pb = scores
             tuned.append(b - a)
             base.append(pb - pa)
-            if study.at_chance(task, float(pa[0])) and study.at_chance(task, float(pb[0])):
-                notes.append(f"{recipe} / {task}: the base is at chance at both checkpoints")
     if not tuned:
         return _finding("i", test, INCONCLUSIVE, "Too little data: no in-task scores at both checkpoints.", [], notes)
     d_tuned, d_base = mean_of(tuned), mean_of(base)
     assert d_tuned is not None and d_base is not None  # tuned and base grow together and tuned is not empty
-    level = study.level
-    stats = [
-        _stat("ΔFT (last − first checkpoint)", d_tuned, level, len(tuned)),
-        _stat("ΔBase (last − first checkpoint)", d_base, level, len(base)),
-        _stat("ΔFT − ΔBase", d_tuned - d_base, level, len(tuned)),
-    ]
-    s_tuned, s_base, s_diff = side(d_tuned, level), side(d_base, level), side(d_tuned - d_base, level)
-    if s_tuned == 1:
-        outcome = REPLICATED if s_diff == 1 or s_base == 0 else NOT_REPLICATED
+    latent = _part("ΔFT − ΔBase", d_tuned - d_base, +1, len(tuned))
+    rise = _part("ΔFT (last − first checkpoint)", d_tuned, +1, len(tuned))
+    sides = [latent.side(alpha, adjusted=False), rise.side(alpha, adjusted=False)]
+    latent.p_adjusted, rise.p_adjusted = latent.p, rise.p  # an intersection-union test: no adjustment
+    if -1 in sides:
+        outcome = NOT_REPLICATED
+    elif sides == [1, 1]:
+        outcome = REPLICATED
     else:
-        outcome = NOT_REPLICATED if s_tuned == -1 else INCONCLUSIVE
-    # _first_last keeps models with a step: the filters only tell mypy so.
+        outcome = INCONCLUSIVE
+    stats = [
+        _stat(study, latent.name, latent.values, len(tuned), "decides", latent),
+        _stat(study, rise.name, rise.values, len(tuned), "decides", rise),
+        _stat(study, "ΔBase (last − first checkpoint)", d_base, len(base)),
+    ]
     steps = (
         sorted({m.step for _, m, _ in pairs if m.step is not None}),
         sorted({m.step for _, _, m in pairs if m.step is not None}),
     )
     summary = (
-        f"From step {', '.join(map(str, steps[0]))} to step {', '.join(map(str, steps[1]))}, the fine-tuned "
-        f"score changed by {_fmt(stats[0])} and the base by {_fmt(stats[1])} (difference {_fmt(stats[2])}), "
-        f"over {len(tuned)} (recipe, eval set) pairs."
+        f"From step {', '.join(map(str, steps[0]))} to step {', '.join(map(str, steps[1]))} (chance-normalised), "
+        f"the fine-tuned score changed by {_fmt(stats[1])} and the base by {_fmt(stats[2])}: "
+        f"ΔFT − ΔBase = {_fmt(stats[0])}, over {len(tuned)} (recipe, eval set) pairs."
     )
+    if outcome == INCONCLUSIVE and sides[1] == 1:
+        summary += " The fine-tuned score rose, but not detectably more than the base's."
     return _finding("i", test, outcome, summary, stats, notes)
+
+
+def _headroom_share(tuned: np.ndarray, base: np.ndarray) -> np.ndarray:
+    return (tuned - base) / np.maximum(1 - base, HEADROOM_FLOOR)
+
+
+def _gain_models(study: Study, task: str) -> tuple[list[SweepModel], str]:
+    """The fine-tuned models whose gain on `task` is a gain from fine-tuning on it: those fine-tuned on it,
+    else those fine-tuned on its cross-domain twin."""
+    for relation in ("in-task", "cross-domain"):
+        found = [
+            m
+            for m in study.of_role("finetuned")
+            if study.parent(m) is not None and study.taxonomy.relation(task, m.finetune_task) == relation
+        ]
+        if found:
+            return found, relation
+    return [], ""
+
+
+def _permutation_p(x_a: np.ndarray, x_b: np.ndarray, y_a: np.ndarray, y_b: np.ndarray) -> float:
+    """Two-sided p of the cross-fitted ρ under "x and y are unrelated across eval sets": the share of
+    pairings of the eval sets' x with their y (all of them up to 8 sets, else 20,000 drawn) whose |ρ| is at
+    least the observed one."""
+    n = x_a.size
+    if n <= 8:
+        orders = np.array(list(itertools.permutations(range(n))))
+    else:
+        rng = np.random.default_rng(zlib.crc32(b"permutations"))
+        orders = np.vstack([np.arange(n), np.argsort(rng.random((19_999, n)), axis=1)])
+    rho = (
+        spearman(np.broadcast_to(x_a, orders.shape), y_b[orders])
+        + spearman(np.broadcast_to(x_b, orders.shape), y_a[orders])
+    ) / 2
+    observed = (spearman(x_a, y_b) + spearman(x_b, y_a)) / 2
+    return float(np.mean(np.abs(rho) >= abs(float(observed)) - 1e-12))
 
 
 def gains_where_base_fails(study: Study) -> dict[str, Any]:
     test = (
-        "Spearman ρ across eval sets between the base score above chance and the gain from fine-tuning "
-        "(both averaged over fine-tuned models); replicated when ρ < 0 (interval below 0)"
+        "Spearman ρ across eval sets between the base's level and the in-task gain as a share of the base's "
+        "headroom, (FT − base) / (1 − base), chance-normalised, each measured on a different half of the items "
+        "(cross-fitted); p from all pairings of the eval sets (permutation); replicated when ρ < 0 at p < α; "
+        f"needs {MIN_SETS_FOR_RANKS} eval sets with an in-task fine-tune (or one on a cross-domain twin)"
     )
-    base_by_task: dict[str, np.ndarray] = {}
-    gain_by_task: dict[str, np.ndarray] = {}
-    at_chance: list[bool] = []
-    for task in study.tasks:
-        bases: list[np.ndarray] = []
-        gains: list[np.ndarray] = []
-        for model in study.of_role("finetuned"):
+    tasks_used, others = _choice_tasks(study)
+    notes = _apart_note(others)
+    level: dict[str, dict[str, np.ndarray]] = {}
+    share: dict[str, dict[str, np.ndarray]] = {}
+    at_chance: list[str] = []
+    for task in tasks_used:
+        models, relation = _gain_models(study, task)
+        bases: dict[Half, list[np.ndarray]] = {"all": [], "A": [], "B": []}
+        shares: dict[Half, list[np.ndarray]] = {"all": [], "A": [], "B": []}
+        for model in models:
             parent = study.parent(model)
-            change = study.change(model, task)
-            if parent is None or change is None:
-                continue
-            base = study.score(parent, task)
-            assert base is not None  # a change needs the parent's score
-            bases.append(base)
-            gains.append(change)
-        if bases:
-            chance = study.data.chance.get(task) or 0.0
-            base_mean, gain_mean = mean_of(bases), mean_of(gains)
-            assert base_mean is not None and gain_mean is not None  # bases and gains are not empty
-            base_by_task[task] = base_mean - chance
-            gain_by_task[task] = gain_mean
-            at_chance.append(study.at_chance(task, float(base_by_task[task][0] + chance)))
-    tasks = list(base_by_task)
+            assert parent is not None  # _gain_models keeps models with a parent
+            for half in HALVES:
+                both = study.pair(model, parent, task, half, normalised=True)
+                if both is not None:
+                    bases[half].append(both[1])
+                    shares[half].append(_headroom_share(both[0], both[1]))
+        if not bases["A"] or not bases["B"]:
+            continue
+        level[task] = {h: v for h in ("A", "B") if (v := mean_of(bases[h])) is not None}
+        share[task] = {h: v for h in ("A", "B") if (v := mean_of(shares[h])) is not None}
+        if relation == "cross-domain":
+            notes.append(f"{task}: gain of the models fine-tuned on its cross-domain twin")
+        chance = study.data.chance.get(task) or 0.0
+        base_all = mean_of(bases["all"])
+        if base_all is not None and study.at_chance(task, chance + float(base_all[0]) * (1 - chance)):
+            at_chance.append(task)
+    tasks = list(level)
+    for t in tasks:
+        x = (float(level[t]["A"][0]) + float(level[t]["B"][0])) / 2
+        y = (float(share[t]["A"][0]) + float(share[t]["B"][0])) / 2
+        notes.append(f"{t}: base level {x:+.3f}, gain as a share of the headroom {y:+.3f} (chance-normalised)")
     if len(tasks) < 3:
         return _finding(
             "ii",
             test,
             INCONCLUSIVE,
-            f"Too little data: {len(tasks)} eval set(s) with both a base and a "
-            "fine-tuned score (3 or more needed for a rank correlation).",
+            f"Too little data: {len(tasks)} eval set(s) with an in-task fine-tune and a base score "
+            f"({MIN_SETS_FOR_RANKS} or more needed).",
             [],
-            [],
-        )
-    rho = spearman(np.vstack([base_by_task[t] for t in tasks]).T, np.vstack([gain_by_task[t] for t in tasks]).T)
-    stat = _stat("Spearman ρ(base above chance, gain)", rho, study.level, len(tasks))
-    stats = [stat]
-    notes = [
-        f"{t}: base above chance {float(base_by_task[t][0]):+.3f}, gain {float(gain_by_task[t][0]):+.3f}" for t in tasks
-    ]
-    low_gain = [float(gain_by_task[t][0]) for t, c in zip(tasks, at_chance) if c]
-    high_gain = [float(gain_by_task[t][0]) for t, c in zip(tasks, at_chance) if not c]
-    if all(at_chance):
-        return _finding(
-            "ii",
-            test,
-            INCONCLUSIVE,
-            f"The base is at chance on every eval set, so its ranking is noise "
-            f"(ρ = {_fmt(stat)}); the mean gain is {np.mean(low_gain):+.3f}.",
-            stats,
             notes,
         )
-    s = side(rho, study.level)
-    outcomes: dict[int | None, str] = {1: NOT_REPLICATED, -1: REPLICATED}
-    outcome = outcomes.get(s, INCONCLUSIVE)
-    summary = f"Across {len(tasks)} eval sets, ρ = {_fmt(stat)}."
-    if low_gain:
+    x_a, x_b = (np.vstack([level[t][h] for t in tasks]).T for h in ("A", "B"))
+    y_a, y_b = (np.vstack([share[t][h] for t in tasks]).T for h in ("A", "B"))
+    rho = (spearman(x_a, y_b) + spearman(x_b, y_a)) / 2
+    # The interval resamples eval sets as well as items (a claim across eval sets); the verdict is the
+    # permutation test, exact for these eval sets whatever their number.
+    rng = np.random.default_rng(zlib.crc32(("ii" + "".join(tasks)).encode()))
+    picks = rng.integers(0, len(tasks), size=(x_a.shape[0] - 1, len(tasks)))
+    rows = np.arange(1, x_a.shape[0])[:, None]
+    two_level = (spearman(x_a[rows, picks], y_b[rows, picks]) + spearman(x_b[rows, picks], y_a[rows, picks])) / 2
+    values = np.concatenate([rho[:1], two_level])
+    p = _permutation_p(x_a[0], x_b[0], y_a[0], y_b[0])
+    part = Part("Spearman ρ(base level, gain ÷ headroom)", values, -1, len(tasks), p=p, p_adjusted=p)
+    stat = _stat(study, part.name, values, len(tasks), "decides", part)
+    stat["interval"] = "eval sets and items resampled"
+    stats = [stat]
+    summary = f"Across {len(tasks)} eval sets, ρ = {_fmt(stat)}, permutation p = {p:.3f}."
+    if at_chance:
+        summary += f" The base is at chance on {len(at_chance)} of them ({', '.join(at_chance)})."
+    if len(tasks) < MIN_SETS_FOR_RANKS:
         summary += (
-            f" Mean gain where the base is at chance: {np.mean(low_gain):+.3f} ({len(low_gain)} sets); "
-            f"elsewhere: {np.mean(high_gain):+.3f} ({len(high_gain)} sets)."
+            f" With fewer than {MIN_SETS_FOR_RANKS} eval sets no ordering of them is unusual enough to decide: "
+            "ρ describes these eval sets only."
         )
+        return _finding("ii", test, INCONCLUSIVE, summary, stats, notes)
+    side = part.side(1 - study.level, adjusted=False)
+    outcome = {1: REPLICATED, -1: NOT_REPLICATED}.get(side or 0, INCONCLUSIVE)
     return _finding("ii", test, outcome, summary, stats, notes)
 
 
 def forgetting(study: Study) -> dict[str, Any]:
     test = (
-        "Mean change (fine-tuned − base) over the (fine-tuned model, eval set) pairs that are not in-task and "
-        "whose base scores above chance (where there is something to forget), and over the knowledge-probe "
-        "sets among them; each part holds when its interval lies below 0. Means over every out-of-task pair "
-        "are shown for context"
+        "Mean change (fine-tuned − base, chance-normalised) over the (fine-tuned model, eval set) pairs that are "
+        "not in-task and whose base is above chance — decided on one half of the items, the change measured on "
+        "the other (cross-fitted) — for cross-task sets and for knowledge probes; each part holds when its "
+        "Holm-adjusted p < α and the change is negative. Cross-domain sets are context (transfer is expected)"
     )
-    context: dict[str, list[np.ndarray]] = {
-        "out-of-task": [],
-        "knowledge probes": [],
-        "cross-domain": [],
-        "cross-task": [],
-    }
-    known: dict[str, list[np.ndarray]] = {"out-of-task": [], "knowledge probes": []}
+    tasks_used, others = _choice_tasks(study)
+    notes = _apart_note(others)
+    groups = ("cross-task", "knowledge probes", "cross-domain")
+    measured: dict[str, list[tuple[str, str, np.ndarray]]] = {g: [] for g in groups}  # (pair, half measured, change)
+    every: dict[str, list[np.ndarray]] = {g: [] for g in groups}
     for model in study.of_role("finetuned"):
         parent = study.parent(model)
-        for task in study.tasks:
+        if parent is None:
+            continue
+        for task in tasks_used:
             relation = study.taxonomy.relation(task, model.finetune_task)
-            change = study.change(model, task)
-            if change is None or parent is None or relation == "in-task":
+            if relation == "in-task":
                 continue
-            probe = task in study.taxonomy.probes
-            context["out-of-task"].append(change)
-            context[relation].append(change)
-            if probe:
-                context["knowledge probes"].append(change)
-            # A base at chance knows nothing there to forget: averaging its pairs in would dilute
-            # forgetting that exists only at late checkpoints.
-            base = study.score(parent, task)
-            assert base is not None  # a change needs the parent's score
-            if not study.at_chance(task, float(base[0])):
-                known["out-of-task"].append(change)
-                if probe:
-                    known["knowledge probes"].append(change)
-    if not context["out-of-task"]:
+            group = "knowledge probes" if task in study.taxonomy.probes else relation
+            halves = {h: pair for h in HALVES if (pair := study.pair(model, parent, task, h)) is not None}
+            if len(halves) < len(HALVES):
+                continue
+            every[group].append(study.normalised(task, halves["all"][0]) - study.normalised(task, halves["all"][1]))
+            sizes = {"A": len(study.means.ids[task][0]), "B": len(study.means.ids[task][1])}
+            crossed: tuple[tuple[Half, Half], ...] = (("A", "B"), ("B", "A"))
+            for select, measure in crossed:
+                if not study.at_chance(task, float(halves[select][1][0]), sizes[select]):
+                    tuned, base = halves[measure]
+                    change = study.normalised(task, tuned) - study.normalised(task, base)
+                    measured[group].append((f"{model.model_fp} {task}", measure, change))
+    if not any(every[g] for g in ("cross-task", "knowledge probes")):
+        stats = [_stat(study, f"mean change, {g}, every pair", mean_of(v), len(v)) for g, v in every.items() if v]
         return _finding(
             "iii",
             test,
             INCONCLUSIVE,
-            "Too little data: no out-of-task eval set with both a base and a fine-tuned score.",
-            [],
-            [],
-        )
-    decisive = [
-        _stat(f"mean change where the base is above chance, {name}", mean_of(values), study.level, len(values))
-        for name, values in known.items()
-        if values
-    ]
-    stats = decisive + [
-        _stat(f"mean change, {name}", mean_of(values), study.level, len(values))
-        for name, values in context.items()
-        if values
-    ]
-    notes = [] if context["knowledge probes"] else ["no knowledge-probe eval set in this sweep"]
-    all_pairs = next(s for s in stats if s["name"] == "mean change, out-of-task")
-    if not known["out-of-task"]:
-        return _finding(
-            "iii",
-            test,
-            INCONCLUSIVE,
-            "The base is at chance on every out-of-task eval set, so there is "
-            f"nothing to forget (mean change over all {len(context['out-of-task'])} pairs: "
-            f"{_fmt(all_pairs)}).",
+            "Too little data: no cross-task or knowledge-probe eval set with both a base and a fine-tuned score.",
             stats,
             notes,
         )
-    if context["knowledge probes"] and not known["knowledge probes"]:
-        notes.append("the base is at chance on every knowledge probe: only the out-of-task part is tested")
-    parts = [p for p in ("out-of-task", "knowledge probes") if known[p]]
-    signs = [side(mean_of(known[p]), study.level) for p in parts]
-    outcome = _combine([None if s is None else -s for s in signs])  # the claim is a negative change
-    summary = "Where the base is above chance: " + "; ".join(
-        f"{p}: {_fmt(decisive[i])} over {len(known[p])} pairs" for i, p in enumerate(parts)
+
+    def cross_fitted(found: list[tuple[str, str, np.ndarray]]) -> np.ndarray | None:
+        # Mean over pairs selected on A (measured on B) and over pairs selected on B (measured on A), averaged.
+        halves = [mean_of([c for _, h, c in found if h == measure]) for measure in ("B", "A")]
+        return mean_of([h for h in halves if h is not None])
+
+    def pairs(group: str) -> int:  # (model, eval set) pairs selected in either half
+        return len({pair for pair, _, _ in measured[group]})
+
+    parts = [
+        _part(f"mean change where the base is above chance, {g}", cross_fitted(measured[g]), -1, pairs(g))
+        for g in ("cross-task", "knowledge probes")
+        if measured[g]
+    ]
+    outcome = _decide(parts, 1 - study.level) if parts else INCONCLUSIVE
+    stats = [_stat(study, p.name, p.values, p.pairs, "decides", p) for p in parts]
+    if measured["cross-domain"]:
+        values = cross_fitted(measured["cross-domain"])
+        stats.append(
+            _stat(study, "mean change where the base is above chance, cross-domain", values, pairs("cross-domain"))
+        )
+    stats += [_stat(study, f"mean change, {g}, every pair", mean_of(v), len(v)) for g, v in every.items() if v]
+    if not every["knowledge probes"]:
+        notes.append("no knowledge-probe eval set in this sweep")
+    elif not measured["knowledge probes"]:
+        notes.append("the base is at chance on every knowledge probe: nothing there to forget")
+    if not parts:
+        return _finding(
+            "iii",
+            test,
+            INCONCLUSIVE,
+            "The base is at chance on every cross-task and knowledge-probe eval set, so there is nothing to forget.",
+            stats,
+            notes,
+        )
+    summary = "Where the base is above chance (chance-normalised, cross-fitted halves): " + "; ".join(
+        f"{p.name.rsplit(', ', 1)[1]}: {_fmt(s)} (Holm p = {p.p_adjusted:.3f})" for p, s in zip(parts, stats)
     )
-    summary += f". Over every out-of-task pair: {_fmt(all_pairs)} ({len(context['out-of-task'])} pairs)."
-    return _finding("iii", test, outcome, summary, stats, notes)
+    return _finding("iii", test, outcome, summary + ".", stats, notes)
 
 
 def prompt_sensitivity(study: Study) -> dict[str, Any]:
     test = (
-        "Spread = best − worst template. (a) mean spread(fine-tuned) − spread(base) over (fine-tuned model, "
-        "eval set) > 0; (b) mean spread at the last − the first checkpoint over (recipe, eval set) < 0"
+        "Sensitivity = the template variance component of the score (unbiased; chance-normalised). (a) mean of "
+        "fine-tuned − its base over (fine-tuned model, eval set) > 0; (b) mean of last − first checkpoint over "
+        "(recipe, eval set) < 0; Holm-adjusted; pairs with a model that answers one class are left out"
     )
-    after_vs_base = []
-    for model in study.of_role("finetuned"):
-        parent = study.parent(model)
-        for task in study.tasks:
-            mine = study.means.spread(model.model_fp, task)
-            theirs = study.means.spread(parent.model_fp, task) if parent is not None else None
-            if mine is not None and theirs is not None:
-                after_vs_base.append(mine - theirs)
+    tasks_used, others = _choice_tasks(study)
+    notes = _apart_note(others)
+    degenerate: set[str] = set()
+
+    def differences(pairs: list[tuple[SweepModel, SweepModel]]) -> list[np.ndarray]:
+        out = []
+        for later, earlier in pairs:
+            for task in tasks_used:
+                if study.degenerate(later, task) or study.degenerate(earlier, task):
+                    degenerate.update(f"{m.label} on {task}" for m in (later, earlier) if study.degenerate(m, task))
+                    continue
+                templates = study.common_templates([later, earlier], task)
+                mine, theirs = (study.template_variance(m, task, templates) for m in (later, earlier))
+                if mine is not None and theirs is not None:
+                    out.append(mine - theirs)
+        return out
+
+    tuned = [(m, p) for m in study.of_role("finetuned") if (p := study.parent(m)) is not None]
+    after_vs_base = differences(tuned)
     if not after_vs_base:
         return _finding(
             "iv",
             test,
             INCONCLUSIVE,
-            "Too little data: no fine-tuned model and base scored under 2 or more templates on the same eval set.",
+            "Too little data: no fine-tuned model and base scored under 2 or more templates on the same eval set "
+            "(or every such pair has a model that answers one class).",
             [],
-            [],
+            notes,
         )
-    late_vs_early, base_late_vs_early = [], []
-    for _, first, last in _first_last(study):
-        for task in study.tasks:
-            a, b = study.means.spread(first.model_fp, task), study.means.spread(last.model_fp, task)
-            if a is not None and b is not None:
-                late_vs_early.append(b - a)
+    late_vs_early = differences([(last, first) for _, first, last in _first_last(study)])
     bases = [m for m in study.of_role("base") if m.step is not None]
-    if len({m.step for m in bases}) >= 2:
-        for task in study.tasks:
-            a, b = study.means.spread(bases[0].model_fp, task), study.means.spread(bases[-1].model_fp, task)
-            if a is not None and b is not None:
-                base_late_vs_early.append(b - a)
-    stats = [_stat("spread after fine-tuning − base spread", mean_of(after_vs_base), study.level, len(after_vs_base))]
-    parts = [side(mean_of(after_vs_base), study.level)]
-    notes = []
+    base_trend = differences([(bases[-1], bases[0])]) if len({m.step for m in bases}) >= 2 else []
+    parts = [_part("(a) fine-tuned − base", mean_of(after_vs_base), +1, len(after_vs_base))]
     if late_vs_early:
-        stats.append(
-            _stat("fine-tuned spread, last − first checkpoint", mean_of(late_vs_early), study.level, len(late_vs_early))
-        )
-        s = side(mean_of(late_vs_early), study.level)
-        parts.append(None if s is None else -s)
+        parts.append(_part("(b) fine-tuned, last − first checkpoint", mean_of(late_vs_early), -1, len(late_vs_early)))
     else:
         notes.append("no recipe on 2 or more checkpoints: the trend with pre-training is not tested")
-    if base_late_vs_early:
-        stats.append(
-            _stat(
-                "base spread, last − first checkpoint (context)",
-                mean_of(base_late_vs_early),
-                study.level,
-                len(base_late_vs_early),
-            )
-        )
-    outcome = _combine(parts)
+    outcome = _decide(parts, 1 - study.level)
     if outcome == REPLICATED and len(parts) < 2:
         outcome = PARTLY
-    summary = "; ".join(f"{s['name']}: {_fmt(s)}" for s in stats) + "."
+    stats = [_stat(study, p.name, p.values, p.pairs, "decides", p) for p in parts]
+    if base_trend:
+        stats.append(_stat(study, "base, last − first checkpoint", mean_of(base_trend), len(base_trend)))
+    if degenerate:
+        notes.append(
+            f"left out (answers one class: {DEGENERATE_SHARE:.0%} or more of its answers the same): "
+            + ", ".join(sorted(degenerate))
+        )
+    summary = "Template variance: " + "; ".join(f"{s['name']}: {_fmt(s)}" for s in stats) + "."
     return _finding("iv", test, outcome, summary, stats, notes)
 
 

@@ -51,6 +51,7 @@ def draw_figures(
     from ckptlab.reporting import analysis, figures
 
     drawn = []
+    pct = percent(study.level)
 
     def add(
         name: str, title: str, caption: str, path: Path | None, html_tables: list[dict[str, Any]] | None = None
@@ -84,7 +85,7 @@ def draw_figures(
             "curves",
             "Base vs fine-tuned over pre-training",
             "Score over pre-training steps for every eval set: "
-            "base (dashed) and each fine-tuning recipe, with 95% bands; dotted: chance.",
+            f"base (dashed) and each fine-tuning recipe, with {pct} bands; dotted: chance.",
             figures.score_curves(curves, study.data.chance, folder / "curves.png"),
         )
     if tables["gains"]:
@@ -99,7 +100,8 @@ def draw_figures(
             "gains",
             "Gain from fine-tuning vs base score",
             "One point per (fine-tuned model, eval set), with the "
-            "gain's 95% interval. Finding (ii) expects the largest gains where the base is weakest.",
+            f"gain's {pct} interval. Finding (ii) expects the largest gains (as a share of the headroom) where "
+            "the base is weakest.",
             figures.gain_scatter(tables["gains"], rho_text, folder / "gains.png"),
         )
     if tables["forgetting"]:
@@ -115,9 +117,9 @@ def draw_figures(
         add(
             "sensitivity",
             "Prompt sensitivity over pre-training",
-            "Template spread (best − worst template), "
-            "averaged over eval sets, for base models and each recipe, with 95% bands.",
-            figures.series_plot(series, "template spread", "Prompt sensitivity", folder / "sensitivity.png"),
+            "Template variance component (unbiased; chance-normalised on choice sets; models that answer one "
+            f"class left out), averaged over eval sets, for base models and each recipe, with {pct} bands.",
+            figures.series_plot(series, "template variance", "Prompt sensitivity", folder / "sensitivity.png"),
         )
     if tables["cpt"]:
         summary = [r for r in tables["cpt"] if r["task"].startswith("mean of ")]
@@ -130,20 +132,27 @@ def draw_figures(
             figures.cpt_bars(tables["cpt"], folder / "cpt.png"),
             [{"columns": columns, "rows": [[r[c] for c in columns] for r in summary]}],
         )
-    _compute_sections(tables, add, folder)
+    _compute_sections(tables, add, folder, study.level)
     return drawn
 
 
-def _html_table(rows: list[dict[str, Any]], columns: list[str], interval: str | None = None) -> dict[str, Any]:
+def percent(level: float) -> str:
+    """0.95 → "95%", 0.975 → "97.5%": the confidence level as the page writes it."""
+    return f"{level * 100:g}%"
+
+
+def _html_table(
+    rows: list[dict[str, Any]], columns: list[str], interval: str | None = None, level: float = 0.95
+) -> dict[str, Any]:
     """An HTML table of some columns of CSV rows; `interval` adds the `ci_low`/`ci_high` of that column."""
-    header = columns + (["95% CI"] if interval else [])
+    header = columns + ([f"{percent(level)} CI"] if interval else [])
     body = [
         [r.get(c) for c in columns] + ([f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"] if interval else []) for r in rows
     ]
     return {"columns": header, "rows": body}
 
 
-def _compute_sections(tables: dict[str, list[dict[str, Any]]], add: Any, folder: Path) -> None:
+def _compute_sections(tables: dict[str, list[dict[str, Any]]], add: Any, folder: Path, level: float) -> None:
     """The compute, frontier and sequential fine-tuning sections (docs/report.md states the conventions)."""
     from ckptlab.reporting import figures
 
@@ -172,7 +181,7 @@ def _compute_sections(tables: dict[str, list[dict[str, Any]]], add: Any, folder:
                         "energy_kwh",
                     ],
                 ),
-                _html_table(methods, ["method", "models", "gain", "pflops", "gain_per_pflop"], "gain_per_pflop"),
+                _html_table(methods, ["method", "models", "gain", "pflops", "gain_per_pflop"], "gain_per_pflop", level),
             ],
         )
     if any(r["on_frontier"] for r in tables["frontier"]):
@@ -183,7 +192,7 @@ def _compute_sections(tables: dict[str, list[dict[str, Any]]], add: Any, folder:
             "compute: pre-training of the checkpoint (its run's compute scaled to the checkpoint's tokens) plus "
             "every training run that made the model. Black: the Pareto frontier (tables/frontier.csv). Per eval "
             "set: the model with the most score above chance per PFLOP (interval above chance), and the cheapest "
-            "model not significantly below the best score.",
+            "model shown equivalent to the best (its one-sided upper bound of best − it below the equivalence margin).",
             figures.frontier(tables["frontier"], folder / "frontier.png"),
             [
                 _html_table(
@@ -195,9 +204,9 @@ def _compute_sections(tables: dict[str, list[dict[str, Any]]], add: Any, folder:
                         "per_pflop",
                         "per_pflop_score",
                         "per_pflop_total_pflops",
-                        "cheapest_near_best",
-                        "cheapest_near_best_score",
-                        "cheapest_near_best_total_pflops",
+                        "cheapest_equivalent",
+                        "cheapest_equivalent_score",
+                        "cheapest_equivalent_total_pflops",
                     ],
                 )
             ],
@@ -213,8 +222,8 @@ def _compute_sections(tables: dict[str, list[dict[str, Any]]], add: Any, folder:
             "eval set, and B's own gains, in tables/sequential.csv). Chains from the same A to the same task are "
             "compared with the one without a variant label (positive: the labelled chain lost less).",
             None,
-            [_html_table(means, ["chain", "first", "variant", "task", "change"], "change")]
-            + ([_html_table(replay, ["reference", "compared", "task", "change"], "change")] if replay else []),
+            [_html_table(means, ["chain", "first", "variant", "task", "change"], "change", level)]
+            + ([_html_table(replay, ["reference", "compared", "task", "change"], "change", level)] if replay else []),
         )
 
 
@@ -273,6 +282,7 @@ def page(
             "shots": data.shots,
             "template_note": template_note,
             "resamples": config.bootstrap,
+            "level": percent(config.confidence),
             "warnings": data.warnings,
             "findings": results,
             "figures": drawn,

@@ -6,6 +6,12 @@ example, the mean of the replicates' item values (over the examples all of them 
 paired bootstrap over items works on the seed-averaged model as on any other. The intervals then
 say how sure we are about these items for the mean of these seeds; how much the seeds themselves
 disagree is in `tables/seeds.csv` (every replicate's score, their mean and range).
+
+Prompt sensitivity is the exception: averaging seeds averages template noise away too (the mean
+of 3 seeds varies less across templates than any one seed does), so a seed-averaged model's
+template variance, agreement and κ are the means of its replicates' own values, comparable with a
+single base model's. The replicates' item values therefore stay in `SweepData.items`, listed in
+`SweepData.members`.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ def merge_seed_replicates(data: SweepData) -> list[dict[str, Any]]:
         merged = _merged_model(members, rest)
         rows += _seed_rows(data, members, merged)
         _merge_results(data, members, merged.model_fp)
+        data.members[merged.model_fp] = [m.model_fp for m in members]
         for member in members:
             del data.models[member.model_fp]
         data.models[merged.model_fp] = merged
@@ -82,7 +89,7 @@ def _merge_results(data: SweepData, members: list[SweepModel], merged_fp: str) -
             values = [v for v in found if v is not None]
             if len(values) == len(found):
                 data.sensitivity[(merged_fp, task, stat)] = sum(values) / len(values)
-    for table in (data.items, data.scores, data.sensitivity):
+    for table in (data.scores, data.sensitivity):  # items stay: sensitivity is measured per replicate
         for key in [k for k in table if k[0] in fps]:
             del table[key]
 

@@ -33,7 +33,7 @@ figcaption { color: #555; font-size: 0.85em; }
 </table>{% endmacro %}
 <h1>ckptlab report: {{ title }}</h1>
 <p>Results store <code>{{ store }}</code>: {{ counts }}. Eval sets: {{ tasks | join(", ") }}.
-Scores: {{ metric_note }}, {{ shots }}-shot, {{ template_note }}. Intervals: 95% paired bootstrap over
+Scores: {{ metric_note }}, {{ shots }}-shot, {{ template_note }}. Intervals: {{ level }} paired bootstrap over
 examples ({{ resamples }} resamples).</p>
 {% if chance_note %}<p>{{ chance_note }}</p>{% endif %}
 {% for t in models %}{% if t.rows %}{{ table(t) }}{% endif %}{% endfor %}
@@ -45,9 +45,12 @@ examples ({{ resamples }} resamples).</p>
 <div class="finding {{ f.outcome | replace(' ', '-') }}">
 <p><b>({{ f.id }}) {{ f.claim }}</b> <span class="outcome">{{ f.outcome }}</span></p>
 <p>{{ f.summary }}</p>
-{% if f.statistics %}<table><tr><th>statistic</th><th>estimate</th><th>95% CI</th><th>pairs</th></tr>
-{% for s in f.statistics %}<tr><td>{{ s.name }}</td><td class="num">{{ fmt(s.value) }}</td>
-<td class="num">{{ ci(s.ci_low, s.ci_high) }}</td><td class="num">{{ s.pairs }}</td></tr>{% endfor %}
+{% if f.statistics %}<table><tr><th>statistic</th><th>role</th><th>estimate</th><th>{{ level }} CI</th>
+<th>p</th><th>p (Holm)</th><th>pairs</th></tr>
+{% for s in f.statistics %}<tr><td>{{ s.name }}</td><td>{{ s.role }}</td><td class="num">{{ fmt(s.value) }}</td>
+<td class="num">{{ ci(s.ci_low, s.ci_high) }}</td><td class="num">{{ fmt(s.p_value) }}</td>
+<td class="num">{{ fmt(s.p_adjusted) if s.p_adjusted is defined else "" }}</td>
+<td class="num">{{ s.pairs }}</td></tr>{% endfor %}
 </table>{% endif %}
 {% if f.notes %}<ul>{% for n in f.notes %}<li>{{ n }}</li>{% endfor %}</ul>{% endif %}
 <p class="test">Test: {{ f.test }}.</p>
