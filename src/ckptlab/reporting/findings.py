@@ -177,14 +177,19 @@ def latent_gains(study: Study) -> dict[str, Any]:
     if not pairs:
         summary = "Too little data: no fine-tuning recipe was run on 2 or more checkpoints."
         return _finding("i", test, INCONCLUSIVE, summary, [], notes)
-    tuned, base = [], []
+    tuned, base, apart = [], [], []
     for recipe, first, last in pairs:
+        parent_first, parent_last = study.parent(first), study.parent(last)
+        assert parent_first is not None and parent_last is not None  # _first_last keeps models with a parent
+        for task in others:  # on their own scale: shown, not pooled with the chance-normalised sets
+            if study.taxonomy.relation(task, first.finetune_task) == "in-task":
+                found = study.aligned([first, last, parent_first, parent_last], task)
+                if found is not None:
+                    apart.append((found[1] - found[0]) - (found[3] - found[2]))
         tasks = [t for t in tasks_used if study.taxonomy.relation(t, first.finetune_task) == "in-task"]
         if not tasks and not [t for t in study.tasks if study.taxonomy.relation(t, first.finetune_task) == "in-task"]:
             tasks = list(tasks_used)
             notes.append(f"{recipe}: its fine-tuning task is not an eval set; all eval sets used")
-        parent_first, parent_last = study.parent(first), study.parent(last)
-        assert parent_first is not None and parent_last is not None  # _first_last keeps models with a parent
         for task in tasks:
             scores = study.aligned([first, last, parent_first, parent_last], task, normalised=True)
             if scores is None:
@@ -193,7 +198,9 @@ def latent_gains(study: Study) -> dict[str, Any]:
             tuned.append(b - a)
             base.append(pb - pa)
     if not tuned:
-        return _finding("i", test, INCONCLUSIVE, "Too little data: no in-task scores at both checkpoints.", [], notes)
+        shown = [_stat(study, "ΔFT − ΔBase on in-task sets without a chance level", mean_of(apart), len(apart))]
+        summary = "Too little data: no in-task choice eval set scored at both checkpoints."
+        return _finding("i", test, INCONCLUSIVE, summary, shown if apart else [], notes)
     d_tuned, d_base = mean_of(tuned), mean_of(base)
     assert d_tuned is not None and d_base is not None  # tuned and base grow together and tuned is not empty
     latent = _part("ΔFT − ΔBase", d_tuned - d_base, +1, len(tuned))
@@ -211,6 +218,9 @@ def latent_gains(study: Study) -> dict[str, Any]:
         _stat(study, rise.name, rise.values, len(tuned), "decides", rise),
         _stat(study, "ΔBase (last − first checkpoint)", d_base, len(base)),
     ]
+    if apart:
+        name = "ΔFT − ΔBase on in-task sets without a chance level (own scale, not pooled)"
+        stats.append(_stat(study, name, mean_of(apart), len(apart)))
     steps = (
         sorted({m.step for _, m, _ in pairs if m.step is not None}),
         sorted({m.step for _, _, m in pairs if m.step is not None}),
@@ -222,6 +232,8 @@ def latent_gains(study: Study) -> dict[str, Any]:
     )
     if outcome == INCONCLUSIVE and sides[1] == 1:
         summary += " The fine-tuned score rose, but not detectably more than the base's."
+    if apart:
+        summary += f" On in-task sets without a chance level (own scale, context): ΔFT − ΔBase = {_fmt(stats[-1])}."
     return _finding("i", test, outcome, summary, stats, notes)
 
 
