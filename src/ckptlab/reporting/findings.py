@@ -42,6 +42,7 @@ from __future__ import annotations
 import itertools
 import math
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -442,14 +443,14 @@ def prompt_sensitivity(study: Study) -> dict[str, Any]:
     )
     tasks_used, others = _choice_tasks(study)
     notes = _apart_note(others)
-    degenerate: set[str] = set()
+    degenerate: set[tuple[str, str]] = set()  # (model, eval set)
 
     def differences(pairs: list[tuple[SweepModel, SweepModel]]) -> list[np.ndarray]:
         out = []
         for later, earlier in pairs:
             for task in tasks_used:
                 if study.degenerate(later, task) or study.degenerate(earlier, task):
-                    degenerate.update(f"{m.label} on {task}" for m in (later, earlier) if study.degenerate(m, task))
+                    degenerate.update((m.model_fp, task) for m in (later, earlier) if study.degenerate(m, task))
                     continue
                 templates = study.common_templates([later, earlier], task)
                 mine, theirs = (study.template_variance(m, task, templates) for m in (later, earlier))
@@ -484,9 +485,12 @@ def prompt_sensitivity(study: Study) -> dict[str, Any]:
     if base_trend:
         stats.append(_stat(study, "base, last − first checkpoint", mean_of(base_trend), len(base_trend)))
     if degenerate:
+        by_task = Counter(task for _, task in degenerate)
         notes.append(
-            f"left out (answers one class: {DEGENERATE_SHARE:.0%} or more of its answers the same): "
-            + ", ".join(sorted(degenerate))
+            f"left out: pairs with a model that answers one class ({DEGENERATE_SHARE:.0%} or more of its answers the "
+            f"same; {len(degenerate)} (model, eval set) in all: "
+            + ", ".join(f"{task} {count}" for task, count in sorted(by_task.items()))
+            + "); tables/sensitivity.csv flags each"
         )
     summary = "Template variance: " + "; ".join(f"{s['name']}: {_fmt(s)}" for s in stats) + "."
     return _finding("iv", test, outcome, summary, stats, notes)
