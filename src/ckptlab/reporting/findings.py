@@ -333,12 +333,15 @@ def gains_where_base_fails(study: Study) -> dict[str, Any]:
     rows = np.arange(1, x_a.shape[0])[:, None]
     two_level = (spearman(x_a[rows, picks], y_b[rows, picks]) + spearman(x_b[rows, picks], y_a[rows, picks])) / 2
     values = np.concatenate([rho[:1], two_level])
-    p = _permutation_p(x_a[0], x_b[0], y_a[0], y_b[0])
+    # Without resamples no finding decides (`--bootstrap 0`), this one included, though its p needs none.
+    p = _permutation_p(x_a[0], x_b[0], y_a[0], y_b[0]) if x_a.shape[0] > 1 else math.nan
     part = Part("Spearman ρ(base level, gain ÷ headroom)", values, -1, len(tasks), p=p, p_adjusted=p)
     stat = _stat(study, part.name, values, len(tasks), "decides", part)
     stat["interval"] = "eval sets and items resampled"
     stats = [stat]
     summary = f"Across {len(tasks)} eval sets, ρ = {_fmt(stat)}, permutation p = {p:.3f}."
+    if math.isnan(p):
+        summary = f"Across {len(tasks)} eval sets, ρ = {_fmt(stat)} (no bootstrap: not tested)."
     if at_chance:
         summary += f" The base is at chance on {len(at_chance)} of them ({', '.join(at_chance)})."
     if len(tasks) < MIN_SETS_FOR_RANKS:
