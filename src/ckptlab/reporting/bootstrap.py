@@ -206,7 +206,7 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted
 
 
-def average_ranks(x: np.ndarray) -> np.ndarray:
+def _average_ranks(x: np.ndarray) -> np.ndarray:
     """Ranks along the last axis, ties sharing their average rank (as scipy's rankdata)."""
     less = (x[..., None, :] < x[..., :, None]).sum(axis=-1)
     equal = (x[..., None, :] == x[..., :, None]).sum(axis=-1)
@@ -215,7 +215,7 @@ def average_ranks(x: np.ndarray) -> np.ndarray:
 
 def spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Spearman rank correlation of rows of x and y (shape (..., points)); NaN where an input is NaN."""
-    rx, ry = average_ranks(x), average_ranks(y)
+    rx, ry = _average_ranks(x), _average_ranks(y)
     rx = rx - rx.mean(axis=-1, keepdims=True)
     ry = ry - ry.mean(axis=-1, keepdims=True)
     denominator = np.sqrt((rx**2).sum(axis=-1) * (ry**2).sum(axis=-1))

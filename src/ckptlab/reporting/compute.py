@@ -222,8 +222,9 @@ def recommendation_table(study: Study, frontier: list[dict[str, Any]]) -> list[d
         for r in points:
             values = study.means.score(r["model_fp"], task)
             assert values is not None  # frontier rows are models with a score
-            if r is best or equivalent(best_values - values, study.equivalence_margin, study.level):
-                ties.append((r, study.ci(best_values - values)))
+            best_minus_it = best_values - values
+            if r is best or equivalent(best_minus_it, study.equivalence_margin, study.level):
+                ties.append((r, study.ci(best_minus_it)))
         cheapest, gap = min(ties, key=lambda x: (x[0]["total_pflops"], -x[0]["value"]))
         row = {
             "task": task,

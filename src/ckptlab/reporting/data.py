@@ -277,17 +277,20 @@ def _items(
         if model_fp not in models or task not in metric or unit_of[task] != (task_fp, seed):
             continue
         name = metric[task]
+        first_of_example = task not in uniform or example_id not in uniform[task]
+        # Parsed once, and only where needed: accuracy rows read `correct` and the stored prediction.
+        parsed = json.loads(scores) if name != "accuracy" or first_of_example else {}
         if name == "accuracy":
             value = float(correct)
         else:
-            row = {"correct": correct, "scores": json.loads(scores), "gold": gold, "prediction": prediction}
+            row = {"correct": correct, "scores": parsed, "gold": gold, "prediction": prediction}
             value = item_values(name, [row])[0]
         if name in CHOICE_METRICS:
-            if task not in uniform or example_id not in uniform[task]:
-                choices = json.loads(scores).get("choices") or []
+            if first_of_example:
+                choices = parsed.get("choices") or []
                 uniform.setdefault(task, {})[example_id] = 1 / len(choices) if choices else math.nan
             # accuracy_norm's answer is the length-normalised choice, not the stored prediction
-            answer = normalised_prediction(json.loads(scores)) if name == "accuracy_norm" else str(prediction)
+            answer = normalised_prediction(parsed) if name == "accuracy_norm" else str(prediction)
             predictions.setdefault((model_fp, task), {}).setdefault(template, {})[example_id] = answer
         items.setdefault((model_fp, task, template), {})[example_id] = value
         golds.setdefault(task, {})[example_id] = gold

@@ -182,13 +182,13 @@ def latent_gains(study: Study) -> dict[str, Any]:
     for recipe, first, last in pairs:
         parent_first, parent_last = study.parent(first), study.parent(last)
         assert parent_first is not None and parent_last is not None  # _first_last keeps models with a parent
-        for task in others:  # on their own scale: shown, not pooled with the chance-normalised sets
-            if study.taxonomy.relation(task, first.finetune_task) == "in-task":
-                found = study.aligned([first, last, parent_first, parent_last], task)
-                if found is not None:
-                    apart.append((found[1] - found[0]) - (found[3] - found[2]))
-        tasks = [t for t in tasks_used if study.taxonomy.relation(t, first.finetune_task) == "in-task"]
-        if not tasks and not [t for t in study.tasks if study.taxonomy.relation(t, first.finetune_task) == "in-task"]:
+        in_task = study.in_task(first)
+        for task in (t for t in others if t in in_task):  # own scale: shown, not pooled with the normalised sets
+            found = study.aligned([first, last, parent_first, parent_last], task)
+            if found is not None:
+                apart.append((found[1] - found[0]) - (found[3] - found[2]))
+        tasks = [t for t in tasks_used if t in in_task]
+        if not in_task:
             tasks = list(tasks_used)
             notes.append(f"{recipe}: its fine-tuning task is not an eval set; all eval sets used")
         for task in tasks:
@@ -256,6 +256,11 @@ def _gain_models(study: Study, task: str) -> tuple[list[SweepModel], str]:
     return [], ""
 
 
+def _cross_fitted_rho(x_a: np.ndarray, x_b: np.ndarray, y_a: np.ndarray, y_b: np.ndarray) -> np.ndarray:
+    """ρ of the base level on one half with the gain share on the other, both ways, averaged (rows: (..., sets))."""
+    return (spearman(x_a, y_b) + spearman(x_b, y_a)) / 2
+
+
 def _permutation_p(x_a: np.ndarray, x_b: np.ndarray, y_a: np.ndarray, y_b: np.ndarray) -> float:
     """Two-sided p of the cross-fitted ρ under "x and y are unrelated across eval sets": the share of
     pairings of the eval sets' x with their y (all of them up to 8 sets, else 20,000 drawn) whose |ρ| is at
@@ -266,11 +271,10 @@ def _permutation_p(x_a: np.ndarray, x_b: np.ndarray, y_a: np.ndarray, y_b: np.nd
     else:
         rng = np.random.default_rng(zlib.crc32(b"permutations"))
         orders = np.vstack([np.arange(n), np.argsort(rng.random((19_999, n)), axis=1)])
-    rho = (
-        spearman(np.broadcast_to(x_a, orders.shape), y_b[orders])
-        + spearman(np.broadcast_to(x_b, orders.shape), y_a[orders])
-    ) / 2
-    observed = (spearman(x_a, y_b) + spearman(x_b, y_a)) / 2
+    rho = _cross_fitted_rho(
+        np.broadcast_to(x_a, orders.shape), np.broadcast_to(x_b, orders.shape), y_a[orders], y_b[orders]
+    )
+    observed = _cross_fitted_rho(x_a, x_b, y_a, y_b)
     return float(np.mean(np.abs(rho) >= abs(float(observed)) - 1e-12))
 
 
@@ -325,13 +329,13 @@ def gains_where_base_fails(study: Study) -> dict[str, Any]:
         )
     x_a, x_b = (np.vstack([level[t][h] for t in tasks]).T for h in ("A", "B"))
     y_a, y_b = (np.vstack([share[t][h] for t in tasks]).T for h in ("A", "B"))
-    rho = (spearman(x_a, y_b) + spearman(x_b, y_a)) / 2
+    rho = _cross_fitted_rho(x_a, x_b, y_a, y_b)
     # The interval resamples eval sets as well as items (a claim across eval sets); the verdict is the
     # permutation test, exact for these eval sets whatever their number.
     rng = np.random.default_rng(zlib.crc32(("ii" + "".join(tasks)).encode()))
     picks = rng.integers(0, len(tasks), size=(x_a.shape[0] - 1, len(tasks)))
     rows = np.arange(1, x_a.shape[0])[:, None]
-    two_level = (spearman(x_a[rows, picks], y_b[rows, picks]) + spearman(x_b[rows, picks], y_a[rows, picks])) / 2
+    two_level = _cross_fitted_rho(x_a[rows, picks], x_b[rows, picks], y_a[rows, picks], y_b[rows, picks])
     values = np.concatenate([rho[:1], two_level])
     # Without resamples no finding decides (`--bootstrap 0`), this one included, though its p needs none.
     p = _permutation_p(x_a[0], x_b[0], y_a[0], y_b[0]) if x_a.shape[0] > 1 else math.nan
