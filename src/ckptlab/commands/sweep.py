@@ -50,13 +50,14 @@ class SweepConfig:
     """EvaluateConfig keys (tasks, templates, shots, limit, ...) applied to every base and trained model; empty = no
     evaluation."""
     resources: dict[str, Any] = field(default_factory=dict)
-    """Per job kind (pretrain, finetune, cpt, evaluate): {num_cpus, num_gpus} reserved on Ray (default 1 CPU, 0
-    GPUs)."""
+    """Per job kind (pretrain, finetune, cpt, evaluate): {num_cpus, num_gpus} reserved on Ray (default 1 CPU, and 1
+    GPU when the cluster has GPUs unless the job's device is cpu; a given num_gpus, 0 included, wins)."""
     command: Literal["run", "status"] = "run"
     """run: run what is not done; status: show done / running / pending / failed / blocked jobs (`ckptlab sweep
     status`)."""
     executor: Literal["local", "ray"] = "local"
-    """local: one job after another in this process; ray: jobs as Ray tasks (local cluster, or `address`)."""
+    """local: one job after another in this process (one GPU at most); ray: jobs as Ray tasks (local cluster, or
+    `address`), one job per reserved GPU."""
     address: str | None = None
     """Ray cluster to join (e.g. auto or ray://host:10001); null starts a local one."""
     ray_num_cpus: int | None = None
@@ -188,6 +189,8 @@ def status(spec: Any) -> dict[str, list[tuple[Any, str]]]:
 
 
 def _print_status(spec: Any) -> None:
+    from ckptlab.sweeps.executors import reserves
+    from ckptlab.sweeps.plan import Plan
     from ckptlab.sweeps.state import lock_holder
 
     grouped = status(spec)
@@ -195,6 +198,8 @@ def _print_status(spec: Any) -> None:
     holder = lock_holder(spec.out)
     print(f"sweep {spec.name} in {spec.out}: {total} jobs" + (f"; running now (pid {holder})" if holder else ""))
     print("  " + ", ".join(f"{name} {len(jobs)}" for name, jobs in grouped.items()))
+    every = Plan([job for jobs in grouped.values() for job, _ in jobs], [])
+    print(f"  on Ray a job reserves: {reserves(every, None)}")
     for name, jobs in grouped.items():
         for job, detail in jobs:
             print(f"  {name:<8} {job.kind:<9} {job.name:<40} {job.id[:12]}" + (f"  {detail}" if detail else ""))

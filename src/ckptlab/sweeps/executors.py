@@ -1,15 +1,23 @@
 """Executors: run the pending jobs of a plan, each once its dependencies are done.
 
 `local` runs them one after another in this process (importing torch and transformers once for
-the whole sweep). `ray` submits every ready job as a Ray task reserving the job's CPUs and GPUs,
-waits for any to finish and submits what became ready; checkpoints and the results store are
-passed by path, so the sweep directory must be on storage every node sees. A failed job does not
-stop the others; the jobs that need its output are reported blocked.
+the whole sweep), so on one GPU at most. `ray` submits every ready job as a Ray task reserving the
+job's CPUs and GPUs, waits for any to finish and submits what became ready; checkpoints and the
+results store are passed by path, so the sweep directory must be on storage every node sees. A
+failed job does not stop the others; the jobs that need its output are reported blocked.
+
+GPUs: a job without `num_gpus` of its own reserves one GPU when the Ray cluster has any (unless its
+`device` is cpu), none otherwise; the spec cannot know the cluster, so `reservation` decides at
+execution time. On a cluster with GPUs every task runs in a fresh worker process (`max_calls=1`):
+CUDA reads CUDA_VISIBLE_DEVICES once per process, so a reused worker would keep the GPUs (and the
+CUDA memory) of the job it ran before.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +28,9 @@ from typing import Any
 from ckptlab.sweeps import state
 from ckptlab.sweeps.jobs import run_job
 from ckptlab.sweeps.plan import Job, Plan, dependents
-from ckptlab.sweeps.spec import Verbs
+from ckptlab.sweeps.spec import DEFAULT_RESOURCES, SET_BY_SWEEP, Verbs
+
+JobRunner = Callable[[Job, str, Verbs], dict[str, Any]]
 
 
 @dataclass
@@ -118,8 +128,56 @@ class _Schedule:
             outcome.failed[job.id] = result.get("reason", "")
 
 
-def run_local(plan: Plan, out: Path, progress: Progress, verbs: Verbs) -> Outcome:
+def requested_device(job: Job) -> str:
+    """The device the job's config asks for (`device` of evaluation, `train.device` of training)."""
+    values = job.values if job.kind == "evaluate" else (job.values.get("train") or {})
+    return str(values.get("device") or "auto")
+
+
+def reservation(job: Job, cluster_gpus: float) -> dict[str, float]:
+    """What a Ray task of `job` reserves on a cluster with `cluster_gpus` GPUs: its own num_cpus and
+    num_gpus when given (0 included); else 1 CPU, and 1 GPU when the cluster has one and the job's
+    device is not cpu."""
+    gpus = job.resources.get("num_gpus")
+    if gpus is None:
+        gpus = 1 if cluster_gpus >= 1 and requested_device(job) != "cpu" else 0
+    return {"num_cpus": job.resources.get("num_cpus", DEFAULT_RESOURCES["num_cpus"]), "num_gpus": gpus}
+
+
+def reserves(plan: Plan, cluster_gpus: float | None) -> str:
+    """What a job of each kind reserves on Ray, as one line; `cluster_gpus` None = cluster not known yet."""
+    texts: dict[str, list[str]] = {}
+    for job in plan.jobs:
+        if cluster_gpus is None and "num_gpus" not in job.resources and requested_device(job) != "cpu":
+            text = f"{reservation(job, 0)['num_cpus']:g} CPU + 1 GPU if the cluster has GPUs"
+        else:
+            need = reservation(job, cluster_gpus or 0)
+            text = f"{need['num_cpus']:g} CPU" + (f" + {need['num_gpus']:g} GPU" if need["num_gpus"] else ", no GPU")
+        if text not in texts.setdefault(job.kind, []):
+            texts[job.kind].append(text)
+    kinds = [kind for kind in SET_BY_SWEEP if kind in texts]  # pretrain, finetune, cpt, evaluate
+    return "; ".join(f"{kind} {' or '.join(texts[kind])}" for kind in kinds)
+
+
+def visible_gpus() -> int:
+    """CUDA devices this process sees (0 without torch or CUDA); NVML answers without creating a context."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count()
+
+
+def run_local(plan: Plan, out: Path, progress: Progress, verbs: Verbs, gpus: int | None = None) -> Outcome:
+    """One job after another in this process; `gpus`: how many this process sees (None = ask torch)."""
     schedule, outcome = _Schedule(plan, out), Outcome()
+    gpus = (visible_gpus() if schedule.ready() else 0) if gpus is None else gpus
+    if gpus > 1:
+        # In one process every job runs on cuda:0: say so rather than leave the other GPUs idle unnoticed.
+        progress.say(
+            f"local executor: one job at a time, on the first of the {gpus} visible GPUs (cuda:0); "
+            "--executor ray runs one job per GPU at once"
+        )
     while ready := schedule.ready():
         job = ready[0]
         schedule.started.add(job.id)
@@ -140,7 +198,23 @@ def check_ray() -> None:
         raise UserError("executor ray: Ray is not installed (pip install 'ckptlab[ray]')")
 
 
-def run_ray(plan: Plan, out: Path, progress: Progress, options: RayOptions, verbs: Verbs) -> Outcome:
+def _run_in_worker(job: Job, out: str, verbs: Verbs, num_gpus: float, runner: JobRunner) -> dict[str, Any]:
+    """A Ray task of a cluster with GPUs, in a fresh worker. Ray sets CUDA_VISIBLE_DEVICES to the GPUs
+    of a task with num_gpus > 0 (`auto`/`cuda` then mean its own GPU, cuda:0); recent Ray (2.60,
+    ray-project/ray#54868) leaves it as inherited for num_gpus 0 unless RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1,
+    so such a job would see every GPU of the node: hide them."""
+    if "torch" in sys.modules:
+        # CUDA has read CUDA_VISIBLE_DEVICES already in this process: the job could land on another's GPU.
+        raise RuntimeError("the Ray worker is not fresh (torch already imported); rerun the sweep")
+    if not num_gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    return runner(job, out, verbs)
+
+
+def run_ray(
+    plan: Plan, out: Path, progress: Progress, options: RayOptions, verbs: Verbs, runner: JobRunner = run_job
+) -> Outcome:
+    """Run the plan as Ray tasks; `runner` runs one job in a worker (`run_job`; tests record instead)."""
     import ray
 
     from ckptlab.errors import UserError
@@ -164,22 +238,30 @@ def run_ray(plan: Plan, out: Path, progress: Progress, options: RayOptions, verb
         # SIGTERM would end the process without `ray.shutdown()`, leaving the local cluster's agents
         # behind; as an exit it runs the `finally` below. (SIGKILL cannot be caught: `ray stop`.)
         previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    task = ray.remote(run_job)
     schedule, outcome = _Schedule(plan, out), Outcome()
     running: dict[Any, Job] = {}
     try:
-        _check_fits(plan, schedule, ray.cluster_resources(), strict=not options.address, say=progress.say)
+        cluster = ray.cluster_resources()
+        cluster_gpus = cluster.get("GPU", 0)
+        progress.say(
+            f"ray cluster: {cluster.get('CPU', 0):g} CPUs, {cluster_gpus:g} GPUs; a job reserves: "
+            f"{reserves(plan, cluster_gpus)}"
+        )
+        _check_fits(plan, schedule, cluster, strict=not options.address, say=progress.say)
+        # `max_calls` is fixed per remote function (refused in `.options`), hence the two.
+        fresh = ray.remote(max_calls=1)(_run_in_worker)
+        reused = ray.remote(runner)
         while True:
             for job in schedule.ready():
                 schedule.started.add(job.id)
                 progress.started(job)
+                need = reservation(job, cluster_gpus)
                 # No retries: a job that crashed its worker is reported failed; a rerun resumes it.
-                ref = task.options(
-                    num_cpus=job.resources.get("num_cpus", 1),
-                    num_gpus=job.resources.get("num_gpus", 0),
-                    max_retries=0,
-                    name=job.dirname,
-                ).remote(job, str(out), verbs)
+                placed = {**need, "max_retries": 0, "name": job.dirname}
+                if cluster_gpus:
+                    ref = fresh.options(**placed).remote(job, str(out), verbs, need["num_gpus"], runner)
+                else:  # CPU-only: workers are reused, as CUDA state cannot go stale
+                    ref = reused.options(**placed).remote(job, str(out), verbs)
                 running[ref] = job
             if not running:
                 break
@@ -215,8 +297,9 @@ def _check_fits(plan: Plan, schedule: _Schedule, cluster: dict[str, float], stri
     for job in plan.jobs:
         if job.id in schedule.done:
             continue
+        needs = reservation(job, cluster.get("GPU", 0))
         for key, name in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
-            need, have = job.resources.get(key, 0), cluster.get(name, 0)
+            need, have = needs[key], cluster.get(name, 0)
             if need > have:
                 message = (
                     f"resources.{job.kind}.{key}: {job.dirname} asks for {need:g} {name}s, the Ray cluster has {have:g}"

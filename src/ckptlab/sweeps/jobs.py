@@ -58,12 +58,16 @@ def run_job(job: Any, out: str, verbs: Verbs) -> dict[str, Any]:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     directory = state.job_dir(Path(out), job)
     state.clear_marker(directory, "failed")
-    state.write_marker(directory, "running", {"pid": os.getpid(), "started": state.now(), "job": job.id})
+    # Where the job runs: a Ray task with GPUs sees only its own (its cuda:0), one without sees none ("").
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    running = {"pid": os.getpid(), "started": state.now(), "job": job.id, "cuda_visible_devices": visible}
+    state.write_marker(directory, "running", running)
     started = time.perf_counter()
     reason = None
     try:
         with _captured(directory / "log.txt", job.cwd or os.getcwd()):
-            print(f"== {job.kind} {job.name} (job {job.id})", flush=True)
+            where = "" if visible is None else f" with CUDA_VISIBLE_DEVICES={visible!r}"
+            print(f"== {job.kind} {job.name} (job {job.id}){where}", flush=True)
             try:
                 record = RUNNERS[job.kind](job, Path(out), directory, verbs)
             except (JobStopped, KeyboardInterrupt):

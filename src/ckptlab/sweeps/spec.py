@@ -42,7 +42,9 @@ class Verbs(Protocol):
 
 ENTRY_KEYS = {"name", "config", "preset", "variant", "from", "after", "resources", "seeds"}
 RESOURCE_KEYS = {"num_cpus", "num_gpus"}
-DEFAULT_RESOURCES = {"num_cpus": 1, "num_gpus": 0}
+# No num_gpus: without one, a job reserves a GPU when the Ray cluster has any (decided at execution time,
+# `ckptlab.sweeps.executors.reservation`); a given one, 0 included, wins.
+DEFAULT_RESOURCES = {"num_cpus": 1}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -96,7 +98,7 @@ class Spec:
     """EvaluateConfig keys (nested) for every model, or None for no evaluation."""
     evaluate_config: Any
     resources: dict[str, dict[str, float]]
-    """Per job kind: num_cpus, num_gpus (the Ray executor reserves them)."""
+    """Per job kind: num_cpus, and num_gpus when given (the Ray executor reserves them)."""
     verbs: Verbs
     """The training verbs the jobs run."""
 
