@@ -65,6 +65,25 @@ def run_cli(*args: str, check: bool = True, timeout: float = 300, **env: str) ->
     return proc
 
 
+TINY_PRETRAIN = [
+    *("--model.size", "tiny", "--model.context_length", "32", "--train.max_steps", "6"),
+    *("--train.progress", "false", "--keep.schedule", "none", "--train.val_every", "3"),
+    *("--train.schedule.lr", "3e-3"),
+]
+"""Pre-training options of the multi-process tests: a tiny model, 6 steps, validation at 3 and 6."""
+
+
+def torchrun(*args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    """Run `python -m torch.distributed.run --standalone --nproc_per_node 2 -m ckptlab ARGS` (gloo on CPU)."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run(
+        [*launcher, "-m", "ckptlab", *args], capture_output=True, text=True, timeout=600, env=cli_env(**env)
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"torchrun ckptlab {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
 def losses(run_dir: Path) -> list[tuple[int, float]]:
     """(step, loss) of every training step recorded in RUN/metrics.jsonl."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]

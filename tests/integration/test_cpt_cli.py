@@ -133,7 +133,7 @@ def losses(run: Path) -> list[float]:
 def plain(base, tmp_path_factory) -> Path:
     """The reuse recipe on the domain corpus with 25% replay of the general corpus, no blend switch."""
     run = tmp_path_factory.mktemp("plain") / "run"
-    cpt(base, run)
+    cpt(base, run, "--keep.optimizer_state", "true")  # step 0's moments are compared with the source's
     return run
 
 
@@ -225,7 +225,7 @@ def test_optimizer_state_is_carried_over_unless_reset(base, plain, tmp_path):
     # The pre-training run's hyperparameters are not carried: this run's weight decay (0) is used.
     assert source["param_groups"][0]["weight_decay"] == 0.1 and carried["param_groups"][0]["weight_decay"] == 0.0
     run = tmp_path / "run"
-    cpt(base, run, "--reset_optimizer")
+    cpt(base, run, "--reset_optimizer", "--keep.optimizer_state", "true")
     fresh = torch.load(run / "checkpoints" / "step-00000000" / "training_state.pt", weights_only=False)["optimizer"]
     assert fresh["state"] == {}
     assert losses(run)[0] == losses(plain)[0]  # same weights, same first batch

@@ -154,3 +154,17 @@ def test_torch_compile_matches_eager(data_dir, tmp_path):
     _, _, eager = run_loop(data_dir, tmp_path / "eager", micro=4, accum=1, steps=3)
     _, _, compiled = run_loop(data_dir, tmp_path / "compiled", micro=4, accum=1, steps=3, compile=True)
     assert compiled == pytest.approx(eager, rel=1e-4)
+
+
+def test_activation_checkpointing_keeps_the_losses_and_precision_auto_is_fp32_on_cpu(data_dir, tmp_path):
+    _, _, plain = run_loop(data_dir, tmp_path / "plain", micro=2, accum=2, steps=3)
+    _, _, checkpointed = run_loop(data_dir, tmp_path / "ac", micro=2, accum=2, steps=3, activation_checkpointing=True)
+    assert checkpointed == pytest.approx(plain, rel=1e-6)
+    record = json.loads((tmp_path / "ac" / "run.json").read_text())["training"]
+    assert record == {
+        "precision": "fp32",
+        "precision_requested": "auto",
+        "tf32": False,
+        "parallelism": "none",
+        "activation_checkpointing": True,
+    }

@@ -11,6 +11,7 @@ each is a loadable HF directory. `--resume` continues from the newest complete c
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,7 @@ def pretrain(config: PretrainConfig) -> int:
         result = train_verb(
             config,
             model=model,
-            save_model=lambda folder: save_model_dir(model, tokenizer, folder),
+            save_model=functools.partial(save_model_dir, model, tokenizer),
             train_data=WindowBatches(train_windows),
             val_data=WindowBatches(val_windows) if val_windows is not None else None,
             run=run,

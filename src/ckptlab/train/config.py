@@ -53,8 +53,16 @@ class TrainConfig:
     """Write a resume checkpoint every this many steps (0 = only kept steps and on SIGTERM)."""
     resume_checkpoints: int = 2
     """Retain resume checkpoints until this many newer checkpoints exist, so a corrupt newest one has a fallback."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16 runs matmuls under autocast (weights and optimizer stay fp32)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """bf16 runs matmuls under autocast (weights and optimizer stay fp32); auto = bf16 on CUDA, fp32 on CPU."""
+    tf32: bool = True
+    """On CUDA, let fp32 matmuls and convolutions use TF32 tensor cores (no effect on CPU)."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass instead of keeping them (less memory, ~1/3 more
+    compute)."""
+    parallelism: Literal["ddp", "fsdp"] = "ddp"
+    """Under torchrun with several processes: ddp (every process holds the whole model) or fsdp (parameters, gradients
+    and optimizer state sharded per transformer block)."""
     compile: bool = False
     """Wrap the model in torch.compile (first step is slow: ~30 s cold on CPU)."""
     device: str = "auto"

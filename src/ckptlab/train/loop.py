@@ -79,11 +79,13 @@ def train(
     initial_optimizer_state: dict[str, Any] | None = None,
     step_fields: Callable[[int], dict[str, Any]] | None = None,
     callbacks: Sequence[Callback] = (),
+    keep_optimizer_state: bool = False,
 ) -> LoopResult:
     """Train `model` in place; checkpoints and metrics go to `run`.
 
     Args:
-        save_model: writes the loadable HF directory (weights, config, tokenizer) into a folder.
+        save_model: writes the loadable HF directory (weights, config, tokenizer) into a folder; under FSDP
+            it is called with `state_dict=` the whole weights gathered from the shards.
         lr_at: learning rate of each 0-based optimizer step.
         kept: steps whose checkpoints are kept for later use.
         fingerprints: data/tokenizer/model fingerprints recorded in, and checked against, checkpoints.
@@ -94,25 +96,45 @@ def train(
             pre-training from another run's checkpoint keeps its moments unless reset).
         step_fields: extra fields for the metrics line of each 0-based step (e.g. which blend).
         callbacks: optional features, e.g. `L2SP` and `EarlyStopping` (`train/callbacks/`).
+        keep_optimizer_state: kept checkpoints keep their optimizer state once newer ones supersede them.
     """
     import torch
 
+    from ckptlab.train import distributed
+    from ckptlab.train.callbacks.run_settings import RunSettingsCallback
     from ckptlab.train.checkpointing import Checkpointer, Position
     from ckptlab.train.loss import summed_loss
 
     # Here, not in the verbs' set-up: every caller (tests and benchmarks too) gets the same speed.
     torch.set_flush_denormal(True)  # denormal gradients made CPU steps 10x slower
-    callbacks = [*_builtin_callbacks(model, config, run, dist), *callbacks]
+    precision = distributed.resolve_precision(config.precision, dist.device)
+    sharded = config.parallelism == "fsdp" and dist.enabled
+    tf32 = config.tf32 and dist.device.type == "cuda"
+    if config.activation_checkpointing:
+        distributed.enable_activation_checkpointing(model)
+    settings = RunSettingsCallback(config, precision, tf32, "fsdp" if sharded else "ddp" if dist.enabled else "none")
+    callbacks = [*_builtin_callbacks(model, config, run, dist), settings, *callbacks]
+    # Sharding replaces the parameters by shards: the optimizer and clipping take them after it.
+    forward_model = distributed.shard(model, dist, precision) if sharded else _data_parallel(model, dist)
     optimizer = make_optimizer(model, config)
-    checkpointer = Checkpointer(run, save_model, config, kept, fingerprints, dist, callbacks)
+    checkpointer = Checkpointer(
+        run,
+        save_model,
+        config,
+        kept,
+        fingerprints,
+        dist,
+        callbacks,
+        keep_optimizer_state,
+        sharded_model=model if sharded else None,
+    )
     position = Position()
     if resume_from is not None:
         position = checkpointer.restore(resume_from, optimizer, allow_changed, log)
     elif initial_optimizer_state is not None:
-        optimizer.load_state_dict(initial_optimizer_state)
+        distributed.load_optimizer_state(optimizer, initial_optimizer_state, model if sharded else None)
 
-    forward_model = _data_parallel(model, dist)
-    autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def train_loss(input_ids: torch.Tensor, mask: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
         return summed_loss(forward_model, input_ids, mask, labels, autocast)
@@ -122,16 +144,21 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     max_norm = config.grad_clip if config.grad_clip > 0 else float("inf")
 
+    def validate() -> float | None:
+        # FSDP gathers each block's parameters in a collective: every process must run as many forwards.
+        return _validate(model, val_data, config, dist, autocast, lockstep=sharded)
+
     model.train()
-    if position.step == 0 and 0 in kept and resume_from is None:
-        val_loss = _validate(model, val_data, config, dist, autocast) if config.val_every else None
-        checkpointer.save(position, optimizer, val_loss, "max_steps")
-    # A run resumed where it stopped early has nothing left to do; every callback still starts.
-    finished = [callback.on_train_start(position.step) for callback in callbacks]
-    stop_reason: Literal["max_steps", "early_stopping", "signal"] = "early_stopping" if any(finished) else "max_steps"
+    previous_tf32 = distributed.set_tf32(True) if tf32 else None  # a process-wide flag: restored at the end
     status: Literal["complete", "stopped"] = "complete"
+    stop_reason: Literal["max_steps", "early_stopping", "signal"] = "max_steps"
     last_loss = None
     try:
+        if position.step == 0 and 0 in kept and resume_from is None:
+            checkpointer.save(position, optimizer, validate() if config.val_every else None, "max_steps")
+        # A run resumed where it stopped early has nothing left to do; every callback still starts.
+        if any([callback.on_train_start(position.step) for callback in callbacks]):  # noqa: C419 - every one starts
+            stop_reason = "early_stopping"
         with _StopFlag() as stop:
             while position.step < config.max_steps and stop_reason != "early_stopping":
                 started = time.perf_counter()
@@ -161,7 +188,7 @@ def train(
                         f"loss is {mean_loss} at step {step + 1}; stopped without writing a checkpoint"
                     )
                 gradient_fields = [callback.on_gradients() for callback in callbacks]  # e.g. L2-SP's pull
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+                grad_norm = _as_float(torch.nn.utils.clip_grad_norm_(params, max_norm))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 samples_seen = position.samples_seen + checkpointer.global_batch
@@ -182,7 +209,7 @@ def train(
                     record.update(step_fields(step))
                 stop_message = None
                 if _validation_due(position.step, config, kept):
-                    record["val_loss"] = _validate(model, val_data, config, dist, autocast)
+                    record["val_loss"] = validate()
                     messages = [callback.on_validation(position.step, record["val_loss"]) for callback in callbacks]
                     stop_message = next((message for message in messages if message is not None), None)
                     stop_reason = "early_stopping" if stop_message is not None else stop_reason
@@ -206,6 +233,9 @@ def train(
     finally:
         for callback in callbacks:
             callback.on_end()
+        if previous_tf32 is not None:
+            distributed.restore_tf32(previous_tf32)
+        checkpointer.wait_for_finalize()  # a checkpoint still completing in the background, however the run ends
     checkpoints = checkpointer.finish(status, stop_reason)
     return LoopResult(position.step, status, last_loss, checkpoints, stop_reason, checkpointer.best_step)
 
@@ -294,8 +324,12 @@ def _validate(
     config: TrainConfig,
     dist: Dist,
     autocast: AbstractContextManager[Any],
+    lockstep: bool = False,
 ) -> float | None:
-    """Mean loss per target token over the first `val_batches` batches, shared out among the processes."""
+    """Mean loss per target token over the first `val_batches` batches, shared out among the processes.
+
+    `lockstep`: every process runs the same number of forwards (FSDP), the surplus ones not counted.
+    """
     import torch
 
     from ckptlab.train.loss import summed_loss
@@ -304,13 +338,18 @@ def _validate(
         return None
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=dist.device)
+    rounds = math.ceil(config.val_batches / dist.world_size) if lockstep else None
+    forwards = rounds * dist.world_size if rounds is not None else config.val_batches
     with torch.no_grad():
         # The bare model, not the DDP wrapper: processes may score different numbers of batches.
-        for b in range(dist.rank, config.val_batches, dist.world_size):
-            start = b * config.micro_batch_size
+        for b in range(dist.rank, forwards, dist.world_size):
+            counted = b < config.val_batches
+            start = (b if counted else 0) * config.micro_batch_size
             batch = _to_device(val_data.batch(range(start, start + config.micro_batch_size)), dist.device)
-            total[0] += summed_loss(model, batch["input_ids"], batch.get("attention_mask"), batch["labels"], autocast)
-            total[1] += (batch["labels"] != -100).sum()
+            loss = summed_loss(model, batch["input_ids"], batch.get("attention_mask"), batch["labels"], autocast)
+            if counted:
+                total[0] += loss
+                total[1] += (batch["labels"] != -100).sum()
     dist.all_reduce_sum(total)
     model.train()
     return float(total[0] / total[1]) if total[1] > 0 else None
@@ -327,12 +366,26 @@ def _data_parallel(model: torch.nn.Module, dist: Dist) -> torch.nn.Module:
 
 
 def _syncing(forward_model: torch.nn.Module, dist: Dist, last: bool) -> AbstractContextManager[Any]:
-    """DDP all-reduces gradients only on the step's last micro-batch; the others accumulate locally."""
-    if not dist.enabled or last:
+    """DDP all-reduces (FSDP reduce-scatters) gradients only on the step's last micro-batch; the others accumulate
+    locally."""
+    if not dist.enabled:
+        return contextlib.nullcontext()
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(forward_model, FSDPModule):
+        forward_model.set_requires_gradient_sync(last)
+        return contextlib.nullcontext()
+    if last:
         return contextlib.nullcontext()
     from torch.nn.parallel import DistributedDataParallel
 
     return forward_model.no_sync() if isinstance(forward_model, DistributedDataParallel) else contextlib.nullcontext()
+
+
+def _as_float(norm: torch.Tensor) -> float:
+    """A gradient norm as a number; under FSDP it is a DTensor whose whole value needs a reduction."""
+    full_tensor = getattr(norm, "full_tensor", None)
+    return float(full_tensor() if full_tensor is not None else norm)
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -139,6 +139,10 @@ class KeepConfig:
     """Explicit steps to keep (schedule: list), e.g. [0, 100, 500]."""
     final: bool = True
     """Also keep the final step of the run."""
+    optimizer_state: bool = False
+    """Keep the optimizer state in kept checkpoints older than the newest train.resume_checkpoints (false: they
+    become weights-only, a third of the bytes with AdamW; true for continuing pre-training from them with carried
+    moments)."""
 
     def __post_init__(self) -> None:
         if self.every <= 0:

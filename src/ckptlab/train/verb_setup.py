@@ -128,6 +128,7 @@ def train_verb(
         config=config.train,
         lr_at=lambda step: lr_at(step, config.train.schedule, config.train.max_steps),
         kept=kept_steps(config.keep, config.train.max_steps),
+        keep_optimizer_state=config.keep.optimizer_state,
         run=run,
         fingerprints=fingerprints,
         resume_from=resume_from,
