@@ -17,6 +17,7 @@ names the blend its step read, and `run.json` records the switch step under `cpt
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,8 @@ class CptConfig(TrainingVerbConfig):
     init_from: str = ""
     """Model to continue: a ckptlab checkpoint or run directory, an HF directory, a hub id[@revision], or a .gguf
     file."""
+    trust_remote_code: bool = False
+    """Let a hub model run its own code from its repository (off: such a model is refused with this key named)."""
     out: str = "runs/cpt"
     """Run directory: config.yaml, metrics.jsonl, run.json and checkpoints/ go here."""
     blend: list[BlendSource] = field(default_factory=list)
@@ -179,13 +182,20 @@ def cpt(config: CptConfig) -> int:
     import torch
 
     from ckptlab import config as configlib
-    from ckptlab.models.hf import count_parameters, load_model, load_tokenizer, save_model_dir, shape_fingerprint
+    from ckptlab.models.hf import (
+        count_parameters,
+        load_model,
+        load_tokenizer,
+        remote_code_kwargs,
+        save_model_dir,
+        shape_fingerprint,
+    )
 
     with distributed_run(config.train.device) as dist:
         global_batch = config.train.global_batch(dist.world_size)
         resume_from = run.resume_point(init.source, say, dist.is_main) if config.resume else None
-        tokenizer = load_tokenizer(init.source)
-        model_config = read_model_config(init.source)
+        tokenizer = load_tokenizer(init.source, trust_remote_code=config.trust_remote_code)
+        model_config = read_model_config(init.source, trust_remote_code=config.trust_remote_code)
         context = max_length_of(model_config, "context_length", config.context_length, init.source)
         data = _open_data(config, context, tokenizer, model_config, switch_step, global_batch, init.source)
         if config.objective == "mlm":
@@ -205,10 +215,16 @@ def cpt(config: CptConfig) -> int:
 
             run.accept_resume(resume_from, fingerprints, config.allow_changed, dist.is_main)
             auto = AutoModelForMaskedLM if config.objective == "mlm" else AutoModelForCausalLM
-            model = auto.from_pretrained(resume_from, dtype=torch.float32)
+            remote = remote_code_kwargs(config.trust_remote_code)
+            model = auto.from_pretrained(resume_from, dtype=torch.float32, **remote)
             optimizer_note = run.read_run_manifest().get("cpt", {}).get("optimizer_state", "restored on resume")
         else:
-            model = heads.load_masked_lm(init.source) if config.objective == "mlm" else load_model(init.source)
+            trust = config.trust_remote_code
+            model = (
+                heads.load_masked_lm(init.source)
+                if config.objective == "mlm"
+                else load_model(init.source, trust_remote_code=trust)
+            )
             if not config.reset_optimizer:
                 initial_optimizer_state, optimizer_note = _carried_optimizer_state(init, model, config.train)
         model.to(dist.device)
@@ -242,7 +258,7 @@ def cpt(config: CptConfig) -> int:
         result = train_verb(
             config,
             model=model,
-            save_model=lambda folder: save_model_dir(model, tokenizer, folder),
+            save_model=functools.partial(save_model_dir, model, tokenizer),
             train_data=data.train,
             val_data=data.val,
             run=run,
@@ -434,10 +450,17 @@ def _carried_optimizer_state(
     """The AdamW state of a ckptlab checkpoint, with this run's hyperparameters (betas, eps, decay)."""
 
     from ckptlab.errors import CheckpointError
-    from ckptlab.runs.checkpoint import TRAINING_STATE, load_training_state
+    from ckptlab.runs.checkpoint import TRAINING_STATE, is_weights_only, load_training_state, read_manifest
     from ckptlab.train.loop import make_optimizer
 
-    if init.checkpoint is None or not (init.checkpoint / TRAINING_STATE).is_file():
+    manifest = read_manifest(init.checkpoint) if init.checkpoint is not None else {"files": {}}
+    if is_weights_only(manifest):
+        # Kept checkpoints superseded by newer ones are weights-only unless the run set keep.optimizer_state.
+        return None, (
+            "fresh (init_from has no optimizer state: a weights-only kept checkpoint; a run keeps the moments in "
+            "its kept checkpoints with --keep.optimizer_state true)"
+        )
+    if init.checkpoint is None or TRAINING_STATE not in manifest["files"]:
         return None, "fresh (init_from has no optimizer state)"
     saved = load_training_state(init.checkpoint)["optimizer"]
     fresh = make_optimizer(model, train_config)

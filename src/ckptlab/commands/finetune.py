@@ -79,6 +79,8 @@ class FinetuneConfig(TrainingVerbConfig):
     init_from: str = ""
     """Model to fine-tune: a ckptlab checkpoint or run directory (newest checkpoint), an HF directory, a hub
     id[@revision], or a .gguf file."""
+    trust_remote_code: bool = False
+    """Let a hub model run its own code from its repository (off: such a model is refused with this key named)."""
     task: str = ""
     """Task to train on: a shipped task name or a task YAML path (e.g. WORLD/tasks/world_nli.yaml); or give --data."""
     template: str = ""
@@ -176,6 +178,9 @@ class FinetuneConfig(TrainingVerbConfig):
             raise ConfigError(
                 "anchor_weight: not with method lora (its trainable weights are adapters, not pre-trained weights)"
             )
+        if self.train.parallelism == "fsdp" and (self.method == "lora" or self.anchor_weight > 0):
+            what = "method lora" if self.method == "lora" else "anchor_weight > 0"
+            raise ConfigError(f"train.parallelism: fsdp does not support {what}; use ddp")
 
 
 def finetune(config: FinetuneConfig) -> int:
@@ -214,8 +219,8 @@ def finetune(config: FinetuneConfig) -> int:
     from ckptlab.models.init_from import read_model_config, tokenizer_identity
 
     with distributed_run(config.train.device) as dist:
-        tokenizer = load_tokenizer(init.source)
-        model_config = read_model_config(init.source)
+        tokenizer = load_tokenizer(init.source, trust_remote_code=config.trust_remote_code)
+        model_config = read_model_config(init.source, trust_remote_code=config.trust_remote_code)
         max_length = max_length_of(model_config, "max_length", config.max_length, init.source)
         check_length_fits(model_config, "replay_length", config.replay_length)
         data = finetune_data.build_data(config, source, tokenizer, model_config, max_length, dist.world_size, say)
@@ -250,6 +255,7 @@ def finetune(config: FinetuneConfig) -> int:
             lora_config=config.lora,
             fingerprints=fingerprints,
             num_labels=len(source.task.choices) if config.objective == "classification" else None,
+            trust_remote_code=config.trust_remote_code,
         )
         if resume_from is not None:
             run.accept_resume(resume_from, fingerprints, config.allow_changed, dist.is_main)
@@ -349,7 +355,9 @@ def _regularisers(
     anchor = early = None
     if config.anchor_weight > 0:
         # θ₀ = init_from's weights: the model itself when starting, reloaded from init_from when resuming.
-        reference = methods.anchor_reference(init_source, config.method) if resume_from is not None else None
+        reference = None
+        if resume_from is not None:
+            reference = methods.anchor_reference(init_source, config.method, config.trust_remote_code)
         anchor = L2SP(config.anchor_weight, model, reference)
     if config.early_stopping.patience is not None:
         if data.val is None or not data.val_every:

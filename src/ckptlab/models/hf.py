@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ckptlab.errors import ConfigError, UserError
+from ckptlab.models.hub import hub_file, hub_snapshot
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -48,6 +49,8 @@ DROPOUT_KEYS = (
 _DTYPES = ("float32", "bfloat16", "float16")
 # A hub id: `name` or `org/name`, letters, digits, `-`, `_`, `.` (the hub's own rule).
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+# One GGUF file of a hub repository: `org/name[@revision]:file.gguf` (git refs cannot hold `:`).
+_HUB_GGUF = re.compile(r"^(?P<repo>[^@:]+)(?:@(?P<revision>[^:]+))?:(?P<file>[\w./-]+\.gguf)$", re.IGNORECASE)
 
 
 @dataclass
@@ -226,6 +229,8 @@ class ModelSource:
     """The hub repository, `org/name` (kind 'hub')."""
     revision: str | None = None
     """Branch, tag or commit after `@` (kind 'hub'); null is the default branch."""
+    file: str | None = None
+    """The one file to load from the hub repository, a .gguf after `:` (kind 'hub'); null loads the model files."""
 
 
 def _looks_like_path(source: str) -> bool:
@@ -237,7 +242,8 @@ def _looks_like_path(source: str) -> bool:
 
 
 def parse_source(source: str) -> ModelSource:
-    """Classify a model source: an HF directory, a `.gguf` file, or `org/name[@revision]`.
+    """Classify a model source: an HF directory, a `.gguf` file, `org/name[@revision]`, or one GGUF
+    file of a hub repository, `org/name[@revision]:file.gguf`.
 
     Raises:
         UserError: a path that does not exist, or text that is neither a path nor a hub id.
@@ -251,6 +257,9 @@ def parse_source(source: str) -> ModelSource:
         if path.suffix.lower() == ".gguf":
             return ModelSource("gguf", path=str(path))
         raise UserError(f"model source '{source}': expected a model directory or a .gguf file")
+    hub_gguf = _HUB_GGUF.match(source)
+    if hub_gguf and _REPO_ID.match(hub_gguf["repo"]) and not _looks_like_path(hub_gguf["repo"]):
+        return ModelSource("hub", repo_id=hub_gguf["repo"], revision=hub_gguf["revision"], file=hub_gguf["file"])
     if source.lower().endswith(".gguf") or _looks_like_path(source):
         raise UserError(f"model source '{source}': no such directory or file")
     repo_id, at, revision = source.partition("@")
@@ -259,32 +268,16 @@ def parse_source(source: str) -> ModelSource:
     return ModelSource("hub", repo_id=repo_id, revision=revision or None)
 
 
-def hub_snapshot(repo_id: str, revision: str | None) -> str:
-    """Download (or find in the local cache) a hub repository; return its directory."""
-    try:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-    except ImportError:
-        raise UserError("hub model sources need huggingface_hub: pip install huggingface_hub") from None
-    where = f"{repo_id}@{revision}" if revision else repo_id
-    try:
-        # Other weight formats (Flax, TF, ONNX, original checkpoints) are never read here.
-        return snapshot_download(
-            repo_id,
-            revision=revision,
-            ignore_patterns=["*.msgpack", "*.h5", "*.ot", "*.onnx", "*.tflite", "*.gguf", "original/*"],
-        )
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"model source '{where}': cannot download: {message}") from None
-
-
 def _resolve(source: str) -> tuple[str, str | None]:
     """(directory, gguf file name or None) to hand to `from_pretrained`."""
     parsed = parse_source(source)
     if parsed.kind == "gguf":
         assert parsed.path is not None
         return str(Path(parsed.path).parent), Path(parsed.path).name
+    if parsed.kind == "hub" and parsed.file:
+        assert parsed.repo_id is not None
+        path = Path(hub_file(parsed.repo_id, parsed.revision, parsed.file))
+        return str(path.parent), path.name
     if parsed.kind == "hub":
         assert parsed.repo_id is not None
         directory = hub_snapshot(parsed.repo_id, parsed.revision)
@@ -305,8 +298,27 @@ def _drop_gguf_quantizer(model: Any) -> None:
         delattr(model.config, "quantization_config")
 
 
-def load_model(source: str, dtype: str = "float32") -> PreTrainedModel:
+def load_error(source: str, error: BaseException, what: str = "") -> UserError:
+    """One line for a failed `from_pretrained`; a model that ships its own code names the key to allow it."""
+    text = str(error).strip()
+    if "trust_remote_code" in text:
+        return UserError(
+            f"model source '{source}': it runs its own code from the repository; set trust_remote_code: true "
+            "(--trust_remote_code true) if you trust it"
+        )
+    return UserError(f"model source '{source}': {what}{text.splitlines()[0] if text else type(error).__name__}")
+
+
+def remote_code_kwargs(trust_remote_code: bool) -> dict[str, Any]:
+    """`from_pretrained` keyword for the opt-in, always explicit: left unset, transformers asks on the terminal
+    (and a job waits forever)."""
+    return {"trust_remote_code": bool(trust_remote_code)}
+
+
+def load_model(source: str, dtype: str = "float32", trust_remote_code: bool = False) -> PreTrainedModel:
     """Load a causal LM from a model source (see `parse_source`), in eval mode.
+
+    `trust_remote_code` lets a repository's own model code run (off: such a model is a one-line error).
 
     Raises:
         UserError: the source does not exist, is not a model, or needs a missing package.
@@ -317,7 +329,7 @@ def load_model(source: str, dtype: str = "float32") -> PreTrainedModel:
     from transformers import AutoModelForCausalLM
 
     directory, gguf_file = _resolve(source)
-    kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype)}
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype), **remote_code_kwargs(trust_remote_code)}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     try:
@@ -325,15 +337,15 @@ def load_model(source: str, dtype: str = "float32") -> PreTrainedModel:
     except ImportError as error:
         raise UserError(f"model source '{source}': {error} (GGUF needs: pip install gguf)") from None
     except (OSError, ValueError) as error:
-        raise UserError(f"model source '{source}': {str(error).strip().splitlines()[0]}") from None
+        raise load_error(source, error) from None
     if gguf_file:
         _drop_gguf_quantizer(model)
         model.to(getattr(torch, dtype))  # GGUF dequantises to fp32 whatever dtype was asked for
     return model
 
 
-def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
-    """Load the tokenizer that comes with a model source (see `parse_source`).
+def load_tokenizer(source: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """Load the tokenizer that comes with a model source (see `parse_source`); `trust_remote_code` as in `load_model`.
 
     Raises:
         UserError: the source has no usable tokenizer.
@@ -343,17 +355,20 @@ def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
     directory, gguf_file = _resolve(source)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     try:
-        return AutoTokenizer.from_pretrained(directory, **kwargs)
+        return AutoTokenizer.from_pretrained(directory, **kwargs, **remote_code_kwargs(trust_remote_code))
     except (OSError, ValueError, TypeError) as error:
-        raise UserError(f"model source '{source}': no usable tokenizer: {error}") from None
+        raise load_error(source, error, "no usable tokenizer: ") from None
 
 
-def save_model_dir(model: Any, tokenizer: Any, directory: str | Path) -> Path:
-    """Write `model` (safetensors) and `tokenizer` (if not None) as one HF directory."""
+def save_model_dir(model: Any, tokenizer: Any, directory: str | Path, state_dict: dict[str, Any] | None = None) -> Path:
+    """Write `model` (safetensors) and `tokenizer` (if not None) as one HF directory.
+
+    `state_dict`: the weights to write instead of the model's own (the whole state gathered from FSDP shards).
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     _drop_gguf_quantizer(model)
-    model.save_pretrained(directory, safe_serialization=True)
+    model.save_pretrained(directory, safe_serialization=True, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     return directory

@@ -1,7 +1,8 @@
 """The model a run starts from (`init_from`): resolving it, reading its config, identifying its tokenizer.
 
 Shared by `ckptlab cpt` and `ckptlab finetune`: a ckptlab run directory resolves to its newest listed
-checkpoint, a checkpoint is verified against its manifest, and anything else is an HF directory, a
+checkpoint, a checkpoint is verified against its manifest (hashed once, not by every job of a sweep:
+`ckptlab.runs.checkpoint.verify_checkpoint_once`), and anything else is an HF directory, a
 hub id[@revision] or a .gguf file (`ckptlab.models.hf.parse_source`). Cheap to import (no torch).
 """
 
@@ -27,7 +28,7 @@ class InitModel:
 
 
 def resolve_init(init_from: str) -> InitModel:
-    """A ckptlab run directory resolves to its newest listed checkpoint; checkpoints are verified."""
+    """A ckptlab run directory resolves to its newest listed checkpoint; checkpoints are verified (hashed once)."""
     from ckptlab.runs import checkpoint as ckpt
     from ckptlab.runs.run_dir import RUN_MANIFEST, RunDir
 
@@ -42,7 +43,7 @@ def resolve_init(init_from: str) -> InitModel:
 
         parse_source(init_from)  # a missing path fails here, before torch is imported
         return InitModel(source=init_from, checkpoint=None, run_config=None)
-    ckpt.verify_checkpoint(path)
+    ckpt.verify_checkpoint_once(path)
     run_config = path.parent.parent / "config.yaml"
     is_run = path.parent.name == "checkpoints" and run_config.is_file()
     return InitModel(source=str(path), checkpoint=path, run_config=run_config if is_run else None)
@@ -66,15 +67,18 @@ def model_directory(source: str) -> str:
     return str(directory)
 
 
-def read_model_config(source: str) -> Any:
+def read_model_config(source: str, trust_remote_code: bool = False) -> Any:
     """The model's HF config without loading its weights (a .gguf file is read whole)."""
-    from ckptlab.models.hf import load_model, parse_source
+    from ckptlab.models.hf import load_error, load_model, parse_source, remote_code_kwargs
 
     if parse_source(source).kind == "gguf":
         return load_model(source).config
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(model_directory(source))
+    try:
+        return AutoConfig.from_pretrained(model_directory(source), **remote_code_kwargs(trust_remote_code))
+    except (OSError, ValueError) as error:
+        raise load_error(source, error) from None
 
 
 def tokenizer_identity(tokenizer: Any) -> str:

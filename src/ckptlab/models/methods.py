@@ -18,6 +18,7 @@ for bit as loaded.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ckptlab.errors import UserError
@@ -136,38 +137,42 @@ def make_model(
     lora_config: Any,
     fingerprints: dict[str, str],
     num_labels: int | None = None,
+    trust_remote_code: bool = False,
 ) -> tuple[Any, dict[str, Any], Any]:
     """(model to train with only `method`'s parameters trainable, what trains (for run.json), save_model callback).
 
     A resumed run loads the checkpoint's weights (LoRA: the base from `init_source` and the
     checkpoint's adapter); the torch RNG is seeded before anything random (LoRA's A matrices, a new
     classifier). With `num_labels` the model is a sequence classifier (`ckptlab.data.classification`).
+    `trust_remote_code` lets a causal LM's own repository code run (`ckptlab.models.hf.load_model`).
     """
     import torch
 
     from ckptlab.errors import CheckpointError
     from ckptlab.models import lora
-    from ckptlab.models.hf import load_model, save_model_dir
+    from ckptlab.models.hf import load_model, remote_code_kwargs, save_model_dir
 
+    remote = remote_code_kwargs(trust_remote_code)
     if method != "lora":
         if resume_from is not None:
             from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
             auto = AutoModelForCausalLM if num_labels is None else AutoModelForSequenceClassification
-            model = auto.from_pretrained(resume_from, dtype=torch.float32)
+            model = auto.from_pretrained(resume_from, dtype=torch.float32, **remote)
         elif num_labels is not None:
             from ckptlab.models.heads import load_classifier
 
             torch.manual_seed(seed)  # the classifier's initial weights
             model = load_classifier(init_source, num_labels)
         else:
-            model = load_model(init_source)
+            model = load_model(init_source, trust_remote_code=trust_remote_code)
         if dropout is not None:
             set_dropout(model, dropout)
         record = select_trainable(model, method, last_k)
         torch.manual_seed(seed)
-        return model, record, lambda folder: save_model_dir(model, tokenizer, folder)
-    base = load_model(init_source)
+        # A partial, not a lambda: under FSDP the loop passes the gathered weights as `state_dict=`.
+        return model, record, functools.partial(save_model_dir, model, tokenizer)
+    base = load_model(init_source, trust_remote_code=trust_remote_code)
     if dropout is not None:
         set_dropout(base, dropout)  # before the adapters, whose dropout is lora.dropout
     targets = lora.resolve_targets(base, lora_config.target_modules)
@@ -185,11 +190,11 @@ def make_model(
     return model, {"method": "lora", "target_modules": targets}, lambda folder: lora.save(model, tokenizer, folder)
 
 
-def anchor_reference(init_source: str, method: str) -> dict[str, Any]:
+def anchor_reference(init_source: str, method: str, trust_remote_code: bool = False) -> dict[str, Any]:
     """θ₀ of L2-SP for a resumed run: the init model's weights by name (a tied head untied as training untied it)."""
     from ckptlab.models.hf import load_model
 
-    reference = load_model(init_source)
+    reference = load_model(init_source, trust_remote_code=trust_remote_code)
     if method in PARTIAL_METHODS:
         untie_head(reference)
     return reference.state_dict()

@@ -43,7 +43,7 @@ class Study:
     def of_role(self, role: str) -> list[SweepModel]:
         return sorted(
             (m for m in self.models.values() if m.role == role),
-            key=lambda m: (m.step if m.step is not None else -1, m.checkpoint, m.label),
+            key=lambda m: (m.stage, m.step if m.step is not None else -1, m.checkpoint, m.label),
         )
 
     def parent(self, model: SweepModel) -> SweepModel | None:

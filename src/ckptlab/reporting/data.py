@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from ckptlab.evaluation.store import ResultStore
 
 ROLES = ("base", "finetuned", "cpt")
 ItemValues = dict[tuple[str, str, str], dict[str, float]]  # (model_fp, task, template) → example id → value
+# The training stage a hub revision label names (OLMo-2 `stage2-ingredient1-step11931-tokens50B`, after any prefix).
+_STAGE = re.compile(r"(?:^|[-_/])stage(\d+)-")
 
 
 @dataclass
@@ -39,6 +42,12 @@ class SweepModel:
     variant: str | None
     parent_fp: str | None
     compute: dict[str, Any]
+
+    @property
+    def stage(self) -> int:
+        """Training stage named by the checkpoint label (`stage2-...`), 0 when none: steps restart in each stage."""
+        found = _STAGE.search(self.checkpoint)
+        return int(found.group(1)) if found else 0
 
     @property
     def label(self) -> str:
@@ -87,6 +96,26 @@ class SweepData:
 
     def steps(self) -> list[int]:
         return sorted({m.step for m in self.models.values() if m.step is not None})
+
+
+def step_notes(models: list[SweepModel]) -> list[str]:
+    """What the step-based curves and findings leave out or mix, said in the report rather than silently."""
+    notes = []
+    stepless = sorted({m.checkpoint for m in models if m.role == "base" and m.step is None})
+    if stepless:
+        notes.append(
+            f"{len(stepless)} base checkpoint(s) have no training step and are left out of the step curves and the "
+            f"findings that compare steps: {', '.join(stepless)} (a hub revision gives its step only when named "
+            "stepN, e.g. step1000 or stage1-step150-tokens1B; main, tags and commits give none)"
+        )
+    stages = sorted({m.stage for m in models if m.role == "base" and m.step is not None})
+    if len(stages) > 1:
+        notes.append(
+            f"base checkpoints come from {len(stages)} training stages ({', '.join(f'stage {s}' for s in stages)}): "
+            "steps restart in each stage, so models are ordered by stage then step, and a step axis shows the "
+            "stages on top of each other"
+        )
+    return notes
 
 
 def store_path_of(sweep: str | None, store: str | None) -> Path:
@@ -166,6 +195,7 @@ def _load(store: ResultStore, path: Path, sweep: str | None, shots: int | None, 
             parent_fp=r["parent_fp"],
             compute=r["compute"],
         )
+    warnings.extend(step_notes(list(models.values())))
     metric_rows = [r for r in metric_rows if r["model_fp"] in models]
     if not metric_rows:
         raise UserError(f"{path}: no metric rows for the sweep's {len(models)} models (nothing was evaluated)")

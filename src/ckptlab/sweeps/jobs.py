@@ -241,14 +241,16 @@ def _evaluate(job: Any, out: Path, directory: Path, verbs: Verbs) -> dict[str, A
                 "step": ref.step,
                 "tokens_seen": ref.tokens_seen,
                 "dtype": config.dtype,
+                "trust_remote_code": int(config.trust_remote_code),
             }
         )
         evaluator = Evaluator(
             store, config.batch_size, config.bootstrap, config.bootstrap_seed, config.length_normalized, say=print
         )
         meta = {"model_source": _shown(source, out), "model_label": model["key"]}
+        trust = config.trust_remote_code
         evaluator.run_model(
-            model_fp, meta, units, lambda: load_for_eval(ref.source, config.dtype, config.device, print)
+            model_fp, meta, units, lambda: load_for_eval(ref.source, config.dtype, config.device, print, trust)
         )
         base = model.get("base") or model
         step, tokens = base.get("step"), base.get("tokens_seen")

@@ -59,7 +59,13 @@ class BaseCheckpoint:
     kind: str
     """checkpoint, directory or hub."""
     step: int | None = None
+    """Training step: a kept checkpoint's, or what the hub revision name says (`step1000`); None if unknown."""
     tokens_seen: int | None = None
+    """Tokens seen at that step, when known (a hub name gives them as `-tokens84B`)."""
+    stage: int | None = None
+    """Training stage of a hub revision (`stage2-...`): steps restart in each stage, so order by stage, then step."""
+    ingredient: int | None = None
+    """Data mix of an annealing stage's hub revision (`ingredient1`)."""
 
 
 @dataclass
@@ -310,9 +316,9 @@ def chain_bases(entry: TrainEntry, finetunes: list[TrainEntry], listed: list[str
     return mine
 
 
-def _checkpoints(raw: Any) -> list[BaseCheckpoint]:
+def _checkpoints(raw: Any, out: Path) -> list[BaseCheckpoint]:
     from ckptlab.evaluation.models import resolve_models
-    from ckptlab.models.hf import parse_source
+    from ckptlab.sweeps.hub_checkpoints import hub_checkpoints
 
     if not isinstance(raw, list):
         raise ConfigError("checkpoints: expected a list of {run, steps}, {path} or {hub, revisions} entries")
@@ -336,19 +342,7 @@ def _checkpoints(raw: Any) -> list[BaseCheckpoint]:
                 label = str(item.get("label") or Path(ref.source).name)
                 found.append(BaseCheckpoint(label, ref.source, ref.kind, ref.step, ref.tokens_seen))
             else:
-                revisions = item.get("revisions") or [None]
-                for revision in [revisions] if isinstance(revisions, str) else revisions:
-                    source = f"{item['hub']}@{revision}" if revision else str(item["hub"])
-                    parse_source(source)
-                    step = re.fullmatch(r"step(\d+)", str(revision or ""))
-                    found.append(
-                        BaseCheckpoint(
-                            str(item.get("prefix") or "") + str(revision or item["hub"]),
-                            source,
-                            "hub",
-                            int(step.group(1)) if step else None,
-                        )
-                    )
+                found.extend(hub_checkpoints(item, where, out, _hub_checkpoint))
         except ConfigError:
             raise
         except UserError as error:
@@ -361,6 +355,11 @@ def _checkpoints(raw: Any) -> list[BaseCheckpoint]:
             f"a label:)"
         )
     return found
+
+
+def _hub_checkpoint(label: str, source: str, revision: Any) -> BaseCheckpoint:
+    """A hub revision as a base checkpoint (`revision` is a `ckptlab.models.hub.Revision`)."""
+    return BaseCheckpoint(label, source, "hub", revision.step, revision.tokens, revision.stage, revision.ingredient)
 
 
 def _run_checkpoints(item: dict[str, Any], where: str, resolve_models: Any) -> list[BaseCheckpoint]:
@@ -393,7 +392,7 @@ def build_spec(config: Any, verbs: Verbs) -> Spec:
     name = config.name or out.name
     if not NAME.match(name):
         raise ConfigError(f"name: expected a short name (letters, digits, . _ -), got {name!r}")
-    checkpoints = _checkpoints(config.checkpoints)
+    checkpoints = _checkpoints(config.checkpoints, out)
     names: set[str] = set()
     sections = {}
     for section, kind in (("pretrain", "pretrain"), ("finetunes", "finetune"), ("cpt", "cpt")):
