@@ -27,9 +27,12 @@ from ckptlab.sweeps.spec import Spec, TrainEntry, chain_bases
 
 # Keys that say where outputs go or how progress is shown: they never change results. The input
 # model is hashed by its fingerprint, an evaluation's tasks by theirs, not by how they were named.
-NOT_HASHED = {"out", "resume", "init_from", "allow_changed"}
+# Nor do permissions and memory/storage trade-offs that compute the same numbers: letting a model run
+# its own code, recomputing activations, keeping optimizer moments in old checkpoints.
+NOT_HASHED = {"out", "resume", "init_from", "allow_changed", "trust_remote_code"}
 NOT_HASHED_EVALUATE = {"model", "store", "export", "checkpoints", "tasks", "task_dirs"}
-NOT_HASHED_TRAIN = {"progress", "tensorboard"}
+NOT_HASHED_TRAIN = {"progress", "tensorboard", "activation_checkpointing"}
+NOT_HASHED_KEEP = {"optimizer_state"}
 
 
 @dataclass
@@ -209,8 +212,9 @@ def _normalised(kind: str, config: Any, inputs: dict[str, str]) -> Any:
 
     dropped = NOT_HASHED | (NOT_HASHED_EVALUATE if kind == "evaluate" else set())
     values = {k: v for k, v in configlib.to_dict(config).items() if k not in dropped}
-    if isinstance(values.get("train"), dict):
-        values["train"] = {k: v for k, v in values["train"].items() if k not in NOT_HASHED_TRAIN}
+    for section, dropped_there in (("train", NOT_HASHED_TRAIN), ("keep", NOT_HASHED_KEEP)):
+        if isinstance(values.get(section), dict):
+            values[section] = {k: v for k, v in values[section].items() if k not in dropped_there}
     return walk(values)
 
 
