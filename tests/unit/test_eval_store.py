@@ -190,14 +190,136 @@ def test_file_hash_memo_and_csv_export(model_dirs, units, tmp_path):
     assert len(list(csv.DictReader(open(examples_csv, encoding="utf-8")))) == 3 * len(units[0].examples)
 
 
-def test_hub_source_is_fingerprinted_by_its_snapshot_content(model_dirs, monkeypatch):
-    import ckptlab.models.hf
+def test_hub_source_is_fingerprinted_by_published_hashes_without_download(monkeypatch):
+    # More in test_hub.py (a stand-in hub API, the offline cache path giving the same fingerprint).
+    from ckptlab.models import hf, hub
 
+    files = {"config.json": "1" * 40, "model.safetensors": "a" * 64}
     asked = []
     monkeypatch.setattr(
-        ckptlab.models.hf, "hub_snapshot", lambda repo, rev: asked.append((repo, rev)) or str(model_dirs[0])
+        hub, "hub_files", lambda repo, rev, file=None: asked.append((repo, rev)) or hub.HubFiles("c0", files)
     )
+    monkeypatch.setattr(hf, "hub_snapshot", lambda repo, rev: pytest.fail("content_hash downloaded the model"))
     (ref,) = resolve_models(["org/tiny@step100"])
-    assert ref.kind == "hub" and ref.label == "org/tiny@step100"
-    assert content_hash(ref) == content_hash(ModelRef(str(model_dirs[0]), "x", "directory"))
-    assert asked == [("org/tiny", "step100")] and ref.source == str(model_dirs[0])
+    assert ref.kind == "hub" and ref.label == "org/tiny@step100" and ref.step == 100
+    assert content_hash(ref) == hub.fingerprint(files)
+    assert asked == [("org/tiny", "step100")] and ref.source == "org/tiny@c0"  # pinned to the fingerprinted commit
+
+
+def test_a_store_from_before_trust_remote_code_gains_the_column(tmp_path):
+    import sqlite3
+
+    from ckptlab.evaluation.store import ResultStore
+
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE models (model_fp TEXT PRIMARY KEY, content_hash TEXT, kind TEXT, source TEXT, label TEXT, "
+        "run TEXT, step INTEGER, tokens_seen INTEGER, dtype TEXT, created TEXT)"
+    )
+    old.execute("INSERT INTO models VALUES ('old', 'c', 'hub', 's', 'l', NULL, NULL, NULL, 'float32', 'then')")
+    old.commit()
+    old.close()
+    store = ResultStore(path)
+    store.add_model({"model_fp": "new", "kind": "hub", "dtype": "float32", "trust_remote_code": 1})
+    rows = dict(store.db.execute("SELECT model_fp, trust_remote_code FROM models").fetchall())
+    store.close()
+    assert rows == {"old": None, "new": 1}
+
+
+class Stopped(Exception):
+    """Stands for the process being killed mid-unit."""
+
+
+class Cramped(Counting):
+    """A model whose prompt pass raises torch.OutOfMemoryError above `fits(passes so far)` rows, and that
+    can stop the run (like a kill) before its `stop_at`-th successful prompt pass."""
+
+    def __init__(self, directory, fits=lambda passes: None, stop_at=None):
+        super().__init__(directory)
+        self.fits, self.stop_at, self.passes, self.tried = fits, stop_at, 0, []
+
+    def __call__(self):
+        model, tokenizer = super().__call__()
+        forward = model.forward
+
+        def limited(*args, **kwargs):
+            if kwargs.get("past_key_values") is None:  # the prompt pass, not the KV-cached continuation pass
+                rows, fits = kwargs["input_ids"].shape[0], self.fits(self.passes)
+                self.tried.append(rows)
+                if fits is not None and rows > fits:
+                    raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+                if self.passes == self.stop_at:
+                    raise Stopped
+                self.passes += 1
+            return forward(*args, **kwargs)
+
+        model.forward = limited
+        return model, tokenizer
+
+
+def scored(store, fp, unit):
+    rows = store.examples((fp, unit.task.fingerprint, unit.template, unit.shots, unit.seed))
+    return [(r["example_id"], r["scores"]["ll"], r["batch_size"]) for r in rows]
+
+
+def test_auto_batch_size_backs_off_on_out_of_memory_records_it_and_a_resumed_run_reuses_it(model_dirs, units, tmp_path):
+    fp, unit = fingerprint(model_dirs[0]), units[0]
+    assert len(unit.examples) == 9
+    whole = ResultStore(tmp_path / "whole.sqlite")
+    cramped = Cramped(model_dirs[0], fits=lambda passes: 5)
+    (result,), _ = Evaluator(whole, batch_size="auto", resamples=0).run_model(fp, {}, [unit], cramped)
+    assert cramped.tried[:3] == [9, 8, 4]  # 16 (all 9 rows) and 8 do not fit; 4 does
+    assert {size for _, _, size in scored(whole, fp, unit)} == {4} and result.scored == 9
+    assert {r["batch_size"] for r in result.metric_rows} == {4}
+    # The same batches as asking for 4 outright, so the same scores to the bit.
+    explicit = ResultStore(tmp_path / "explicit.sqlite")
+    Evaluator(explicit, batch_size=4, resamples=0).run_model(fp, {}, [unit], Counting(model_dirs[0]))
+    assert scored(explicit, fp, unit) == scored(whole, fp, unit)
+
+    # Killed after its first batch, then resumed on a device where 16 would fit: the recorded 4 is reused.
+    resumed = ResultStore(tmp_path / "resumed.sqlite")
+    with pytest.raises(Stopped):
+        Evaluator(resumed, batch_size="auto", resamples=0).run_model(
+            fp, {}, [unit], Cramped(model_dirs[0], lambda p: 5, 1)
+        )
+    assert (
+        len(scored(resumed, fp, unit)) == 4
+        and resumed.plan_batch_size((fp, unit.task.fingerprint, unit.template, 0, 1234)) == 4
+    )
+    roomy = Cramped(model_dirs[0])
+    Evaluator(resumed, batch_size="auto", resamples=0).run_model(fp, {}, [unit], roomy)
+    assert roomy.tried == [4, 1]  # only the missing batches of the plan at 4
+    assert scored(resumed, fp, unit) == scored(whole, fp, unit)
+
+
+def test_out_of_memory_once_rows_are_stored_splits_only_the_batch_at_hand(model_dirs, units, tmp_path):
+    fp, unit = fingerprint(model_dirs[0]), units[0]
+    key = (fp, unit.task.fingerprint, unit.template, unit.shots, unit.seed)
+    store = ResultStore(tmp_path / "results.sqlite")
+    evaluator = Evaluator(store, batch_size="auto", resamples=0)
+    with pytest.raises(Stopped):  # settles on 4, stores the first batch, is killed
+        evaluator.run_model(fp, {}, [unit], Cramped(model_dirs[0], lambda passes: 4, stop_at=1))
+    assert store.plan_batch_size(key) == 4
+    # Resumed with less memory: the plan at 4 stays; the batch that does not fit is split into pieces of 2.
+    tighter = Cramped(model_dirs[0], lambda passes: 2)
+    (result,), _ = evaluator.run_model(fp, {}, [unit], tighter)
+    assert tighter.tried == [4, 2, 2, 1]
+    assert sorted(size for _, _, size in scored(store, fp, unit)) == [2] * 4 + [4] * 5
+    assert store.plan_batch_size(key) == 4 and {r["batch_size"] for r in result.metric_rows} == {4}
+
+
+def test_explicit_batch_size_never_backs_off(model_dirs, units, tmp_path):
+    from ckptlab.errors import UserError
+
+    fp, unit = fingerprint(model_dirs[0]), units[0]
+    store = ResultStore(tmp_path / "results.sqlite")
+    cramped = Cramped(model_dirs[0], fits=lambda passes: 5)
+    Evaluator(store, batch_size=3, resamples=0).run_model(fp, {}, [unit], cramped)
+    assert cramped.tried == [3, 3, 3] and {size for _, _, size in scored(store, fp, unit)} == {3}
+    with pytest.raises(UserError, match=r"out of memory scoring toy_nli / .* at --batch_size 8"):
+        Evaluator(store, batch_size=8, resamples=0).run_model(fp, {}, units[1:2], cramped)
+    with pytest.raises(UserError, match="even at batch size 1"):
+        Evaluator(store, batch_size="auto", resamples=0).run_model(
+            fp, {}, units[2:3], Cramped(model_dirs[0], lambda p: 0)
+        )

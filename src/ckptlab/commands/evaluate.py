@@ -100,7 +100,13 @@ def _table(rows: Sequence[tuple[str, ...]]) -> None:
 
 def evaluate(config: EvaluateConfig) -> int:
     """Evaluate as configured; returns the process exit code."""
-    from ckptlab.evaluation.models import content_hash, load_for_eval, model_fingerprint, resolve_models
+    from ckptlab.evaluation.models import (
+        content_hash,
+        eval_precision,
+        load_for_eval,
+        model_fingerprint,
+        resolve_models,
+    )
     from ckptlab.evaluation.store import ResultStore, check_export_path, export
 
     if not config.model:
@@ -113,6 +119,8 @@ def evaluate(config: EvaluateConfig) -> int:
     units = plan_units(config, say)  # every task and data row is checked here, before any model loads
     refs = resolve_models(config.model, config.checkpoints)
     store = ResultStore(config.store)
+    # Resolved once: the fingerprint, the models row and the load all use the same dtype (auto: bf16 on CUDA).
+    dtype, device = eval_precision(config.dtype, config.device)
     started = time.perf_counter()
     try:
         from ckptlab.evaluation.runner import Evaluator
@@ -123,7 +131,7 @@ def evaluate(config: EvaluateConfig) -> int:
         total_scored = total_cached = 0
         for ref in refs:
             content = content_hash(ref, store.file_sha256)
-            model_fp = model_fingerprint(content, config.dtype)
+            model_fp = model_fingerprint(content, dtype)
             store.add_model(
                 {
                     "model_fp": model_fp,
@@ -134,13 +142,14 @@ def evaluate(config: EvaluateConfig) -> int:
                     "run": ref.run,
                     "step": ref.step,
                     "tokens_seen": ref.tokens_seen,
-                    "dtype": config.dtype,
+                    "dtype": dtype,
+                    "trust_remote_code": int(config.trust_remote_code),
                 }
             )
             meta = {"model_source": ref.source, "model_label": ref.label}
 
             def load(ref: ModelRef = ref) -> tuple[Any, Any]:
-                return load_for_eval(ref.source, config.dtype, config.device, say)
+                return load_for_eval(ref.source, dtype, device, say, config.trust_remote_code)
 
             results, sensitivity = evaluator.run_model(model_fp, meta, units, load)
             _print_results(f"{ref.label} (model {model_fp})", results, sensitivity)

@@ -1,7 +1,9 @@
-"""Greedy generation in left-padded batches with the KV cache (Hugging Face `generate`), fp32.
+"""Greedy generation in left-padded batches with the KV cache (Hugging Face `generate`).
 
 Each batch stops early once every row has produced a stop string (or the end-of-text token);
 the decoded text is then cut at the first stop string and stripped.
+The model runs in the evaluation's dtype; `generate` upcasts each step's logits to fp32 before
+the greedy pick.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Which models an evaluation covers, and each model's content fingerprint.
 
 `--model` takes a checkpoint directory, a run directory (its checkpoints listed in `run.json`), an
-HF model directory, a `.gguf` file or a hub id `org/name@revision`. The fingerprint hashes what
-decides the model's outputs — weights, config and tokenizer files — never the path: a kept
-checkpoint's `checkpoint.json` already holds every file's SHA-256, other directories and GGUF
-files are hashed (once per file version, remembered in the results store).
+HF model directory, a `.gguf` file, a hub id `org/name@revision` or a hub GGUF `org/name@revision:file.gguf`.
+The fingerprint hashes what decides the model's outputs — weights, config and tokenizer files — never
+the path: a kept checkpoint's `checkpoint.json` already holds every file's SHA-256, a hub revision's
+hashes are published by the hub (nothing is downloaded), other directories and GGUF files are hashed
+(once per file version, remembered in the results store).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def resolve_models(sources: list[str], checkpoints: str = "kept") -> list[ModelR
         UserError: a source that is not a model, a run without the requested checkpoints.
     """
     from ckptlab.models.hf import parse_source
+    from ckptlab.models.hub import parse_revision
     from ckptlab.runs.run_dir import RunDir
 
     if checkpoints not in CHECKPOINT_MODES:
@@ -91,7 +93,8 @@ def resolve_models(sources: list[str], checkpoints: str = "kept") -> list[ModelR
             elif parsed.kind == "gguf":
                 refs.append(ModelRef(str(path), path.stem, "gguf"))
             else:
-                refs.append(ModelRef(source, source, "hub"))
+                revision = parse_revision(parsed.revision or "")
+                refs.append(ModelRef(source, source, "hub", step=revision.step, tokens_seen=revision.tokens))
     return refs
 
 
@@ -125,12 +128,9 @@ def content_hash(ref: ModelRef, file_sha256: Any = None) -> str:
     elif ref.kind == "gguf":
         path = Path(ref.source)
         listing = {"model.gguf": memo(path.resolve(), _sha256_file)}  # the name does not matter
+    elif ref.kind == "hub":
+        return _hub_content_hash(ref)
     else:
-        if ref.kind == "hub":
-            from ckptlab.models.hf import hub_snapshot, parse_source
-
-            parsed = parse_source(ref.source)
-            ref.source = hub_snapshot(parsed.repo_id or "", parsed.revision)
         directory = Path(ref.source)
         listing = {
             p.relative_to(directory).as_posix(): memo(p.resolve(), _sha256_file) for p in _directory_files(directory)
@@ -140,23 +140,63 @@ def content_hash(ref: ModelRef, file_sha256: Any = None) -> str:
     return hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
 
 
-def model_fingerprint(content: str, dtype: str = "float32") -> str:
-    """The model key of the cache: content hash, plus the dtype when it is not fp32."""
+def _hub_content_hash(ref: ModelRef) -> str:
+    """The hub's published hashes of the files loading reads (LFS SHA-256, git blob id otherwise): no
+    download, and the same answer offline from a cached snapshot. The source is pinned to the commit
+    that was fingerprinted, so the model scored is the model named. Unlike a directory's, the hash of a
+    non-LFS file is its git blob id, so a hub model and a local copy of it get different fingerprints;
+    a single GGUF file is keyed as a local one is, so the two agree."""
+    from ckptlab.models.hf import parse_source
+    from ckptlab.models.hub import fingerprint, hub_files
+
+    parsed = parse_source(ref.source)
+    assert parsed.repo_id is not None  # a hub source has a repo id
+    found = hub_files(parsed.repo_id, parsed.revision, parsed.file)
+    ref.source = f"{parsed.repo_id}@{found.commit}" + (f":{parsed.file}" if parsed.file else "")
+    return fingerprint({"model.gguf": found.files[parsed.file]} if parsed.file else found.files)
+
+
+def eval_precision(dtype: str, device: str) -> tuple[str, str]:
+    """(dtype, device) as an evaluation runs them, `auto` resolved.
+
+    Device auto is CUDA when available. Dtype auto is bfloat16 on a CUDA device with native bf16 (the
+    scorers upcast logits before the log-softmax, and `generate` picks tokens from fp32 logits),
+    float32 elsewhere: on CPU bf16 scores move with batch composition and decoding is slower.
+    """
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "float32"
+        if device.startswith("cuda"):
+            import torch
+
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float32"
+    return dtype, device
+
+
+def model_fingerprint(content: str, dtype: str = "float32", device: str = "auto") -> str:
+    """The model key of the cache: content hash, plus the (resolved) dtype when it is not fp32.
+
+    The dtype is part of the key so that bf16 and fp32 scores of one model are never mixed in the cache.
+    """
+    dtype, _ = eval_precision(dtype, device)
     return content[:16] + ("" if dtype == "float32" else f"-{dtype}")
 
 
-def load_for_eval(source: str, dtype: str, device: str, say: Callable[[str], None]) -> tuple[Any, Any]:
-    """The model at `source` on `device` in `dtype`, in eval mode, and its tokenizer."""
-    import torch
-
+def load_for_eval(
+    source: str, dtype: str, device: str, say: Callable[[str], None], trust_remote_code: bool = False
+) -> tuple[Any, Any]:
+    """The model at `source` on `device` in `dtype`, in eval mode, and its tokenizer (`trust_remote_code`:
+    let a hub model's own code run)."""
     from ckptlab.models.hf import load_model, load_tokenizer
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype, device = eval_precision(dtype, device)
     started = time.perf_counter()
     # Any: transformers wraps PreTrainedModel.to with functools.wraps, which mypy reads as an unbound method.
-    loaded: Any = load_model(source, dtype=dtype)
+    loaded: Any = load_model(source, dtype=dtype, trust_remote_code=trust_remote_code)
     model = loaded.to(device).eval()
-    tokenizer = load_tokenizer(source)
+    tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
     say(f"loaded {source} on {device} ({dtype}) in {time.perf_counter() - started:.1f} s")
     return model, tokenizer

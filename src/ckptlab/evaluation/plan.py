@@ -31,8 +31,8 @@ class EvaluateConfig:
     """Score only the first N examples of each task's scored split (null = all)."""
     split: str | None = None
     """Score this split instead of each task's eval_split (it must not be the few-shot split for k > 0)."""
-    batch_size: int = 16
-    """Examples per forward pass (8-32 is fastest on CPU); recorded with the results."""
+    batch_size: int | Literal["auto"] = "auto"
+    """Examples per forward pass, or auto: 16 on CPU, on GPU the largest of 64, 32, ... that fits; recorded per row."""
     store: str = "results/ckptlab.sqlite"
     """SQLite results store: metric rows, per-example rows (the cache) and models."""
     checkpoints: Literal["kept", "all", "latest"] = "kept"
@@ -45,16 +45,18 @@ class EvaluateConfig:
     """Seed choosing the few-shot demonstrations (null = each task's fewshot.seed)."""
     length_normalized: bool = False
     """Also report accuracy_norm: choices ranked by log-likelihood per character."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Weights and activations; fp32 keeps scores independent of batch composition."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Weights and activations: auto = bfloat16 on CUDA, float32 elsewhere; the model fingerprint ends in it."""
     device: str = "auto"
     """cpu, cuda, cuda:1, ... or auto (cuda when available)."""
     export: str | None = None
     """After evaluating, write every metric row of the store to this .csv (or .parquet) file."""
+    trust_remote_code: bool = False
+    """Let a hub model run its own code from its repository (off: such a model is refused); recorded in the store."""
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError(f"config key 'batch_size': expected a positive integer, got {self.batch_size}")
+        if isinstance(self.batch_size, int) and self.batch_size < 1:
+            raise ConfigError(f"config key 'batch_size': expected a positive integer or auto, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"config key 'limit': expected a positive integer or null, got {self.limit}")
         if self.bootstrap < 0:

@@ -6,12 +6,24 @@ the store, and its rows are committed as soon as it is done. So a second identic
 forward pass (and does not even load the model), and a killed run, resumed, re-forms the same
 batches and ends with the same rows as an uninterrupted one.
 
+Batch size. Each unit has one *plan size*: the explicit `batch_size`, or for `auto` the size its
+rows were recorded with when the unit is resumed, else `AUTO_BATCH_SIZE` for the device (16 on CPU,
+64 on an accelerator). With `auto`, an out-of-memory error halves the plan size and re-plans the
+unit while none of its rows is stored yet (the first planned batch holds the longest prompts, so
+that is where memory runs out). Once a row is stored the plan is fixed, because re-planning would
+change batches whose rows are already scored; a later out-of-memory error splits only the batch at
+hand into smaller pieces (again `plan_batches`, so the pieces are deterministic). Every row records
+the size of the forward pass that scored it, so the largest recorded size of a unit is its plan
+size, which is what a resumed `auto` run reuses. An explicit size never backs off: out of memory is
+an error naming it, and the rows scored so far are kept.
+
 Fault injection for tests: `CKPTLAB_FAULT=kill:examples=N` sends SIGKILL to the process once N
 examples have been scored, before that batch is committed.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import time
@@ -23,6 +35,13 @@ from ckptlab.evaluation import generation, metrics, scoring
 from ckptlab.evaluation.store import ResultStore
 from ckptlab.tasks import templates as tpl
 from ckptlab.tasks.spec import Example, TaskData
+
+AUTO_BATCH_SIZE = {"cpu": 16, "accelerator": 64}
+"""`batch_size: auto` on CPU (scoring is fastest at 8-32 there) and the out-of-memory search's start elsewhere."""
+
+
+class OutOfMemory(Exception):
+    """A forward pass ran out of device memory (raised after the failed pass's tensors are released)."""
 
 
 @dataclass
@@ -73,7 +92,7 @@ class Evaluator:
     def __init__(
         self,
         store: ResultStore,
-        batch_size: int = 16,
+        batch_size: int | str = 16,
         resamples: int = 1000,
         bootstrap_seed: int = 0,
         length_normalized: bool = False,
@@ -103,17 +122,18 @@ class Evaluator:
             key = (model_fp, unit.task.fingerprint, unit.template, unit.shots, unit.seed)
             have = self.store.cached_ids(key)
             missing = {e.id for e in unit.examples} - have
+            if missing and not loaded:
+                loaded.append(load())  # before the clock starts: examples/s measures scoring only
             started = time.perf_counter()
             if missing:
-                if not loaded:
-                    loaded.append(load())
-                self._score_unit(unit, key, missing, *loaded[0])
+                plan_size = self._score_unit(unit, key, missing, *loaded[0])
             seconds = time.perf_counter() - started
             result = UnitResult(unit, len(missing), len(unit.examples) - len(missing), seconds)
             if missing:
                 self.say(
                     f"  {unit.task.spec.name} / {unit.template} / {unit.shots}-shot: {len(missing)} examples "
-                    f"scored in {seconds:.1f} s ({len(missing) / max(seconds, 1e-9):.1f} examples/s)"
+                    f"scored in {seconds:.1f} s ({len(missing) / max(seconds, 1e-9):.1f} examples/s, "
+                    f"batch size {plan_size})"
                 )
             result.metric_rows = self._metric_rows(unit, key, model_meta)
             results.append(result)
@@ -122,7 +142,8 @@ class Evaluator:
         self.store.add_metrics(sensitivity_rows)
         return results, sensitivity_rows
 
-    def _score_unit(self, unit: Unit, key: tuple, missing: set[str], model: Any, tokenizer: Any) -> None:
+    def _score_unit(self, unit: Unit, key: tuple, missing: set[str], model: Any, tokenizer: Any) -> int:
+        """Score the unit's missing examples, committing batch by batch; returns the plan size used."""
         spec = unit.task.spec
         pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
         prompts = prompts_for(unit)
@@ -133,25 +154,76 @@ class Evaluator:
         else:
             contexts = tokenizer(prompts, add_special_tokens=False)["input_ids"]
             lengths = [len(c) for c in contexts]
-        for batch in scoring.plan_batches(lengths, self.batch_size):
-            if not any(unit.examples[i].id in missing for i in batch):
-                continue
+
+        def rows_for(batch: list[int]) -> list[dict[str, Any]]:
             if spec.type == "classification":
                 scores = self.score(model, [requests[i] for i in batch], pad_id)
-                rows = [
+                return [
                     self._classification_row(unit.examples[i], requests[i], ll, spec.target_delimiter)
                     for i, ll in zip(batch, scores)
                 ]
-            else:
-                texts = generation.generate_batch(
-                    model, tokenizer, [contexts[i] for i in batch], spec.max_new_tokens, spec.stop, pad_id
-                )
-                rows = [self._generation_row(unit.examples[i], text) for i, text in zip(batch, texts)]
-            rows = [r for r in rows if r["example_id"] in missing]
+            texts = generation.generate_batch(
+                model, tokenizer, [contexts[i] for i in batch], spec.max_new_tokens, spec.stop, pad_id
+            )
+            return [self._generation_row(unit.examples[i], text) for i, text in zip(batch, texts)]
+
+        def commit(batch: list[int], size: int) -> None:
+            rows = [r for r in guarded(rows_for, batch) if r["example_id"] in missing]
             self.scored_total += len(rows)
             if self.fault is not None and self.scored_total >= self.fault:
                 os.kill(os.getpid(), signal.SIGKILL)
-            self.store.add_examples(key, spec.name, rows, self.batch_size)
+            self.store.add_examples(key, spec.name, rows, size)
+
+        def commit_in_pieces(batch: list[int], size: int) -> None:
+            # The plan is fixed: only this batch shrinks, into deterministic pieces of half the size.
+            try:
+                return commit(batch, size)
+            except OutOfMemory:
+                if size == 1:
+                    raise self._out_of_memory(unit, 1, True) from None
+            for piece in scoring.plan_batches([lengths[i] for i in batch], size // 2):
+                commit_in_pieces([batch[i] for i in piece], size // 2)
+
+        recorded = self.store.plan_batch_size(key)
+        auto = self.batch_size == "auto"
+        size = (recorded or self.auto_batch_size(model)) if auto else int(self.batch_size)
+        if not auto and recorded is not None and recorded != size:
+            self.say(
+                f"  note: {spec.name} / {unit.template}: resuming rows scored at batch size {recorded} with {size}"
+            )
+        fixed = recorded is not None
+        while True:
+            try:
+                for batch in scoring.plan_batches(lengths, size):
+                    if not any(unit.examples[i].id in missing for i in batch):
+                        continue
+                    if fixed and auto:
+                        commit_in_pieces(batch, size)
+                    else:
+                        commit(batch, size)
+                    fixed = True
+                return size
+            except OutOfMemory:
+                if not auto or size == 1:
+                    raise self._out_of_memory(unit, size, auto) from None
+            size //= 2  # nothing of this unit is stored yet: re-plan it at half the size
+            self.say(f"  {spec.name} / {unit.template}: out of memory, trying batch size {size}")
+
+    def auto_batch_size(self, model: Any) -> int:
+        """Where `batch_size: auto` starts for a unit without recorded rows, on the model's device."""
+        device = next(model.parameters()).device
+        return AUTO_BATCH_SIZE["cpu" if device.type == "cpu" else "accelerator"]
+
+    @staticmethod
+    def _out_of_memory(unit: Unit, size: int, auto: bool) -> Exception:
+        from ckptlab.errors import UserError
+
+        where = f"out of memory scoring {unit.task.spec.name} / {unit.template}"
+        if auto:
+            return UserError(f"{where} even at batch size 1: the model does not fit on this device")
+        return UserError(
+            f"{where} at --batch_size {size}: give a smaller one or auto (the rows scored so far are kept)"
+        )
 
     @staticmethod
     def _classification_row(
@@ -197,9 +269,8 @@ class Evaluator:
 
     def _metric_rows(self, unit: Unit, key: tuple, model_meta: dict[str, Any]) -> list[dict[str, Any]]:
         rows = self.store.examples(key, [e.id for e in unit.examples])
-        # The batch size the rows were scored with (cached rows keep theirs); the most common one.
-        sizes = [r["batch_size"] for r in rows]
-        batch_size = max(sorted(set(sizes)), key=sizes.count) if sizes else self.batch_size
+        # The unit's plan size: the largest forward pass its rows were scored with (see the module docstring).
+        batch_size = max((r["batch_size"] or 0 for r in rows), default=None)
         out = []
         for name in self.metric_names(unit):
             low, high = metrics.bootstrap_interval(name, rows, self.resamples, self.bootstrap_seed)
@@ -251,7 +322,7 @@ class Evaluator:
                 "template": "*",
                 "shots": shots,
                 "seed": seed,
-                "batch_size": self.batch_size,
+                "batch_size": max((r["batch_size"] or 0 for r in rows), default=None),
                 "n": min(r["n"] for r in rows),
             }
             for metric_name, values in by_metric.items():
@@ -260,3 +331,21 @@ class Evaluator:
             value, common = metrics.agreement(predictions)
             out.append({**base, "metric": "agreement", "value": value, "n": common})
         return out
+
+
+def guarded(forward: Callable[[list[int]], Any], batch: list[int]) -> Any:
+    """`forward(batch)`, with an out-of-memory error turned into `OutOfMemory` once the device memory is freed."""
+    import torch
+
+    try:
+        return forward(batch)
+    except torch.OutOfMemoryError:
+        pass
+    except RuntimeError as error:  # MPS and some CUDA allocator paths raise a plain RuntimeError
+        if "out of memory" not in str(error).lower():
+            raise
+    # Outside the except clause, so the traceback (and the failed pass's tensors) are already released.
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    raise OutOfMemory(f"batch of {len(batch)}")

@@ -92,37 +92,40 @@ def score_shared(
     contexts = [truncate(r.context, max(len(c) for c in r.continuations), max_length) for r in requests]
     ids, mask, positions = left_pad(contexts, pad_id, device)
     rows = [(i, j) for i, r in enumerate(requests) for j, c in enumerate(r.continuations) if len(c) > 1]
+    firsts = [(i, 0, [c[0]]) for i, r in enumerate(requests) for c in r.continuations]
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=bool(rows), logits_to_keep=1)
-        first = torch.log_softmax(out.logits[:, -1, :].double(), dim=-1)
-        scores = [[first[i, c[0]].item() for c in r.continuations] for i, r in enumerate(requests)]
-        if not rows:
-            return scores
-        cache = out.past_key_values
-        index = torch.tensor([i for i, _ in rows], device=device)
-        cache.batch_select_indices(index)
-        tails = [requests[i].continuations[j][:-1] for i, j in rows]
-        width = max(len(t) for t in tails)
-        tail_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        tail_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, tail in enumerate(tails):
-            tail_ids[r, : len(tail)] = torch.tensor(tail, dtype=torch.long)
-            tail_mask[r, : len(tail)] = 1
-        tail_mask = tail_mask.to(device)
-        full_mask = torch.cat([mask[index], tail_mask], dim=1)
-        tail_positions = mask[index].sum(-1, keepdim=True) + torch.arange(width, device=device)
-        out = model(
-            input_ids=tail_ids.to(device),
-            attention_mask=full_mask,
-            position_ids=tail_positions,
-            past_key_values=cache,
-            use_cache=False,
-        )
-        logprobs = torch.log_softmax(out.logits.double(), dim=-1)
-        for r, (i, j) in enumerate(rows):
-            targets = torch.tensor(requests[i].continuations[j][1:], device=device)
-            rest = logprobs[r, torch.arange(len(targets), device=device), targets].sum().item()
-            scores[i][j] += rest
+        first = torch.log_softmax(out.logits[:, -1:, :].double(), dim=-1)
+        picked = [picked_sums(first, firsts)]
+        if rows:
+            cache = out.past_key_values
+            index = torch.tensor([i for i, _ in rows], device=device)
+            cache.batch_select_indices(index)
+            tails = [requests[i].continuations[j][:-1] for i, j in rows]
+            width = max(len(t) for t in tails)
+            tail_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+            tail_mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, tail in enumerate(tails):
+                tail_ids[r, : len(tail)] = torch.tensor(tail, dtype=torch.long)
+                tail_mask[r, : len(tail)] = 1
+            tail_mask = tail_mask.to(device)
+            full_mask = torch.cat([mask[index], tail_mask], dim=1)
+            tail_positions = mask[index].sum(-1, keepdim=True) + torch.arange(width, device=device)
+            out = model(
+                input_ids=tail_ids.to(device),
+                attention_mask=full_mask,
+                position_ids=tail_positions,
+                past_key_values=cache,
+                use_cache=False,
+            )
+            logprobs = torch.log_softmax(out.logits.double(), dim=-1)
+            picked.append(
+                picked_sums(logprobs, [(r, 0, requests[i].continuations[j][1:]) for r, (i, j) in enumerate(rows)])
+            )
+        values = iter(torch.cat(picked).tolist())  # the batch's only transfer to the host
+    scores = [[next(values) for _ in r.continuations] for r in requests]
+    for i, j in rows:
+        scores[i][j] += next(values)
     return scores
 
 
@@ -145,14 +148,41 @@ def score_full(
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
         logprobs = torch.log_softmax(logits.double(), dim=-1)
+        # Kept positions are the last `keep`; positions keep-1-m .. keep-2 predict the m answer tokens.
+        values = iter(
+            picked_sums(logprobs, [(row, keep - 1 - len(c), c) for row, (_, _, c) in enumerate(owners)]).tolist()
+        )
     scores: list[list[float]] = [[0.0] * len(r.continuations) for r in requests]
-    for row, (i, j, continuation) in enumerate(owners):
-        m = len(continuation)
-        # Kept positions are the last `keep`; position keep-1-m .. keep-2 predict the m answer tokens.
-        steps = torch.arange(keep - 1 - m, keep - 1, device=device)
-        targets = torch.tensor(continuation, device=device)
-        scores[i][j] = logprobs[row, steps, targets].sum().item()
+    for i, j, _ in owners:
+        scores[i][j] = next(values)
     return scores
+
+
+def picked_sums(logprobs: Any, picks: Sequence[tuple[int, int, Sequence[int]]]) -> Any:
+    """Per pick (row, start, tokens): the sum over k of logprobs[row, start + k, tokens[k]], as one tensor.
+
+    Everything stays on the device (the caller moves the batch's numbers to the host once). Picks are
+    gathered in groups of equal length, so each sum is a reduction over exactly that pick's values and
+    comes out bit-identical to summing the pick alone; padding the short ones with zeros would not.
+    """
+    import torch
+
+    device = logprobs.device
+    by_length: dict[int, list[int]] = {}
+    for n, (_, _, tokens) in enumerate(picks):
+        by_length.setdefault(len(tokens), []).append(n)
+    order, parts = [], []
+    for length, members in by_length.items():
+        rows = torch.tensor([picks[n][0] for n in members], device=device)
+        starts = torch.tensor([picks[n][1] for n in members], device=device)
+        steps = starts[:, None] + torch.arange(length, device=device)
+        targets = torch.tensor([list(picks[n][2]) for n in members], device=device)
+        parts.append(logprobs[rows[:, None], steps, targets].sum(-1))
+        order.extend(members)
+    sums = torch.cat(parts)
+    out = torch.empty_like(sums)
+    out[torch.tensor(order, device=device)] = sums
+    return out
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

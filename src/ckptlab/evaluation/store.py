@@ -2,7 +2,8 @@
 
 Per-example rows are the cache. Their key is (model fingerprint, task fingerprint, template,
 shots, seed, example id); the model fingerprint hashes the model's *content* (weights, config,
-tokenizer), not its path, so a copied checkpoint hits and a different one never does. Rows are
+tokenizer), not its path, so a copied checkpoint hits and a different one never does; it ends in the
+dtype the scores were computed in (`-bfloat16`; nothing for fp32), so the two never mix. Rows are
 committed one batch at a time while an evaluation runs, so a killed evaluation resumes where it
 stopped. Metric rows are derived from the per-example rows and can always be recomputed.
 
@@ -11,8 +12,10 @@ Tables:
   metric, value, ci_low, ci_high, n, batch_size, ckptlab_version, created. Prompt-sensitivity rows
   have template `*` and metric `<metric>:spread|std|worst` or `agreement`.
 - `examples`: model_fp, task_fp, template, shots, seed, example_id, task, example_index,
-  prediction, scores (JSON), gold, correct, batch_size, created.
-- `models`: model_fp, content_hash, kind, source, label, run, step, tokens_seen, dtype, created.
+  prediction, scores (JSON), gold, correct, batch_size (of the forward pass that scored the row; a unit's
+  largest is its plan size, which a resumed `batch_size: auto` run reuses), created.
+- `models`: model_fp, content_hash, kind, source, label, run, step, tokens_seen, dtype, created,
+  trust_remote_code (1 when the model's own repository code was allowed to run).
 - `file_hashes`: a memo of SHA-256 by (path, size, mtime) so large weight files are hashed once.
 - `sweep_models`: what each model evaluated by a sweep *is* in the study's terms (written by
   `ckptlab sweep`, read by `ckptlab report`): model_fp, sweep, job_id, role (`base` | `finetuned` |
@@ -83,6 +86,7 @@ MODEL_COLUMNS = (
     "tokens_seen",
     "dtype",
     "created",
+    "trust_remote_code",  # last: stores written before it gain the column at the end (ALTER TABLE)
 )
 SWEEP_MODEL_COLUMNS = (
     "model_fp",
@@ -115,7 +119,7 @@ CREATE TABLE IF NOT EXISTS examples (
   PRIMARY KEY (model_fp, task_fp, template, shots, seed, example_id));
 CREATE TABLE IF NOT EXISTS models (
   model_fp TEXT PRIMARY KEY, content_hash TEXT, kind TEXT, source TEXT, label TEXT, run TEXT, step INTEGER,
-  tokens_seen INTEGER, dtype TEXT, created TEXT);
+  tokens_seen INTEGER, dtype TEXT, created TEXT, trust_remote_code INTEGER);
 CREATE TABLE IF NOT EXISTS sweep_models (
   model_fp TEXT NOT NULL, sweep TEXT NOT NULL, job_id TEXT, role TEXT NOT NULL, checkpoint TEXT, step INTEGER,
   tokens_seen INTEGER, finetune TEXT, finetune_task TEXT, method TEXT, variant TEXT, parent_fp TEXT, compute TEXT,
@@ -140,6 +144,9 @@ class ResultStore:
             self.db = sqlite3.connect(self.path, timeout=60)
             self.db.execute("PRAGMA journal_mode=WAL")  # readers and parallel evaluations do not block
             self.db.executescript(SCHEMA)
+            if "trust_remote_code" not in {row[1] for row in self.db.execute("PRAGMA table_info(models)")}:
+                with self.db:
+                    self.db.execute("ALTER TABLE models ADD COLUMN trust_remote_code INTEGER")
         except (OSError, sqlite3.Error) as error:
             raise UserError(f"results store {self.path}: cannot open ({error})") from None
 
@@ -154,6 +161,14 @@ class ResultStore:
             tuple(key),
         )
         return {r[0] for r in rows}
+
+    def plan_batch_size(self, key: Sequence[Any]) -> int | None:
+        """The batch size a unit's rows were planned with (the largest recorded), or None before any row."""
+        (size,) = self.db.execute(
+            "SELECT MAX(batch_size) FROM examples WHERE model_fp=? AND task_fp=? AND template=? AND shots=? AND seed=?",
+            tuple(key),
+        ).fetchone()
+        return size
 
     def add_examples(self, key: Sequence[Any], task: str, rows: Iterable[dict[str, Any]], batch_size: int) -> None:
         """Insert per-example rows in one transaction (existing rows are kept as they are)."""

@@ -216,7 +216,7 @@ def _pretrain_compute(ref: Any) -> dict[str, Any] | None:
 
 
 def _evaluate(job: Any, out: Path, directory: Path, verbs: Verbs) -> dict[str, Any]:
-    from ckptlab.evaluation.models import load_for_eval
+    from ckptlab.evaluation.models import eval_precision, load_for_eval
     from ckptlab.evaluation.plan import EvaluateConfig, plan_units
     from ckptlab.evaluation.runner import Evaluator
     from ckptlab.evaluation.store import ResultStore
@@ -228,8 +228,10 @@ def _evaluate(job: Any, out: Path, directory: Path, verbs: Verbs) -> dict[str, A
     )
     units = plan_units(config, print)
     store = ResultStore(config.store)
+    # Resolved once, as `ckptlab evaluate` does: fingerprint, models row and load agree (auto: bf16 on CUDA).
+    dtype, device = eval_precision(config.dtype, config.device)
     try:
-        ref, content, model_fp = _model_fp(source, config.dtype, store)
+        ref, content, model_fp = _model_fp(source, dtype, store)
         store.add_model(
             {
                 "model_fp": model_fp,
@@ -240,7 +242,7 @@ def _evaluate(job: Any, out: Path, directory: Path, verbs: Verbs) -> dict[str, A
                 "run": ref.run,
                 "step": ref.step,
                 "tokens_seen": ref.tokens_seen,
-                "dtype": config.dtype,
+                "dtype": dtype,
                 "trust_remote_code": int(config.trust_remote_code),
             }
         )
@@ -249,13 +251,11 @@ def _evaluate(job: Any, out: Path, directory: Path, verbs: Verbs) -> dict[str, A
         )
         meta = {"model_source": _shown(source, out), "model_label": model["key"]}
         trust = config.trust_remote_code
-        evaluator.run_model(
-            model_fp, meta, units, lambda: load_for_eval(ref.source, config.dtype, config.device, print, trust)
-        )
+        evaluator.run_model(model_fp, meta, units, lambda: load_for_eval(ref.source, dtype, device, print, trust))
         base = model.get("base") or model
         step, tokens = base.get("step"), base.get("tokens_seen")
         if step is None and base.get("producer"):  # a model pre-trained by the sweep itself
-            base_ref = ref if base is model else _model_fp(model_source(base, out), config.dtype, store)[0]
+            base_ref = ref if base is model else _model_fp(model_source(base, out), dtype, store)[0]
             step, tokens = base_ref.step, base_ref.tokens_seen
         parent = model.get("parent")
         store.add_sweep_model(
@@ -271,7 +271,7 @@ def _evaluate(job: Any, out: Path, directory: Path, verbs: Verbs) -> dict[str, A
                 "finetune_task": model.get("finetune_task"),
                 "method": model.get("method"),
                 "variant": model.get("variant"),
-                "parent_fp": _model_fp(model_source(parent, out), config.dtype, store)[2] if parent else None,
+                "parent_fp": _model_fp(model_source(parent, out), dtype, store)[2] if parent else None,
                 "compute": _compute(model, out) if model.get("producer") else _pretrain_compute(ref),
             }
         )
