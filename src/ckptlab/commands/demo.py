@@ -87,8 +87,8 @@ class DemoConfig:
     """Seed of the world, the tokenizer split, initialisation and data order."""
     max_steps: int = 0
     """Pre-training steps (0 = the size's default)."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """Training precision (bf16 is faster on CPUs with AMX and on GPUs)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Training precision: auto = bf16 autocast on CUDA, fp32 on CPU (bf16 is faster on CPUs with AMX too)."""
     device: str = "auto"
     """cpu, cuda, or auto."""
     executor: Literal["auto", "local", "ray"] = "auto"

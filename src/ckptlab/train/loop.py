@@ -125,7 +125,7 @@ def train(
         fingerprints,
         dist,
         callbacks,
-        keep_optimizer_state,
+        keep_optimizer_state=keep_optimizer_state,
         sharded_model=model if sharded else None,
     )
     position = Position()
