@@ -146,3 +146,12 @@ def test_unknown_template_or_sweep_name_is_refused(written):
         report(ReportConfig(store=store, template="nope"))
     with pytest.raises(UserError, match="no sweep_models rows of sweep 'other'"):
         report(ReportConfig(store=store, sweep_name="other"))
+
+
+def test_report_warns_when_models_were_scored_in_different_dtypes():
+    from ckptlab.reporting.data import dtype_notes
+
+    assert dtype_notes(["0123456789abcdef", "fedcba9876543210"]) == []
+    assert dtype_notes(["0123456789abcdef-bfloat16", "fedcba9876543210-bfloat16"]) == []
+    (note,) = dtype_notes(["0123456789abcdef", "fedcba9876543210-bfloat16", "00112233aabbccdd-bfloat16"])
+    assert "different dtypes (bfloat16: 2, float32: 1)" in note and "--dtype" in note

@@ -118,6 +118,22 @@ def step_notes(models: list[SweepModel]) -> list[str]:
     return notes
 
 
+def dtype_notes(model_fps: list[str]) -> list[str]:
+    """A warning when the models were scored in different dtypes (a fingerprint ends in `-bfloat16` when not fp32).
+
+    `--dtype auto` resolves per machine (bf16 on CUDA, fp32 on a CPU), so a sweep resumed elsewhere can mix
+    them; bf16 flips a few percent of close predictions (BENCHMARKS.md), which comparisons would read as effects.
+    """
+    dtypes = Counter(fp.partition("-")[2] or "float32" for fp in model_fps)
+    if len(dtypes) < 2:
+        return []
+    counts = ", ".join(f"{dtype}: {n}" for dtype, n in sorted(dtypes.items()))
+    return [
+        f"models were scored in different dtypes ({counts}): differences between them mix the precision's effect "
+        "with the models' (bf16 flips a few percent of close predictions); evaluate every model with one --dtype"
+    ]
+
+
 def store_path_of(sweep: str | None, store: str | None) -> Path:
     """The results store of a sweep directory (or the one given); a one-line error when there is none."""
     if store:
@@ -196,6 +212,7 @@ def _load(store: ResultStore, path: Path, sweep: str | None, shots: int | None, 
             compute=r["compute"],
         )
     warnings.extend(step_notes(list(models.values())))
+    warnings.extend(dtype_notes(list(models)))
     metric_rows = [r for r in metric_rows if r["model_fp"] in models]
     if not metric_rows:
         raise UserError(f"{path}: no metric rows for the sweep's {len(models)} models (nothing was evaluated)")
