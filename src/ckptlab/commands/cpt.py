@@ -221,7 +221,7 @@ def cpt(config: CptConfig) -> int:
         else:
             trust = config.trust_remote_code
             model = (
-                heads.load_masked_lm(init.source)
+                heads.load_masked_lm(init.source, trust)
                 if config.objective == "mlm"
                 else load_model(init.source, trust_remote_code=trust)
             )

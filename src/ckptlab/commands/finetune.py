@@ -329,7 +329,9 @@ def finetune(config: FinetuneConfig) -> int:
                 from ckptlab.data import classification
                 from ckptlab.models.heads import load_classifier
 
-                chosen_model = load_classifier(str(run.root / entry["path"]), len(source.task.choices))
+                chosen_model = load_classifier(
+                    str(run.root / entry["path"]), len(source.task.choices), config.trust_remote_code
+                )
                 run.final["accuracy"] = classification.accuracy(chosen_model, data.val_rows, data.pad_id)
                 say(f"validation accuracy of the fine-tuned model: {run.final['accuracy']}")
             run.write_run_manifest(run.read_run_manifest())

@@ -21,8 +21,9 @@ def require_masked_lm(model_config: Any, init_from: str) -> None:
         )
 
 
-def load_masked_lm(source: str) -> Any:
-    """The model at `source` (a directory or hub id) with its masked-LM head, fp32.
+def load_masked_lm(source: str, trust_remote_code: bool = False) -> Any:
+    """The model at `source` (a directory or hub id) with its masked-LM head, fp32 (`trust_remote_code`: let a
+    repository's own model code run).
 
     A sentence-embedding checkpoint (e.g. all-MiniLM-L6-v2) has no MLM head: transformers initialises
     the head's transform and bias (the output matrix is tied to the word embeddings) and warns.
@@ -30,21 +31,26 @@ def load_masked_lm(source: str) -> Any:
     import torch
     from transformers import AutoModelForMaskedLM
 
+    from ckptlab.models.hf import remote_code_kwargs
     from ckptlab.models.init_from import model_directory
 
-    return AutoModelForMaskedLM.from_pretrained(model_directory(source), dtype=torch.float32)
+    return AutoModelForMaskedLM.from_pretrained(
+        model_directory(source), dtype=torch.float32, **remote_code_kwargs(trust_remote_code)
+    )
 
 
-def load_classifier(source: str, num_labels: int) -> Any:
+def load_classifier(source: str, num_labels: int, trust_remote_code: bool = False) -> Any:
     """The model at `source` (directory or hub id) with a sequence-classification head of `num_labels`."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    from ckptlab.models.hf import remote_code_kwargs
     from ckptlab.models.init_from import model_directory
 
+    remote = remote_code_kwargs(trust_remote_code)
     try:
         return AutoModelForSequenceClassification.from_pretrained(
-            model_directory(source), num_labels=num_labels, dtype=torch.float32
+            model_directory(source), num_labels=num_labels, dtype=torch.float32, **remote
         )
     except ValueError as error:
         raise UserError(

@@ -163,7 +163,7 @@ def make_model(
             from ckptlab.models.heads import load_classifier
 
             torch.manual_seed(seed)  # the classifier's initial weights
-            model = load_classifier(init_source, num_labels)
+            model = load_classifier(init_source, num_labels, trust_remote_code)
         else:
             model = load_model(init_source, trust_remote_code=trust_remote_code)
         if dropout is not None:
