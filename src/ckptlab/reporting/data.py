@@ -124,7 +124,8 @@ def dtype_notes(model_fps: list[str]) -> list[str]:
     `--dtype auto` resolves per machine (bf16 on CUDA, fp32 on a CPU), so a sweep resumed elsewhere can mix
     them; bf16 flips a few percent of close predictions (BENCHMARKS.md), which comparisons would read as effects.
     """
-    dtypes = Counter(fp.partition("-")[2] or "float32" for fp in model_fps)
+    suffixes = [fp.rpartition("-")[2] for fp in model_fps]
+    dtypes = Counter(s if s in ("bfloat16", "float16") else "float32" for s in suffixes)
     if len(dtypes) < 2:
         return []
     counts = ", ".join(f"{dtype}: {n}" for dtype, n in sorted(dtypes.items()))

@@ -389,6 +389,7 @@ def _model_rows(scenario: Scenario, model: SimModel, created: str) -> tuple[tupl
         "step": step,
         "tokens_seen": step * 1000,
         "dtype": "float32",
+        "trust_remote_code": 0,
         "created": created,
     }
     sweep = {
