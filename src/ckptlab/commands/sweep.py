@@ -36,7 +36,7 @@ class SweepConfig:
     """Sweep directory: jobs/, results.sqlite, results.csv, plan.json, sweep.lock."""
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
     """Models to start from: {run: RUN, steps: [..]} (kept checkpoints of a run), {path: DIR}, {hub: org/name,
-    revisions: [..]}."""
+    revisions: [..] | all | {steps: [..]} | {every: N} | {log: K}} (docs/sweep.md)."""
     pretrain: list[dict[str, Any]] = field(default_factory=list)
     """Pre-training runs: {name, config: {PretrainConfig keys}, preset: FILE}; each final model is a base model."""
     finetunes: list[dict[str, Any]] = field(default_factory=list)
