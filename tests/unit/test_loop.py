@@ -168,3 +168,11 @@ def test_activation_checkpointing_keeps_the_losses_and_precision_auto_is_fp32_on
         "parallelism": "none",
         "activation_checkpointing": True,
     }
+
+
+def test_fsdp_on_one_process_says_it_trains_unsharded(data_dir, tmp_path, capsys):
+    _, _, plain = run_loop(data_dir, tmp_path / "plain", micro=2, accum=1, steps=2)
+    _, _, fsdp = run_loop(data_dir, tmp_path / "fsdp", micro=2, accum=1, steps=2, parallelism="fsdp")
+    assert fsdp == plain
+    assert "train.parallelism fsdp: one process, nothing to shard" in capsys.readouterr().out
+    assert json.loads((tmp_path / "fsdp" / "run.json").read_text())["training"]["parallelism"] == "none"

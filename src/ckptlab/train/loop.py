@@ -109,6 +109,8 @@ def train(
     torch.set_flush_denormal(True)  # denormal gradients made CPU steps 10x slower
     precision = distributed.resolve_precision(config.precision, dist.device)
     sharded = config.parallelism == "fsdp" and dist.enabled
+    if config.parallelism == "fsdp" and not dist.enabled:
+        log("train.parallelism fsdp: one process, nothing to shard; training unsharded (run.json says none)")
     tf32 = config.tf32 and dist.device.type == "cuda"
     if config.activation_checkpointing:
         distributed.enable_activation_checkpointing(model)
