@@ -95,6 +95,19 @@ def test_changing_one_learning_rate_changes_that_job_and_its_dependents_only(swe
     assert changed == ["two@late/evaluate", "two@late/finetune"]
 
 
+def test_a_new_release_keeps_ids_and_a_results_version_redoes_its_kind(sweep, monkeypatch):
+    import ckptlab
+    from ckptlab.sweeps import plan
+
+    before = ids(sweep)
+    monkeypatch.setattr(ckptlab, "__version__", "99.0.0")  # a release that changes no results
+    assert ids(sweep) == before
+    monkeypatch.setitem(plan.RESULTS_VERSIONS, "evaluate", plan.RESULTS_VERSIONS["evaluate"] + 1)
+    after = ids(sweep)
+    changed = sorted(key for key in before if before[key] != after[key])
+    assert changed == sorted(key for key in before if key.endswith("/evaluate"))
+
+
 def test_a_new_variant_label_re_evaluates_but_does_not_retrain(sweep):
     before = ids(sweep)
     sweep["finetunes"][1]["variant"] = "lr=1e-3"

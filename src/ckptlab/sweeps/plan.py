@@ -4,7 +4,8 @@ A job's id is the SHA-256 of canonical JSON over: its kind; its verb config as r
 verb's dataclass (defaults included, so writing a default changes nothing) without the keys that
 only say where things go (`out`, `resume`, `init_from`, progress bars); the fingerprints of its
 inputs in place of their paths (a checkpoint's content hash, a task file's bytes and data files,
-a prepared data directory's data and tokenizer fingerprints); and the ckptlab version. A model
+a prepared data directory's data and tokenizer fingerprints); and the kind's results version
+(`RESULTS_VERSIONS`), not the ckptlab release. A model
 that another job of the sweep produces is fingerprinted by that job's id, so changing one
 fine-tune's learning rate changes that job's id and those of the jobs that use its output, and
 nothing else. Moving inputs does not change ids; changing their content does.
@@ -20,7 +21,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckptlab import __version__
 from ckptlab import config as configlib
 from ckptlab.errors import UserError
 from ckptlab.sweeps.spec import Spec, TrainEntry, chain_bases
@@ -33,6 +33,12 @@ NOT_HASHED = {"out", "resume", "init_from", "allow_changed", "trust_remote_code"
 NOT_HASHED_EVALUATE = {"model", "store", "export", "checkpoints", "tasks", "task_dirs"}
 NOT_HASHED_TRAIN = {"progress", "tensorboard", "activation_checkpointing"}
 NOT_HASHED_KEEP = {"optimizer_state"}
+
+# What a job's results mean, per kind: bump a kind's number with any change that makes its verb compute
+# other numbers from the same config and inputs (a new default, a fixed bug in the loss or the scorer),
+# and only then are such jobs redone. A release that changes nothing a job computes keeps every id, so
+# a finished sweep stays finished across upgrades (task files and the scorer are versioned the same way).
+RESULTS_VERSIONS = {"pretrain": 1, "finetune": 1, "cpt": 1, "evaluate": 1}
 
 
 @dataclass
@@ -220,7 +226,7 @@ def _normalised(kind: str, config: Any, inputs: dict[str, str]) -> Any:
 
 def job_id(kind: str, config: Any, inputs: dict[str, str], models: list[Any]) -> str:
     return canonical_hash(
-        {"kind": kind, "config": _normalised(kind, config, inputs), "models": models, "ckptlab": __version__}
+        {"kind": kind, "config": _normalised(kind, config, inputs), "models": models, "results": RESULTS_VERSIONS[kind]}
     )
 
 
