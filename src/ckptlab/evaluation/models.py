@@ -176,12 +176,11 @@ def eval_precision(dtype: str, device: str) -> tuple[str, str]:
     return dtype, device
 
 
-def model_fingerprint(content: str, dtype: str = "float32", device: str = "auto") -> str:
-    """The model key of the cache: content hash, plus the (resolved) dtype when it is not fp32.
+def model_fingerprint(content: str, dtype: str = "float32") -> str:
+    """The model key of the cache: content hash, plus the dtype (as `eval_precision` resolves it) when not fp32.
 
     The dtype is part of the key so that bf16 and fp32 scores of one model are never mixed in the cache.
     """
-    dtype, _ = eval_precision(dtype, device)
     return content[:16] + ("" if dtype == "float32" else f"-{dtype}")
 
 
