@@ -269,8 +269,7 @@ class Evaluator:
 
     def _metric_rows(self, unit: Unit, key: tuple, model_meta: dict[str, Any]) -> list[dict[str, Any]]:
         rows = self.store.examples(key, [e.id for e in unit.examples])
-        # The unit's plan size: the largest forward pass its rows were scored with (see the module docstring).
-        batch_size = max((r["batch_size"] or 0 for r in rows), default=None)
+        batch_size = plan_size(rows)
         out = []
         for name in self.metric_names(unit):
             low, high = metrics.bootstrap_interval(name, rows, self.resamples, self.bootstrap_seed)
@@ -322,7 +321,7 @@ class Evaluator:
                 "template": "*",
                 "shots": shots,
                 "seed": seed,
-                "batch_size": max((r["batch_size"] or 0 for r in rows), default=None),
+                "batch_size": plan_size(rows),
                 "n": min(r["n"] for r in rows),
             }
             for metric_name, values in by_metric.items():
@@ -331,6 +330,11 @@ class Evaluator:
             value, common = metrics.agreement(predictions)
             out.append({**base, "metric": "agreement", "value": value, "n": common})
         return out
+
+
+def plan_size(rows: list[dict[str, Any]]) -> int | None:
+    """The plan size of rows of one unit: the largest forward pass they were scored with (module docstring)."""
+    return max((r["batch_size"] or 0 for r in rows), default=None)
 
 
 def guarded(forward: Callable[[list[int]], Any], batch: list[int]) -> Any:
