@@ -472,3 +472,20 @@ def test_trust_remote_code_is_an_opt_in_of_every_verb_that_loads_a_model(monkeyp
     hf.load_tokenizer("org/m", trust_remote_code=True)
     hf.load_tokenizer("org/m")
     assert seen == [{"trust_remote_code": True}, {"trust_remote_code": False}]
+
+
+def test_a_hub_gguf_init_from_is_read_as_a_gguf_not_as_a_repository_snapshot(monkeypatch):
+    from types import SimpleNamespace
+
+    from ckptlab.models import hf, init_from
+
+    def no_snapshot(*args, **kwargs):
+        raise AssertionError("a hub GGUF must not download the repository's snapshot")
+
+    monkeypatch.setattr(hub, "hub_snapshot", no_snapshot)
+    monkeypatch.setattr(hf, "hub_snapshot", no_snapshot)
+    monkeypatch.setattr(hf, "load_model", lambda source, **kwargs: SimpleNamespace(config={"from": source}))
+    source = "HuggingFaceTB/SmolLM2-135M-GGUF@main:model.Q4_K_M.gguf"
+    assert init_from.read_model_config(source) == {"from": source}
+    with pytest.raises(UserError, match=r"a \.gguf file holds a causal LM"):
+        init_from.model_directory(source)

@@ -232,6 +232,11 @@ class ModelSource:
     file: str | None = None
     """The one file to load from the hub repository, a .gguf after `:` (kind 'hub'); null loads the model files."""
 
+    @property
+    def is_gguf(self) -> bool:
+        """A GGUF file: a local one, or one file of a hub repository (`org/name[@revision]:file.gguf`)."""
+        return self.kind == "gguf" or self.file is not None
+
 
 def _looks_like_path(source: str) -> bool:
     if source.startswith(("./", "../", "/", "~", ".\\")) or source in (".", ".."):

@@ -54,7 +54,7 @@ def model_directory(source: str) -> str:
     from ckptlab.models.hf import hub_snapshot, parse_source
 
     parsed = parse_source(source)
-    if parsed.kind == "gguf":
+    if parsed.is_gguf:
         raise UserError(f"init_from {source}: a .gguf file holds a causal LM; give an HF directory or hub id")
     if parsed.kind == "directory":
         assert parsed.path is not None  # parse_source gives a directory its path
@@ -71,7 +71,7 @@ def read_model_config(source: str, trust_remote_code: bool = False) -> Any:
     """The model's HF config without loading its weights (a .gguf file is read whole)."""
     from ckptlab.models.hf import load_error, load_model, parse_source, remote_code_kwargs
 
-    if parse_source(source).kind == "gguf":
+    if parse_source(source).is_gguf:
         return load_model(source).config
     from transformers import AutoConfig
 
