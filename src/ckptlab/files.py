@@ -59,10 +59,13 @@ def read_text(path: Path, error: type[UserError], name: str) -> str:
         raise error(f"{name} is not UTF-8 text") from None
 
 
-def parse_yaml(text: str, where: str, error: type[UserError]) -> Any:
-    """YAML `text` from the file named by `where`; a syntax error raises `error` naming its line."""
+def parse_yaml(text: str, where: str, error: type[UserError], loader: Any = None) -> Any:
+    """YAML `text` from the file named by `where`; a syntax error raises `error` naming its line.
+
+    `loader` is a subclass of yaml.SafeLoader that reads extra tags (default: the safe loader itself).
+    """
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=loader or yaml.SafeLoader)
     except yaml.YAMLError as problem:
         mark = getattr(problem, "problem_mark", None)
         at = f"{where}:{mark.line + 1}" if mark else where

@@ -1,7 +1,7 @@
 """Greedy generation in left-padded batches with the KV cache (Hugging Face `generate`).
 
 Each batch stops early once every row has produced a stop string (or the end-of-text token);
-the decoded text is then cut at the first stop string and stripped.
+the decoded text is then cut at the first stop string and (except for lm-eval tasks) stripped.
 The model runs in the evaluation's dtype; `generate` upcasts each step's logits to fp32 before
 the greedy pick.
 """
@@ -14,21 +14,28 @@ from typing import Any
 from ckptlab.evaluation.scoring import left_pad, model_max_length
 
 
-def cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    """The text before the first occurrence of any stop string, stripped."""
+def cut_at_stop(text: str, stop: Sequence[str], strip: bool = True) -> str:
+    """The text before the first occurrence of any stop string, stripped unless `strip` is false."""
     end = len(text)
     for marker in stop:
         if marker:
             at = text.find(marker)
             if at != -1:
                 end = min(end, at)
-    return text[:end].strip()
+    return text[:end].strip() if strip else text[:end]
 
 
 def generate_batch(
-    model: Any, tokenizer: Any, contexts: Sequence[list[int]], max_new_tokens: int, stop: Sequence[str], pad_id: int
+    model: Any,
+    tokenizer: Any,
+    contexts: Sequence[list[int]],
+    max_new_tokens: int,
+    stop: Sequence[str],
+    pad_id: int,
+    strip: bool = True,
 ) -> list[str]:
-    """Greedy continuations of tokenized prompts (one batch), cut at the stop strings."""
+    """Greedy continuations of tokenized prompts (one batch), cut at the stop strings (and stripped, unless
+    `strip` is false: lm-eval tasks compare the text as generated)."""
     import torch
     from transformers import GenerationConfig
 
@@ -54,4 +61,4 @@ def generate_batch(
             tokenizer=tokenizer if config.stop_strings else None,
         )
     texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-    return [cut_at_stop(text, stop) for text in texts]
+    return [cut_at_stop(text, stop, strip) for text in texts]

@@ -4,12 +4,13 @@ units (task × template × shots) checked before any model loads."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 from ckptlab.errors import ConfigError, UserError
 
 if TYPE_CHECKING:
+    from ckptlab.evaluation.prompting import PromptFormat
     from ckptlab.evaluation.runner import Unit
 
 
@@ -50,9 +51,21 @@ class EvaluateConfig:
     device: str = "auto"
     """cpu, cuda, cuda:1, ... or auto (cuda when available)."""
     export: str | None = None
-    """After evaluating, write every metric row of the store to this .csv (or .parquet) file."""
+    """After evaluating, write results: a .csv (or .parquet) file gets every metric row of the store (and
+    <stem>.examples.csv every per-example row); a directory ending in / gets this evaluation's results in
+    lm-evaluation-harness's format, DIR/<model>/results_<date>.json and samples_<task>_<date>.jsonl per model (a
+    .json file: lm-eval's one-model form, <stem>_<date>.json with the samples beside it)."""
     trust_remote_code: bool = False
     """Let a hub model run its own code from its repository (off: such a model is refused); recorded in the store."""
+    add_bos: bool | Literal["auto"] = "auto"
+    """BOS token before every prompt: auto = what the tokenizer adds by default (as lm-eval does), true, false;
+    part of the results' key."""
+    apply_chat_template: bool = False
+    """Render prompts with the model's chat template (instruct models); part of the results' key."""
+    system_instruction: str | None = None
+    """With or without a chat template: a system message put before the task's own preamble."""
+    fewshot_as_multiturn: bool = True
+    """With a chat template: each demonstration as a user turn and an assistant turn (false: one user turn)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, int) and self.batch_size < 1:
@@ -71,10 +84,12 @@ def plan_units(config: EvaluateConfig, say: Callable[[str], None]) -> list[Unit]
     from ckptlab.evaluation.runner import Unit
     from ckptlab.tasks.spec import find_task_files, load_task_data, read_task_file
 
+    prompt = prompt_format(config)
     units: list[Unit] = []
     for path in find_task_files(config.tasks, config.task_dirs):
         spec = read_task_file(path)
         data = load_task_data(spec, config.split)
+        data = replace(data, fingerprint=prompt.keyed(data.fingerprint))
         names = list(spec.templates) if config.templates in ([], ["all"]) else config.templates
         unknown = [n for n in names if n not in spec.templates]
         if unknown:
@@ -88,7 +103,16 @@ def plan_units(config: EvaluateConfig, say: Callable[[str], None]) -> list[Unit]
             if k > 0 and data.fewshot_unavailable:
                 say(f"note: task {spec.name}: skipping {k}-shot ({data.fewshot_unavailable})")
                 continue
-            units.extend(Unit(data, name, k, seed, examples) for name in names)
+            units.extend(Unit(data, name, k, seed, examples, prompt) for name in names)
     if not units:
         raise UserError("nothing to evaluate (every task × shots combination was skipped)")
     return units
+
+
+def prompt_format(config: EvaluateConfig) -> PromptFormat:
+    """The BOS and chat-template options of `config`."""
+    from ckptlab.evaluation.prompting import PromptFormat
+
+    return PromptFormat(
+        config.add_bos, config.apply_chat_template, config.system_instruction, config.fewshot_as_multiturn
+    )

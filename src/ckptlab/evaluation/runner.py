@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptlab.evaluation import generation, metrics, scoring
+from ckptlab.evaluation.prompting import PromptFormat
 from ckptlab.evaluation.store import ResultStore
 from ckptlab.tasks import templates as tpl
 from ckptlab.tasks.spec import Example, TaskData
@@ -53,6 +54,8 @@ class Unit:
     shots: int
     seed: int
     examples: list[Example]
+    prompt: PromptFormat = field(default_factory=PromptFormat)
+    """BOS and chat template; already folded into `task.fingerprint` by `plan_units`."""
 
 
 @dataclass
@@ -74,15 +77,14 @@ def fault_after() -> int | None:
     return None
 
 
-def prompts_for(unit: Unit) -> list[str]:
+def prompts_for(unit: Unit, tokenizer: Any = None) -> list[str]:
+    """Each example's prompt: its demonstrations (seeded per example) and template, plain or chat-rendered."""
     spec, pool = unit.task.spec, unit.task.fewshot
     template = spec.templates[unit.template]
     prompts = []
     for example in unit.examples:
-        demos = [
-            (pool[i].fields, pool[i].gold) for i in tpl.fewshot_indices(len(pool), unit.shots, unit.seed, example.id)
-        ]
-        prompts.append(tpl.build_prompt(template, example.fields, demos, spec.target_delimiter, spec.fewshot_delimiter))
+        demos = [pool[i] for i in tpl.fewshot_indices(len(pool), unit.shots, unit.seed, example.id)]
+        prompts.append(unit.prompt.prompt(spec, template, example, demos, tokenizer))
     return prompts
 
 
@@ -146,26 +148,39 @@ class Evaluator:
         """Score the unit's missing examples, committing batch by batch; returns the plan size used."""
         spec = unit.task.spec
         pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
-        prompts = prompts_for(unit)
+        try:
+            prompts = prompts_for(unit, tokenizer)
+            prefixes = [unit.prompt.prefix_tokens(tokenizer, p) for p in prompts]
+        except ValueError as error:
+            from ckptlab.errors import UserError
+
+            raise UserError(f"task {spec.name} / {unit.template}: {error}") from None
+        delimiter = unit.prompt.target_delimiter(spec)
         if spec.type == "classification":
             choices = [e.choices or [] for e in unit.examples]
-            requests = scoring.encode_requests(tokenizer, prompts, choices, spec.target_delimiter)
+            requests = scoring.encode_requests(tokenizer, prompts, choices, delimiter, prefixes)
             lengths = [len(r.context) for r in requests]
         else:
-            contexts = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+            encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+            contexts = [list(prefix) + list(ids) for prefix, ids in zip(prefixes, encoded)]
             lengths = [len(c) for c in contexts]
 
         def rows_for(batch: list[int]) -> list[dict[str, Any]]:
             if spec.type == "classification":
                 scores = self.score(model, [requests[i] for i in batch], pad_id)
-                return [
-                    self._classification_row(unit.examples[i], requests[i], ll, spec.target_delimiter)
-                    for i, ll in zip(batch, scores)
-                ]
+                return [self._classification_row(unit.examples[i], requests[i], ll) for i, ll in zip(batch, scores)]
             texts = generation.generate_batch(
-                model, tokenizer, [contexts[i] for i in batch], spec.max_new_tokens, spec.stop, pad_id
+                model,
+                tokenizer,
+                [contexts[i] for i in batch],
+                spec.max_new_tokens,
+                spec.stop,
+                pad_id,
+                strip=not spec.strict_exact_match,
             )
-            return [self._generation_row(unit.examples[i], text) for i, text in zip(batch, texts)]
+            return [
+                self._generation_row(unit.examples[i], text, spec.strict_exact_match) for i, text in zip(batch, texts)
+            ]
 
         def commit(batch: list[int], size: int) -> None:
             rows = [r for r in guarded(rows_for, batch) if r["example_id"] in missing]
@@ -226,15 +241,13 @@ class Evaluator:
         )
 
     @staticmethod
-    def _classification_row(
-        example: Example, request: scoring.Request, ll: list[float], delimiter: str
-    ) -> dict[str, Any]:
+    def _classification_row(example: Example, request: scoring.Request, ll: list[float]) -> dict[str, Any]:
         choices = example.choices or []
         best = max(range(len(ll)), key=ll.__getitem__)
         scores = {
             "ll": ll,
             "tokens": [len(c) for c in request.continuations],
-            "chars": [len(delimiter + c) for c in choices],
+            "chars": [len(c) for c in choices],  # the choice alone, as lm-eval's acc_norm divides
             "choices": choices,
         }
         return {
@@ -247,10 +260,10 @@ class Evaluator:
         }
 
     @staticmethod
-    def _generation_row(example: Example, text: str) -> dict[str, Any]:
+    def _generation_row(example: Example, text: str, strict: bool = False) -> dict[str, Any]:
         scores = {
             "rouge_l": metrics.rouge_l(text, example.gold),
-            "exact_match": metrics.exact_match(text, example.gold),
+            "exact_match": float(text == example.gold) if strict else metrics.exact_match(text, example.gold),
         }
         return {
             "example_id": example.id,

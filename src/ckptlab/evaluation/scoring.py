@@ -8,10 +8,9 @@ so the shared prompt is never recomputed per choice. `score_full` is the plain a
 sequence per example × choice, logits kept for the answer positions only); it is the reference the
 tests and benchmarks compare against.
 
-Continuation tokens follow lm-evaluation-harness: tokenize context + delimiter + choice and take
-the tokens after the context's own tokens (falling back to tokenizing delimiter + choice alone when
-the context's tokens are not a prefix). fp32 throughout; the same batch plan gives bit-identical
-scores run after run.
+Continuation tokens follow lm-evaluation-harness (`encode_requests`): trailing whitespace of the
+prompt moves to the continuation, and the continuation is what context + delimiter + choice has
+beyond the context's own tokens. The same batch plan gives bit-identical scores run after run.
 """
 
 from __future__ import annotations
@@ -40,25 +39,46 @@ def model_max_length(model: Any, default: int = 2048) -> int:
 
 
 def encode_requests(
-    tokenizer: Any, prompts: Sequence[str], choices: Sequence[Sequence[str]], delimiter: str = " "
+    tokenizer: Any,
+    prompts: Sequence[str],
+    choices: Sequence[Sequence[str]],
+    delimiter: str = " ",
+    prefixes: Sequence[Sequence[int]] | None = None,
 ) -> list[Request]:
-    """Tokenize prompts and their choices (no special tokens added)."""
-    contexts = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    joined = [prompt + delimiter + choice for prompt, options in zip(prompts, choices) for choice in options]
+    """Tokenize prompts and their choices as lm-evaluation-harness does.
+
+    Whitespace that ends a prompt moves to the front of each continuation (so " positive" is one
+    word's tokens, not a space token then a word); each prompt's `prefixes` entry (e.g. [BOS]) goes
+    before both the context and the whole sequence, and the continuation is what the whole
+    sequence has beyond the context's tokens. Only when that is nothing (a tokenizer that merges
+    across the join) is the continuation tokenized on its own. An empty context is the prefix, or
+    else the tokenizer's BOS (or EOS) token alone.
+    """
+    prefixes = prefixes or [[] for _ in prompts]
+    contexts_text, continuations_text = [], []
+    for prompt, options in zip(prompts, choices):
+        stripped = prompt.rstrip()
+        contexts_text.append(stripped)
+        continuations_text.append([prompt[len(stripped) :] + delimiter + choice for choice in options])
+    contexts = tokenizer(contexts_text, add_special_tokens=False)["input_ids"]
+    joined = [context + tail for context, tails in zip(contexts_text, continuations_text) for tail in tails]
     wholes = tokenizer(joined, add_special_tokens=False)["input_ids"] if joined else []
     requests, at = [], 0
-    for context, options in zip(contexts, choices):
+    for context_text, context, tails, prefix in zip(contexts_text, contexts, continuations_text, prefixes):
+        lead = list(prefix)
+        if not context_text and not lead:
+            lead = [next(t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id, 0) if t is not None)]
         continuations = []
-        for choice in options:
+        for tail in tails:
             whole = wholes[at]
             at += 1
-            if len(whole) > len(context) and whole[: len(context)] == context:
-                continuations.append(list(whole[len(context) :]))
-            else:
-                continuations.append(list(tokenizer(delimiter + choice, add_special_tokens=False)["input_ids"]))
-            if not continuations[-1]:
-                raise ValueError(f"choice {choice!r} tokenizes to nothing")
-        requests.append(Request(list(context), continuations))
+            continuation = list(whole[len(context) :])
+            if not continuation:
+                continuation = list(tokenizer(tail, add_special_tokens=False)["input_ids"])
+            if not continuation:
+                raise ValueError(f"choice {tail!r} tokenizes to nothing")
+            continuations.append(continuation)
+        requests.append(Request(lead + list(context), continuations))
     return requests
 
 

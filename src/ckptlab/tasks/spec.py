@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import yaml
 
 from ckptlab.errors import DataError, UserError
 from ckptlab.files import parse_yaml, read_text
+from ckptlab.tasks import lm_eval
 from ckptlab.tasks import templates as tpl
 from ckptlab.tasks.records import (
     DATA_DIR_VARIABLE,
@@ -34,9 +35,14 @@ from ckptlab.tasks.records import (
     resolve_path,
     where,
 )
+from ckptlab.tasks.types import Example, SplitFile, TaskData, TaskError, TaskSpec
+
+__all__ = ["Example", "SplitFile", "TaskData", "TaskError", "TaskSpec"]
 
 #: Bump when scoring or prompt assembly changes meaning: cached results then stop matching.
-SCORING_VERSION = 1
+#: 2: trailing whitespace of a prompt moves to the continuation, acc_norm divides by the choice's own
+#: characters (both as lm-evaluation-harness does), and the prompt format (BOS, chat template) is keyed.
+SCORING_VERSION = 2
 TYPES = ("classification", "generation")
 METRICS = {"classification": ("accuracy", "accuracy_norm", "macro_f1", "mcc"), "generation": ("rouge_l", "exact_match")}
 KNOWN_KEYS = {
@@ -65,79 +71,6 @@ KNOWN_KEYS = {
 }
 DATA_OPTIONS = {"format", "header", "columns"}
 HF_KEYS = {"path", "name", "splits", "columns", "label_map"}
-
-
-class TaskError(UserError):
-    """A task file that is malformed or inconsistent with its data."""
-
-
-@dataclass
-class SplitFile:
-    """Where one split's records come from locally."""
-
-    raw: str
-    path: Path | None
-    format: str
-    header: bool
-    columns: list[str] | None
-
-
-@dataclass
-class TaskSpec:
-    """A parsed, validated task file."""
-
-    name: str
-    path: Path
-    type: str
-    fields: list[str]
-    templates: dict[str, str]
-    metrics: list[str]
-    splits: dict[str, SplitFile]
-    eval_split: str
-    version: Any = 1
-    label_field: str | None = None
-    choices: list[str] | None = None
-    choices_field: str | None = None
-    target_field: str | None = None
-    label_map: dict[str, str] | None = None
-    id_field: str | None = None
-    max_new_tokens: int = 32
-    stop: list[str] = field(default_factory=list)
-    fewshot_split: str | None = "train"
-    fewshot_seed: int = 1234
-    fewshot_shots: list[int] = field(default_factory=lambda: [0])
-    target_delimiter: str = " "
-    fewshot_delimiter: str = "\n\n"
-    hf: dict[str, Any] | None = None
-    raw: dict[str, Any] = field(default_factory=dict)
-    lines: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class Example:
-    """One scored (or demonstration) example."""
-
-    id: str
-    index: int
-    fields: dict[str, Any]
-    gold: str
-    choices: list[str] | None
-    file: str
-    line: int
-
-
-@dataclass
-class TaskData:
-    """A task with the examples of its scored split and its few-shot pool, and its fingerprint."""
-
-    spec: TaskSpec
-    split: str
-    examples: list[Example]
-    fewshot: list[Example]
-    fingerprint: str
-    source: str
-    fewshot_unavailable: str | None = None
-    """Why k > 0 cannot run here (no few-shot split, or its data cannot be had), else None."""
 
 
 def shipped_tasks() -> dict[str, Path]:
@@ -195,10 +128,13 @@ def read_task_file(path: Path, data_dir: Path | None = None) -> TaskSpec:
     """Parse and validate one task file (its data is read later, by `load_task_data`)."""
     path = Path(path)
     text = read_text(path, TaskError, f"task file {path}:")
-    raw = parse_yaml(text, f"task file {path}", TaskError)
+    raw = parse_yaml(text, f"task file {path}", TaskError, loader=lm_eval.yaml_loader())
     if not isinstance(raw, dict):
         raise TaskError(f"task file {path}: expected a mapping of task keys")
-    return parse_task(raw, path, _line_map(text), data_dir if data_dir is not None else default_data_dir())
+    data_dir = data_dir if data_dir is not None else default_data_dir()
+    if lm_eval.is_lm_eval_task(raw):
+        return lm_eval.parse(raw, path, _line_map(text), data_dir)
+    return parse_task(raw, path, _line_map(text), data_dir)
 
 
 def parse_task(raw: dict[str, Any], path: Path, lines: dict[str, int], data_dir: Path | None) -> TaskSpec:
@@ -366,7 +302,13 @@ def _examples(spec: TaskSpec, split: str, records: list[tuple[int, dict[str, Any
                     _template_using(spec, name),
                 )
         choices = spec.choices
-        if spec.type == "classification":
+        if spec.answers is not None:
+            try:
+                choices, gold = spec.answers.resolve(record, spec.choices)
+            except Exception as error:  # noqa: BLE001 - a template or value error is the record's or the task's
+                detail = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
+                raise fail(detail) from None
+        elif spec.type == "classification":
             if spec.label_field is None or record.get(spec.label_field) is None:
                 raise fail(f"label field '{spec.label_field}' is missing")
             gold = str(record[spec.label_field])
@@ -403,6 +345,8 @@ def _read_split(spec: TaskSpec, split: str) -> tuple[list[Example], str, str]:
     source = spec.splits.get(split)
     if source is not None and source.path is not None and source.path.is_file():
         records, digest = read_local(source.path, source.format, source.header, source.columns, spec.name)
+        if spec.source_format == "lm-eval" and source.format == "csv":
+            records = lm_eval.infer_column_types(records)
         label = str(source.path)
     elif spec.hf is not None and (split in spec.hf.get("splits", {}) or source is not None):
         hf = spec.hf  # the same block after `replace` below, still known to be there
@@ -446,7 +390,8 @@ def load_task_data(spec: TaskSpec, split: str | None = None) -> TaskData:
             fewshot, digests[spec.fewshot_split], _ = _read_split(spec, spec.fewshot_split)
         except DataUnavailable as error:
             unavailable = str(error)
-    for tname, template in spec.templates.items():
+    checked = {**spec.templates, "description": spec.preamble} if spec.preamble else spec.templates
+    for tname, template in checked.items():
         for example in examples + fewshot[:1]:
             try:
                 tpl.render(template, example.fields)
@@ -481,6 +426,9 @@ def fingerprint(spec: TaskSpec, split: str, data_digests: dict[str, str]) -> str
         "fewshot_delimiter",
         "templates",
         "version",
+        "preamble",
+        "answers",
+        "strict_exact_match",
     )
     payload = {key: getattr(spec, key) for key in keys}
     payload.update(name=spec.name, split=split, data=data_digests, scoring_version=SCORING_VERSION)

@@ -24,7 +24,14 @@ def _jinja_template(text: str) -> Any:
     import jinja2
 
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    env.filters["regex_replace"] = _regex_replace  # lm-eval's one extra filter, used by its task files
     return env.from_string(text)
+
+
+def _regex_replace(text: str, pattern: str, replacement: str, count: int = 0) -> str:
+    import re
+
+    return re.sub(pattern, replacement, text, count=count)
 
 
 def field_names(template: str) -> set[str]:
@@ -81,7 +88,8 @@ def build_prompt(
     target_delimiter: str = " ",
     fewshot_delimiter: str = "\n\n",
 ) -> str:
-    """The full prompt: answered demonstrations, then the example's rendered template."""
+    """The full prompt: answered demonstrations, then the example's rendered template (as lm-evaluation-harness
+    joins them: demo + target delimiter + answer + few-shot delimiter, per demonstration, then the prompt)."""
     parts = [render(template, demo_fields) + target_delimiter + answer for demo_fields, answer in demos]
     parts.append(render(template, fields))
     return fewshot_delimiter.join(parts)
