@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from tiny_models import tokenizer_adding_bos
 
 from ckptlab.errors import UserError
 from ckptlab.evaluation.plan import EvaluateConfig, plan_units
@@ -23,6 +24,8 @@ QUESTIONS = [
     ("Which one swims?", ["fish", "lamp", "door", "cake"], "A"),
     ("Which is loud?", ["feather", "thunder", "cotton", "milk"], "B"),
 ]
+
+WORDS = [q for q, _, _ in QUESTIONS] + [" ".join(t) for _, t, _ in QUESTIONS]
 
 BASE = """\
 output_type: multiple_choice
@@ -162,7 +165,9 @@ def test_a_target_outside_the_choices_names_the_file_and_line(arc_task: Path, tm
     lines = (tmp_path / "questions.jsonl").read_text(encoding="utf-8").splitlines()
     lines[2] = lines[2].replace('"answerKey": "C"', '"answerKey": "E"')
     (tmp_path / "questions.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with pytest.raises(UserError, match=r"questions.jsonl, line 3: doc_to_target cannot be rendered \(ValueError: .E. is not in list\)"):
+    with pytest.raises(
+        UserError, match=r"questions.jsonl, line 3: doc_to_target cannot be rendered \(ValueError: .E. is not in list\)"
+    ):
         load_task_data(read_task_file(arc_task))
 
 
@@ -198,3 +203,75 @@ def test_prompts_choices_and_answers_equal_lm_evals(arc_task: Path, csv_task: Pa
             target = theirs.doc_to_target(doc)
             assert example.choices == choices
             assert example.gold == (choices[target] if isinstance(target, int) else target)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("add_bos", ["auto", False])
+def test_log_likelihoods_equal_lm_evals_on_a_model_whose_tokenizer_adds_bos(
+    arc_task: Path, lm_eval_tasks, tmp_path: Path, add_bos
+) -> None:
+    """Per example and choice, ckptlab's log-likelihoods are lm-eval's (HFLM, its default add_bos_token) when
+    add_bos is auto, and differ when BOS is left out: the measured reason for the agreement gap."""
+    import torch
+    from lm_eval import evaluator
+    from lm_eval.models.huggingface import HFLM
+
+    from ckptlab.models.hf import ModelConfig, build_model
+
+    tokenizer = tokenizer_adding_bos(tmp_path / "tok", WORDS)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(architecture="llama", size="tiny", context_length=128), len(tokenizer), 0, 0, 1)
+    model.eval()
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4, device="cpu")
+    out = evaluator.simple_evaluate(model=lm, tasks=[lm_eval_tasks("arcish")], log_samples=True, bootstrap_iters=0)
+    theirs = {s["doc"]["id"]: [float(r[0][0]) for r in s["resps"]] for s in out["samples"]["arcish"]}
+
+    store = ResultStore(str(tmp_path / "store.sqlite"))
+    config = EvaluateConfig(model=["tiny"], tasks=[str(arc_task)], add_bos=add_bos)
+    units = plan_units(config, print)
+    Evaluator(store, batch_size=4, resamples=0).run_model("tiny", {}, units, lambda: (model, tokenizer))
+    rows = store.examples(("tiny", units[0].task.fingerprint, "default", 0, units[0].seed), list(theirs))
+    ours = {row["example_id"]: row["scores"]["ll"] for row in rows}
+    store.close()
+    assert set(ours) == set(theirs)
+    gap = max(abs(a - b) for key in ours for a, b in zip(ours[key], theirs[key]))
+    if add_bos == "auto":
+        assert gap < 1e-4
+        from ckptlab.evaluation.metrics import metric_value
+
+        assert out["results"]["arcish"]["acc,none"] == pytest.approx(metric_value("accuracy", rows))
+        assert out["results"]["arcish"]["acc_norm,none"] == pytest.approx(metric_value("accuracy_norm", rows))
+    else:
+        assert gap > 1e-3
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@pytest.mark.slow
+def test_chat_prompts_equal_lm_evals(arc_task: Path, lm_eval_tasks, tmp_path: Path) -> None:
+    """With a chat template and a system instruction, the rendered prompt is lm-eval's, character for character."""
+    from ckptlab.evaluation.prompting import PromptFormat
+
+    tokenizer = tokenizer_adding_bos(tmp_path / "tok", WORDS)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    spec = read_task_file(arc_task)
+    data = load_task_data(spec)
+    chat = PromptFormat(apply_chat_template=True, system_instruction="Answer briefly.")
+    ours = prompts_for(Unit(data, "default", 0, 1234, data.examples, chat), tokenizer)
+    theirs = lm_eval_tasks("arcish")
+
+    def render(messages, add_generation_prompt=True):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    expected = [
+        theirs.fewshot_context(
+            doc, 0, system_instruction="Answer briefly.", apply_chat_template=True, chat_template=render
+        )
+        for doc in theirs.test_docs()
+    ]
+    assert ours == expected
+    assert ours[0].startswith("<|system|>Answer briefly.\n\nThe following are questions about the world.")

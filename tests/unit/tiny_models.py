@@ -57,3 +57,18 @@ def random_rows(count: int = 16, lengths: tuple[int, int] = (10, 20), targets: i
         length = int(rng.integers(lengths[0], lengths[1] + 1))
         out.append(sft.Tokenized(rng.integers(2, VOCAB, size=length), np.arange(length) >= length - targets))
     return out
+
+
+def tokenizer_adding_bos(folder: Any, texts: list[str]) -> Any:
+    """A tiny BPE tokenizer that, like Llama's, puts its BOS token before every text by default."""
+    from tokenizers import processors
+
+    from ckptlab.data.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer([*texts, "Question: Answer: The world"] * 20, 320, folder)
+    bos = tokenizer.bos_token
+    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.bos_token_id)]
+    )
+    assert tokenizer("apple")["input_ids"][0] == tokenizer.bos_token_id
+    return tokenizer
