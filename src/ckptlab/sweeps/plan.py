@@ -31,7 +31,7 @@ from ckptlab.sweeps.spec import Spec, TrainEntry, chain_bases
 # its own code, recomputing activations, keeping optimizer moments in old checkpoints.
 NOT_HASHED = {"out", "resume", "init_from", "allow_changed", "trust_remote_code"}
 NOT_HASHED_EVALUATE = {"model", "store", "export", "checkpoints", "tasks", "task_dirs"}
-NOT_HASHED_TRAIN = {"progress", "tensorboard", "activation_checkpointing"}
+NOT_HASHED_TRAIN = {"progress", "tensorboard", "report_to", "activation_checkpointing"}
 NOT_HASHED_KEEP = {"optimizer_state"}
 
 # What a job's results mean, per kind: bump a kind's number with any change that makes its verb compute

@@ -72,7 +72,11 @@ class TrainConfig:
     progress: bool = True
     """Show a progress bar with loss, tokens/s and ETA (on stderr)."""
     tensorboard: bool = False
-    """Also write TensorBoard scalars under RUN/tensorboard (needs the tensorboard package)."""
+    """Also write TensorBoard scalars under RUN/tensorboard: the same as listing tensorboard in report_to."""
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = field(default_factory=list)
+    """Experiment trackers that also get every metrics line, the config and the compute record (docs/design.md; pip
+    install 'ckptlab[wandb]' etc.; WANDB_* and MLFLOW_* variables are honoured); train.tensorboard true adds
+    tensorboard."""
     device_power_w: float | None = None
     """Power drawn per device (watts) for the energy estimate in run.json's compute record; null = 65 on CPU, 700 on
     CUDA."""
@@ -95,6 +99,10 @@ class TrainConfig:
             raise ConfigError(f"train.device_power_w: expected watts ≥ 0, got {self.device_power_w}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"train.device: expected auto, cpu or cuda, got {self.device!r}")
+
+    def trackers(self) -> list[str]:
+        """The experiment trackers to log to: report_to, and tensorboard when train.tensorboard asks for it."""
+        return list(dict.fromkeys([*self.report_to, *(["tensorboard"] if self.tensorboard else [])]))
 
     def global_batch(self, processes: int) -> int:
         """Sequences per optimizer step over all `processes` (data-parallel ranks)."""

@@ -271,22 +271,23 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
 
 
 def _builtin_callbacks(model: torch.nn.Module, config: TrainConfig, run: RunDir, dist: Dist) -> list[Callback]:
-    """What every run has: compute accounting, the metrics file, the progress bar; TensorBoard and faults on request."""
+    """What every run has: compute accounting, the metrics file, the progress bar; trackers and faults on request."""
     from ckptlab.faults import injected_fault
     from ckptlab.train.callbacks.compute_meter import ComputeMeterCallback
     from ckptlab.train.callbacks.fault_injection import FaultInjectionCallback
     from ckptlab.train.callbacks.metrics_file import MetricsFileCallback
     from ckptlab.train.callbacks.progress import ProgressBarCallback
-    from ckptlab.train.callbacks.tensorboard import TensorBoardCallback
+    from ckptlab.train.callbacks.trackers import TrackersCallback
 
-    callbacks: list[Callback] = [ComputeMeterCallback(model, dist.device, dist.world_size, config.device_power_w)]
+    compute = ComputeMeterCallback(model, dist.device, dist.world_size, config.device_power_w)
+    callbacks: list[Callback] = [compute]
     fault = injected_fault()
     if fault is not None:
         callbacks.append(FaultInjectionCallback(fault))
     if dist.is_main:
         callbacks.append(MetricsFileCallback(run.metrics))
-        if config.tensorboard:
-            callbacks.append(TensorBoardCallback(run.root))
+        if config.trackers():
+            callbacks.append(TrackersCallback(config.trackers(), run, config, compute))
     callbacks.append(ProgressBarCallback(config.max_steps, enabled=dist.is_main and config.progress))
     return callbacks
 
