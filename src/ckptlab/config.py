@@ -304,6 +304,25 @@ def load(cls: type, argv: list[str]) -> Any:
     return config
 
 
+def from_mapping(cls: type, *mappings: dict[str, Any]) -> Any:
+    """Build a `cls` config from mappings of keys, nested (`{"train": {"lr": 3e-4}}`) or dotted
+    (`{"train.lr": 3e-4}`), later mappings winning: the Python API's counterpart of `load`, checked
+    the same way (unknown keys and wrong types are ConfigErrors naming the key)."""
+    tree: dict[str, Any] = {}
+    for mapping in mappings:
+        for key, value in mapping.items():
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                value = to_dict(value)  # a group given as its dataclass (`train=TrainConfig(...)`)
+            if not isinstance(key, str):
+                raise ConfigError(f"config key {key!r}: expected a string")
+            if "." in key:
+                _leaf_type(cls, key)  # names the first unknown part of a dotted key
+            branch: dict[str, Any] = {}
+            _set_dotted(branch, key, value)
+            tree = _merge(tree, branch)
+    return build(cls, tree)
+
+
 def help_lines(cls: type, prefix: str = "") -> list[tuple[str, str]]:
     """(option, description) pairs for every leaf key of `cls`, nested groups flattened."""
     rows = []

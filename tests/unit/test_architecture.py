@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 # siblings that must not import each other.
 LAYERS: list[tuple[str, ...]] = [
     ("__main__",),
-    ("cli",),
+    ("cli", "api"),
     ("commands",),
     ("reporting",),
     ("sweeps",),

@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -248,6 +249,24 @@ class ResultStore:
             row["compute"] = json.loads(row["compute"]) if row["compute"] else {}
         return rows
 
+    def metric_rows(
+        self, order: str = "model_label, model_fp, task, template, shots, metric, n", **equal: Any
+    ) -> list[dict[str, Any]]:
+        """Metric rows whose columns equal the given values (a list, tuple or set: any of them), in `order`."""
+        unknown = sorted(set(equal) - set(METRIC_COLUMNS))
+        if unknown:
+            raise ValueError(f"not a metrics column: {unknown[0]}")
+        where, values = [], []
+        for column, value in equal.items():
+            options = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
+            where.append(f"{column} IN ({', '.join('?' * len(options))})")
+            values.extend(options)
+        cursor = self.db.execute(
+            "SELECT * FROM metrics" + (f" WHERE {' AND '.join(where)}" if where else "") + f" ORDER BY {order}", values
+        )
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, r)) for r in cursor]
+
     def rows(self, table: str, order: str = "") -> list[dict[str, Any]]:
         if table not in TABLES:
             raise ValueError(table)
@@ -269,23 +288,39 @@ class ResultStore:
         return digest
 
 
+def export_format(path: str) -> str:
+    """What an export path asks for: `csv`, `parquet`, or `lm_eval` (lm-evaluation-harness's results files: a path
+    ending in `/`, an existing directory, or a `.json` file; written by `evaluation.lm_eval_results`)."""
+    lower = path.lower()
+    if lower.endswith(".csv"):
+        return "csv"
+    if lower.endswith(".parquet"):
+        return "parquet"
+    if lower.endswith(".json") or path.endswith(("/", os.sep)) or Path(path).is_dir():
+        return "lm_eval"
+    raise UserError(
+        f"--export {path}: expected a .csv or .parquet file (tables), or a directory ending in / or a .json file "
+        "(lm-evaluation-harness results)"
+    )
+
+
 def check_export_path(path: str) -> None:
     """Refuse an export format that cannot be written here, before any evaluation starts."""
-    if path.lower().endswith(".parquet"):
+    if export_format(path) == "parquet":
         try:
             import pyarrow  # noqa: F401
         except ImportError:
             raise UserError(
                 f"--export {path}: Parquet needs pyarrow (pip install pyarrow); or give a .csv path"
             ) from None
-    elif not path.lower().endswith(".csv"):
-        raise UserError(f"--export {path}: expected a .csv or .parquet path")
 
 
 def export(store: ResultStore, path: str | Path) -> list[Path]:
     """Write every metric row to `path` and every per-example row beside it (`<stem>.examples.<ext>`)."""
     path = Path(path)
     check_export_path(str(path))
+    if export_format(str(path)) == "lm_eval":
+        raise UserError(f"--export {path}: lm-eval results are written by evaluation.lm_eval_results, not as tables")
     path.parent.mkdir(parents=True, exist_ok=True)
     written = []
     for table, target in (("metrics", path), ("examples", path.with_name(f"{path.stem}.examples{path.suffix}"))):
