@@ -275,3 +275,62 @@ def test_chat_prompts_equal_lm_evals(arc_task: Path, lm_eval_tasks, tmp_path: Pa
     ]
     assert ours == expected
     assert ours[0].startswith("<|system|>Answer briefly.\n\nThe following are questions about the world.")
+
+
+@pytest.fixture
+def ckptlab_task(tmp_path: Path) -> Path:
+    """A ckptlab task: TSV rows, a label map, a format-string template and a Jinja one."""
+    rows = ["text\tlabel", "a fine film\t1", "a dull film\t0", "great fun\t1", "too long\t0"]
+    (tmp_path / "train.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (tmp_path / "test.tsv").write_text("\n".join(rows[:1] + rows[:0:-1]) + "\n", encoding="utf-8")
+    return write(
+        tmp_path / "mini.yaml",
+        """\
+        task: mini
+        type: classification
+        data: {format: tsv, train: train.tsv, test: test.tsv}
+        fields: [text]
+        label_field: label
+        choices: [bad, good]
+        label_map: {'0': bad, '1': good}
+        templates:
+          plain: "Review: {text}\\nVerdict:"
+          jinja: "{% if text %}Text: {{ text | upper }}{% endif %} =>"
+        fewshot: {shots: [2]}
+        """,
+    )
+
+
+def test_exported_tasks_read_back_as_the_same_prompts_choices_and_answers(ckptlab_task: Path, tmp_path: Path) -> None:
+    from ckptlab.tasks.export import to_lm_eval
+
+    original = load_task_data(read_task_file(ckptlab_task))
+    written = to_lm_eval(original, tmp_path / "exported")
+    assert [p.name for p in written] == ["mini_plain.yaml", "mini_jinja.yaml"]
+    for path, template in zip(written, ["plain", "jinja"]):
+        back = load_task_data(read_task_file(path))
+        assert back.spec.source_format == "lm-eval" and back.spec.fewshot_shots == [2]
+        assert [(e.id, e.choices, e.gold) for e in back.examples] == [
+            (e.id, e.choices, e.gold) for e in original.examples
+        ]
+        assert prompts_for(Unit(back, "default", 0, 1, back.examples)) == prompts_for(
+            Unit(original, template, 0, 1, original.examples)
+        )
+    assert prompts_for(Unit(original, "jinja", 0, 1, original.examples[:1])) == ["Text: TOO LONG =>"]
+
+
+@pytest.mark.slow
+def test_lm_eval_runs_exported_tasks_with_our_prompts(ckptlab_task: Path, tmp_path: Path, lm_eval_tasks) -> None:
+    from ckptlab.tasks.export import to_lm_eval
+
+    original = load_task_data(read_task_file(ckptlab_task))
+    to_lm_eval(original, tmp_path)  # lm_eval_tasks reads tmp_path
+    for template in ("plain", "jinja"):
+        theirs = lm_eval_tasks(f"mini_{template}")
+        docs = list(theirs.test_docs())
+        assert [theirs.fewshot_context(d, 0) for d in docs] == prompts_for(
+            Unit(original, template, 0, 1, original.examples)
+        )
+        assert [theirs.doc_to_choice(d)[theirs.doc_to_choice(d).index(theirs.doc_to_target(d))] for d in docs] == [
+            e.gold for e in original.examples
+        ]

@@ -70,6 +70,12 @@ VERBS: dict[str, Verb] = {
         "evaluate",
         "Evaluate models × tasks × templates × shots: cached by model content, with bootstrap CIs.",
     ),
+    "tasks": Verb(
+        "ckptlab.commands.tasks",
+        "TasksConfig",
+        "tasks",
+        "List or check task files (ckptlab's or lm-eval YAMLs) without a model; export them as lm-eval tasks.",
+    ),
     "report": Verb(
         "ckptlab.commands.report",
         "ReportConfig",
