@@ -113,7 +113,8 @@ def evaluate(
 
     `models`, `tasks`, `templates` and `shots` take a list or a comma-separated string; `options` are any
     other `EvaluateConfig` keys (`bootstrap=200`, `checkpoints="all"`, `export="results/lm_eval/"`, ...).
-    Examples already in the store are not scored again. `quiet=False` prints what the CLI prints.
+    Examples already in the store are not scored again. `quiet=False` prints what the CLI prints (and
+    draws the progress bar when stderr is a terminal).
 
     Returns:
         The metric rows of this evaluation, model by model: each unit's rows (one per metric), then the
@@ -139,7 +140,7 @@ def evaluate(
     }
     if shots is not None:
         values["shots"] = _listed(shots) if isinstance(shots, (str, list, tuple)) else [shots]
-    config = configlib.from_mapping(EvaluateConfig, values, options)
+    config = configlib.from_mapping(EvaluateConfig, values, {"progress": not quiet}, options)
     if quiet:
         # As the CLI does: Hugging Face's progress bars for weight loads are noise here too.
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -220,9 +220,12 @@ def _parse_cli_value(raw: str, tp: Any, key: str) -> Any:
         return raw
     if typing.get_origin(plain) is Literal and all(isinstance(a, str) for a in typing.get_args(plain)):
         return raw
-    if typing.get_origin(plain) is list and typing.get_args(plain) == (str,) and "[" not in raw:
-        return [part for part in raw.split(",") if part]
     item = (typing.get_args(plain) or (None,))[0] if typing.get_origin(plain) is list else None
+    words = item is str or (
+        typing.get_origin(item) is Literal and all(isinstance(a, str) for a in typing.get_args(item))
+    )
+    if words and "[" not in raw:  # `--tasks rte,sst2`, `--train.report_to wandb,mlflow`
+        return [part for part in raw.split(",") if part]
     if item is not None and hasattr(item, "from_cli") and "[" not in raw:
         # A list of groups with a short command-line form (`--blend DIR=3,DIR`): the group parses it.
         return [item.from_cli(part.strip(), key) for part in raw.split(",") if part.strip()]

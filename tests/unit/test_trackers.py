@@ -155,6 +155,7 @@ def test_an_unknown_tracker_names_the_key():
     with pytest.raises(ConfigError, match=r"train\.report_to\[0\]"):
         load(FinetuneConfig, ["--train.report_to", "neptune"])
     assert load(FinetuneConfig, ["--train.report_to", "wandb", "mlflow"]).train.report_to == ["wandb", "mlflow"]
+    assert load(FinetuneConfig, ["--train.report_to", "wandb,mlflow"]).train.report_to == ["wandb", "mlflow"]
 
 
 @pytest.mark.parametrize("name", ["tensorboard", "wandb", "mlflow"])
@@ -486,3 +487,45 @@ def test_a_missing_tracker_package_fails_before_the_first_step(tmp_path, monkeyp
     with pytest.raises(UserError, match=r"^train\.report_to: mlflow needs .* pip install 'ckptlab\[mlflow\]'$"):
         fit(tmp_path / "run", 2, report_to=["mlflow"])
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@needs_trackers
+def test_evaluate_logs_its_metric_rows_with_intervals_to_mlflow(tmp_path):
+    """`ckptlab.evaluate(..., report_to=[mlflow])`: one tracker run holding every metric row and its CI."""
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    import ckptlab
+    from ckptlab.data.tokenizer import train_tokenizer
+    from ckptlab.models.hf import ModelConfig, build_model, save_model_dir
+
+    pairs = [("good", "yes"), ("bad", "no")] * 6
+    rows = [{"id": f"r{i}", "text": text, "label": label} for i, (text, label) in enumerate(pairs)]
+    (tmp_path / "test.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    (tmp_path / "task.yaml").write_text(
+        "task: mini\ntype: classification\ndata: {test: test.jsonl}\nfields: [text]\nlabel_field: label\n"
+        "choices: ['yes', 'no']\ntemplates: {a: 'Text: {text}. Good?', b: '{text} ->'}\n",
+        encoding="utf-8",
+    )
+    tokenizer = train_tokenizer(["Text: good. bad. Good? yes no ->"] * 20, 280, tmp_path / "tok")
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(architecture="llama", size="tiny", context_length=64), len(tokenizer), 0, 0, 1)
+    save_model_dir(model, tokenizer, tmp_path / "model")
+    results = ckptlab.evaluate(
+        str(tmp_path / "model"),
+        str(tmp_path / "task.yaml"),
+        shots=0,
+        bootstrap=20,
+        batch_size=4,
+        store=tmp_path / "results.sqlite",
+        report_to=["mlflow"],
+    )
+    client = MlflowClient((tmp_path / "mlruns").as_uri())
+    (run,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert run.info.run_name.startswith("evaluate-") and run.info.status == "FINISHED"
+    for row in results:
+        if row["template"] == "*":
+            continue
+        name = f"{row['task']}/{row['template']}/{row['shots']}/{row['metric']}"
+        assert run.data.metrics[name] == pytest.approx(row["value"])
+        assert run.data.metrics[f"{name}_ci_low"] == pytest.approx(row["ci_low"])

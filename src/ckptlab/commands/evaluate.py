@@ -169,6 +169,10 @@ def run_evaluation(
         raise UserError("evaluate: give the task(s) with --tasks (e.g. --tasks rte,sst2 or a task YAML)")
     if config.export:
         check_export_path(config.export)
+    if config.report_to:
+        from ckptlab.runs.trackers import check_trackers
+
+        check_trackers(config.report_to)  # a missing package is found before any model loads
     units = plan_units(config, say)  # every task and data row is checked here, before any model loads
     refs = resolve_models(config.model, config.checkpoints)
     lm_eval = export_format(config.export) == "lm_eval" if config.export else False
@@ -185,7 +189,13 @@ def run_evaluation(
         from ckptlab.evaluation.runner import Evaluator
 
         evaluator = Evaluator(
-            store, config.batch_size, config.bootstrap, config.bootstrap_seed, config.length_normalized, say=say
+            store,
+            config.batch_size,
+            config.bootstrap,
+            config.bootstrap_seed,
+            config.length_normalized,
+            say=say,
+            progress=config.progress,
         )
         outcome = Evaluation([], units, 0, 0, 0.0, store.path)
         for ref in refs:
@@ -235,6 +245,12 @@ def run_evaluation(
             outcome.exported = export(store, config.export)
     finally:
         store.close()
+    if config.report_to:
+        from ckptlab import config as configlib
+        from ckptlab.runs.trackers import log_evaluation
+
+        run_name = "evaluate-" + time.strftime("%Y%m%d-%H%M%S")
+        log_evaluation(config.report_to, outcome.rows, run_name, Path(config.store).parent, configlib.to_dict(config))
     return outcome
 
 

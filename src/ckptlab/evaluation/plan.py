@@ -66,6 +66,10 @@ class EvaluateConfig:
     """With or without a chat template: a system message put before the task's own preamble."""
     fewshot_as_multiturn: bool = True
     """With a chat template: each demonstration as a user turn and an assistant turn (false: one user turn)."""
+    progress: bool = True
+    """A progress bar per unit (examples/s, ETA) on stderr, when stderr is a terminal."""
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = field(default_factory=list)
+    """Also log the metric rows (with their CIs) to these trackers, one tracker run per evaluate (docs/design.md)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, int) and self.batch_size < 1:

@@ -100,6 +100,7 @@ class Evaluator:
         length_normalized: bool = False,
         scorer: str = "shared",
         say: Callable[[str], None] = print,
+        progress: bool = False,
     ) -> None:
         self.store = store
         self.batch_size = batch_size
@@ -108,6 +109,7 @@ class Evaluator:
         self.length_normalized = length_normalized
         self.score = scoring.SCORERS[scorer]
         self.say = say
+        self.progress = progress
         self.fault = fault_after()
         self.scored_total = 0
 
@@ -128,7 +130,8 @@ class Evaluator:
                 loaded.append(load())  # before the clock starts: examples/s measures scoring only
             started = time.perf_counter()
             if missing:
-                plan_size = self._score_unit(unit, key, missing, *loaded[0])
+                with self._progress_bar(unit, len(missing)) as bar:
+                    plan_size = self._score_unit(unit, key, missing, *loaded[0], bar)
             seconds = time.perf_counter() - started
             result = UnitResult(unit, len(missing), len(unit.examples) - len(missing), seconds)
             if missing:
@@ -144,7 +147,17 @@ class Evaluator:
         self.store.add_metrics(sensitivity_rows)
         return results, sensitivity_rows
 
-    def _score_unit(self, unit: Unit, key: tuple, missing: set[str], model: Any, tokenizer: Any) -> int:
+    def _progress_bar(self, unit: Unit, total: int) -> Any:
+        """A tqdm bar over the unit's examples to score (examples/s and ETA), on stderr when it is a terminal."""
+        from tqdm import tqdm
+
+        label = f"{unit.task.spec.name}/{unit.template}/{unit.shots}-shot"
+        # disable=None: tqdm draws only on a terminal, so logs and sweep jobs get the summary lines alone.
+        return tqdm(total=total, desc=label, unit="ex", leave=False, disable=None if self.progress else True)
+
+    def _score_unit(
+        self, unit: Unit, key: tuple, missing: set[str], model: Any, tokenizer: Any, bar: Any = None
+    ) -> int:
         """Score the unit's missing examples, committing batch by batch; returns the plan size used."""
         spec = unit.task.spec
         pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
@@ -188,6 +201,8 @@ class Evaluator:
             if self.fault is not None and self.scored_total >= self.fault:
                 os.kill(os.getpid(), signal.SIGKILL)
             self.store.add_examples(key, spec.name, rows, size)
+            if bar is not None:
+                bar.update(len(rows))
 
         def commit_in_pieces(batch: list[int], size: int) -> None:
             # The plan is fixed: only this batch shrinks, into deterministic pieces of half the size.

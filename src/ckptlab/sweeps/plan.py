@@ -30,7 +30,7 @@ from ckptlab.sweeps.spec import Spec, TrainEntry, chain_bases
 # Nor do permissions and memory/storage trade-offs that compute the same numbers: letting a model run
 # its own code, recomputing activations, keeping optimizer moments in old checkpoints.
 NOT_HASHED = {"out", "resume", "init_from", "allow_changed", "trust_remote_code"}
-NOT_HASHED_EVALUATE = {"model", "store", "export", "checkpoints", "tasks", "task_dirs"}
+NOT_HASHED_EVALUATE = {"model", "store", "export", "checkpoints", "tasks", "task_dirs", "report_to", "progress"}
 NOT_HASHED_TRAIN = {"progress", "tensorboard", "report_to", "activation_checkpointing"}
 NOT_HASHED_KEEP = {"optimizer_state"}
 
