@@ -38,7 +38,8 @@ NOT_HASHED_KEEP = {"optimizer_state"}
 # other numbers from the same config and inputs (a new default, a fixed bug in the loss or the scorer),
 # and only then are such jobs redone. A release that changes nothing a job computes keeps every id, so
 # a finished sweep stays finished across upgrades (task files and the scorer are versioned the same way).
-RESULTS_VERSIONS = {"pretrain": 1, "finetune": 1, "cpt": 1, "evaluate": 1}
+# evaluate 2: lm-eval's tokenization (trailing whitespace to the continuation) and acc_norm, BOS auto.
+RESULTS_VERSIONS = {"pretrain": 1, "finetune": 1, "cpt": 1, "evaluate": 2}
 
 
 @dataclass
