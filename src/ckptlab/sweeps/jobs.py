@@ -251,7 +251,16 @@ def _evaluate(job: Any, out: Path, directory: Path, verbs: Verbs) -> dict[str, A
         )
         meta = {"model_source": _shown(source, out), "model_label": model["key"]}
         trust = config.trust_remote_code
-        evaluator.run_model(model_fp, meta, units, lambda: load_for_eval(ref.source, dtype, device, print, trust))
+        results, sensitivity = evaluator.run_model(
+            model_fp, meta, units, lambda: load_for_eval(ref.source, dtype, device, print, trust)
+        )
+        if config.report_to:
+            from ckptlab.runs.trackers import log_evaluation
+
+            rows = [row for result in results for row in result.metric_rows] + sensitivity
+            public = [{k: v for k, v in row.items() if not k.startswith("_")} for row in rows]
+            name = f"{job.sweep}-{model['key']}"
+            log_evaluation(config.report_to, public, name, directory, configlib.to_dict(config))
         base = model.get("base") or model
         step, tokens = base.get("step"), base.get("tokens_seen")
         if step is None and base.get("producer"):  # a model pre-trained by the sweep itself
