@@ -199,3 +199,28 @@ def test_picked_sums_keeps_pick_order_across_length_groups():
     got = scoring.picked_sums(logprobs, picks).tolist()
     want = [sum(logprobs[r, s + k, t].item() for k, t in enumerate(tokens)) for r, s, tokens in picks]
     assert got == want
+
+
+@pytest.mark.parametrize("architecture", ["gpt_neox", "llama"])
+def test_a_shared_prefix_scored_from_its_cache_equals_the_whole_context(tokenizer, architecture):
+    """Prompts that start with the same demonstrations: with the prefix's KV cache computed once and
+    repeated over each batch, every log-likelihood equals the unpadded full pass within 1e-5."""
+    model = tiny(tokenizer, architecture)
+    demos = "the cat sat on the mat . yes\n\na dog ran in the park . no\n\n"
+    rng = random.Random(1)
+    prompts = [demos + " ".join(rng.choices(WORDS, k=rng.randint(1, 12))) for _ in range(20)]
+    options = [["yes", "no"], ["entailment contradiction", "neutral"]]
+    reqs = scoring.encode_requests(tokenizer, prompts, [options[i % 2] for i in range(20)])
+    length = scoring.common_prefix_length([r.context for r in reqs])
+    assert length >= scoring.MIN_PREFIX_TOKENS and length < min(len(r.context) for r in reqs)
+    prefix = scoring.compute_prefix(model, reqs[0].context[:length])
+    assert prefix is not None
+    one_at_a_time = [reference(model, r) for r in reqs]
+    for batch_size in (1, 7, 20):
+        got = [None] * len(reqs)
+        for batch in scoring.plan_batches([len(r.context) for r in reqs], batch_size):
+            for i, s in zip(batch, scoring.score_shared(model, [reqs[i] for i in batch], 1, prefix=prefix)):
+                got[i] = s
+        assert flat(got) == pytest.approx(flat(one_at_a_time), abs=1e-5), batch_size
+    assert scoring.common_prefix_length([[1, 2, 3], [1, 2, 4]]) == 0  # under MIN_PREFIX_TOKENS
+    assert scoring.common_prefix_length([list(range(20)), list(range(12))]) == 11  # one own token kept

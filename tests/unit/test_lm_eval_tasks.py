@@ -334,3 +334,25 @@ def test_lm_eval_runs_exported_tasks_with_our_prompts(ckptlab_task: Path, tmp_pa
         assert [theirs.doc_to_choice(d)[theirs.doc_to_choice(d).index(theirs.doc_to_target(d))] for d in docs] == [
             e.gold for e in original.examples
         ]
+
+
+@pytest.mark.slow
+def test_first_n_demonstrations_give_lm_evals_k_shot_prompts(ckptlab_task: Path, tmp_path: Path, lm_eval_tasks) -> None:
+    """With `fewshot.sampling: first_n` (exported as lm-eval's `first_n` sampler) both tools build the same
+    2-shot prompts."""
+    from ckptlab.tasks.export import to_lm_eval
+
+    text = ckptlab_task.read_text(encoding="utf-8").replace(
+        "fewshot: {shots: [2]}", "fewshot: {shots: [2], sampling: first_n}"
+    )
+    ckptlab_task.write_text(text, encoding="utf-8")
+    original = load_task_data(read_task_file(ckptlab_task))
+    assert original.spec.fewshot_sampling == "first_n"
+    to_lm_eval(original, tmp_path)
+    theirs = lm_eval_tasks("mini_plain")
+    docs = list(theirs.test_docs())
+    ours = prompts_for(Unit(original, "plain", 2, 1, original.examples))
+    assert ours == [theirs.fewshot_context(d, 2) for d in docs]
+    assert ours[0].count("Verdict: ") == 2
+    back = read_task_file(tmp_path / "mini" / "mini_plain.yaml")
+    assert back.fewshot_sampling == "first_n"

@@ -44,6 +44,9 @@ class EvaluateConfig:
     """Seed of the bootstrap resampling."""
     fewshot_seed: int | None = None
     """Seed choosing the few-shot demonstrations (null = each task's fewshot.seed)."""
+    fewshot_sampling: Literal["per_example", "shared", "first_n"] | None = None
+    """Demonstrations per example (seeded by its id), shared by every example (one seeded draw; their KV cache is
+    computed once), or the pool's first k (lm-eval's first_n); null = each task's fewshot.sampling."""
     length_normalized: bool = False
     """Also report accuracy_norm: choices ranked by log-likelihood per character."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
@@ -118,5 +121,9 @@ def prompt_format(config: EvaluateConfig) -> PromptFormat:
     from ckptlab.evaluation.prompting import PromptFormat
 
     return PromptFormat(
-        config.add_bos, config.apply_chat_template, config.system_instruction, config.fewshot_as_multiturn
+        config.add_bos,
+        config.apply_chat_template,
+        config.system_instruction,
+        config.fewshot_as_multiturn,
+        config.fewshot_sampling,
     )

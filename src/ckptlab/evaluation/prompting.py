@@ -44,6 +44,8 @@ class PromptFormat:
     """With a chat template: the system message (before the task's preamble)."""
     fewshot_as_multiturn: bool = True
     """With a chat template: each demonstration as its own user and assistant turns."""
+    fewshot_sampling: str | None = None
+    """per_example, shared or first_n for every task (None: each task's own `fewshot.sampling`)."""
 
     def keyed(self, task_fingerprint: str) -> str:
         """The task fingerprint extended by this format: the key results are stored under."""

@@ -81,9 +81,10 @@ def prompts_for(unit: Unit, tokenizer: Any = None) -> list[str]:
     """Each example's prompt: its demonstrations (seeded per example) and template, plain or chat-rendered."""
     spec, pool = unit.task.spec, unit.task.fewshot
     template = spec.templates[unit.template]
+    sampling = unit.prompt.fewshot_sampling or spec.fewshot_sampling
     prompts = []
     for example in unit.examples:
-        demos = [pool[i] for i in tpl.fewshot_indices(len(pool), unit.shots, unit.seed, example.id)]
+        demos = [pool[i] for i in tpl.demonstrations(len(pool), unit.shots, unit.seed, example.id, sampling)]
         prompts.append(unit.prompt.prompt(spec, template, example, demos, tokenizer))
     return prompts
 
@@ -108,6 +109,7 @@ class Evaluator:
         self.bootstrap_seed = bootstrap_seed
         self.length_normalized = length_normalized
         self.score = scoring.SCORERS[scorer]
+        self.shares_prefixes = scorer == "shared"
         self.say = say
         self.progress = progress
         self.fault = fault_after()
@@ -178,9 +180,14 @@ class Evaluator:
             contexts = [list(prefix) + list(ids) for prefix, ids in zip(prefixes, encoded)]
             lengths = [len(c) for c in contexts]
 
+        shared: list[scoring.Prefix | None] = []  # the unit's common prefix, computed on first use
+
         def rows_for(batch: list[int]) -> list[dict[str, Any]]:
             if spec.type == "classification":
-                scores = self.score(model, [requests[i] for i in batch], pad_id)
+                if not shared:
+                    shared.append(self._prefix(model, requests) if self.shares_prefixes else None)
+                extra = {"prefix": shared[0]} if shared[0] is not None else {}
+                scores = self.score(model, [requests[i] for i in batch], pad_id, **extra)
                 return [self._classification_row(unit.examples[i], requests[i], ll) for i, ll in zip(batch, scores)]
             texts = generation.generate_batch(
                 model,
@@ -238,6 +245,19 @@ class Evaluator:
                     raise self._out_of_memory(unit, size, auto) from None
             size //= 2  # nothing of this unit is stored yet: re-plan it at half the size
             self.say(f"  {spec.name} / {unit.template}: out of memory, trying batch size {size}")
+
+    @staticmethod
+    def _prefix(model: Any, requests: list[scoring.Request]) -> scoring.Prefix | None:
+        """The KV cache of the tokens every prompt of the unit starts with (instructions, shared demonstrations).
+
+        Taken over all the unit's requests, scored or not, so a resumed unit uses the same prefix; None
+        when they share fewer than `MIN_PREFIX_TOKENS` or some prompt does not fit the model whole.
+        """
+        length = scoring.common_prefix_length([r.context for r in requests])
+        limit = scoring.model_max_length(model)
+        if not length or any(len(r.context) + max(len(c) for c in r.continuations) > limit for r in requests):
+            return None
+        return scoring.compute_prefix(model, requests[0].context[:length])
 
     def auto_batch_size(self, model: Any) -> int:
         """Where `batch_size: auto` starts for a unit without recorded rows, on the model's device."""

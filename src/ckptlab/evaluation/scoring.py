@@ -15,6 +15,9 @@ beyond the context's own tokens. The same batch plan gives bit-identical scores 
 
 from __future__ import annotations
 
+import copy
+import functools
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -101,24 +104,100 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: Any) -> tuple[A
     return ids.to(device), mask.to(device), positions.to(device)
 
 
+#: A unit's common token prefix is computed once (and its KV cache reused) from this many tokens on.
+MIN_PREFIX_TOKENS = 8
+
+
+@dataclass
+class Prefix:
+    """Tokens that every request of a unit starts with, and the model's KV cache over them (batch of one)."""
+
+    tokens: list[int]
+    cache: Any
+
+
+def common_prefix_length(contexts: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens all `contexts` share, keeping at least one token of each of its own (whose
+    logits score the first answer token); 0 when that is under `MIN_PREFIX_TOKENS`."""
+    if not contexts:
+        return 0
+    first, shortest = contexts[0], min(len(c) for c in contexts)
+    length = shortest - 1
+    for context in contexts[1:]:
+        same = 0
+        while same < length and context[same] == first[same]:
+            same += 1
+        length = same
+    return length if length >= MIN_PREFIX_TOKENS else 0
+
+
+def compute_prefix(model: Any, tokens: Sequence[int]) -> Prefix | None:
+    """Run the prefix once; None when the model's cache cannot be repeated over a batch (then score plainly)."""
+    import torch
+
+    device = next(model.parameters()).device
+    ids = torch.tensor([list(tokens)], dtype=torch.long, device=device)
+    with torch.no_grad():
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+    cache = _cache_of(out)
+    if cache is None or not hasattr(cache, "batch_repeat_interleave") or not hasattr(cache, "batch_select_indices"):
+        return None
+    return Prefix(list(tokens), cache)
+
+
+def _cache_of(out: Any) -> Any:
+    # transformers 5.24 names the returned cache `cache` (`past_key_values` is its deprecated alias).
+    return out["cache"] if "cache" in out else getattr(out, "past_key_values", None)
+
+
+@functools.cache
+def _cache_argument(model_class: Any) -> str:
+    """The forward argument that takes a KV cache: `cache` (transformers ≥ 5.24) or `past_key_values`."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
 def score_shared(
-    model: Any, requests: Sequence[Request], pad_id: int, max_length: int | None = None
+    model: Any, requests: Sequence[Request], pad_id: int, max_length: int | None = None, prefix: Prefix | None = None
 ) -> list[list[float]]:
-    """Log-likelihood of every continuation of every request; the prompt runs once per request."""
+    """Log-likelihood of every continuation of every request; the prompt runs once per request.
+
+    With `prefix` (tokens every request's context starts with, fitting the model with every
+    context), only the rest of each context runs, against a copy of the prefix's KV cache repeated
+    over the batch: the positions and attention are those of the whole context, so the scores are the
+    plain ones up to float rounding.
+    """
     import torch
 
     device = next(model.parameters()).device
     max_length = max_length or model_max_length(model)
-    contexts = [truncate(r.context, max(len(c) for c in r.continuations), max_length) for r in requests]
+    cache_argument = _cache_argument(model.__class__)
+    held = len(prefix.tokens) if prefix is not None else 0
+    if prefix is not None:
+        contexts = [r.context[held:] for r in requests]
+    else:
+        contexts = [truncate(r.context, max(len(c) for c in r.continuations), max_length) for r in requests]
     ids, mask, positions = left_pad(contexts, pad_id, device)
+    seen = torch.ones((len(requests), held), dtype=mask.dtype, device=device)  # the prefix, for every row
+    cached: dict[str, Any] = {}
+    if prefix is not None:
+        cache = copy.deepcopy(prefix.cache)
+        cache.batch_repeat_interleave(len(requests))
+        cached[cache_argument] = cache
     rows = [(i, j) for i, r in enumerate(requests) for j, c in enumerate(r.continuations) if len(c) > 1]
     firsts = [(i, 0, [c[0]]) for i, r in enumerate(requests) for c in r.continuations]
     with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=bool(rows), logits_to_keep=1)
+        out = model(
+            input_ids=ids,
+            attention_mask=torch.cat([seen, mask], dim=1),
+            position_ids=positions + held,
+            use_cache=bool(rows),
+            logits_to_keep=1,
+            **cached,
+        )
         first = torch.log_softmax(out.logits[:, -1:, :].double(), dim=-1)
         picked = [picked_sums(first, firsts)]
         if rows:
-            cache = out.past_key_values
+            cache = _cache_of(out)
             index = torch.tensor([i for i, _ in rows], device=device)
             cache.batch_select_indices(index)
             tails = [requests[i].continuations[j][:-1] for i, j in rows]
@@ -129,14 +208,14 @@ def score_shared(
                 tail_ids[r, : len(tail)] = torch.tensor(tail, dtype=torch.long)
                 tail_mask[r, : len(tail)] = 1
             tail_mask = tail_mask.to(device)
-            full_mask = torch.cat([mask[index], tail_mask], dim=1)
-            tail_positions = mask[index].sum(-1, keepdim=True) + torch.arange(width, device=device)
+            full_mask = torch.cat([seen[index], mask[index], tail_mask], dim=1)
+            tail_positions = held + mask[index].sum(-1, keepdim=True) + torch.arange(width, device=device)
             out = model(
                 input_ids=tail_ids.to(device),
                 attention_mask=full_mask,
                 position_ids=tail_positions,
-                past_key_values=cache,
                 use_cache=False,
+                **{cache_argument: cache},
             )
             logprobs = torch.log_softmax(out.logits.double(), dim=-1)
             picked.append(

@@ -115,6 +115,8 @@ def to_lm_eval(data: TaskData, out: Path) -> list[Path]:
         config["target_delimiter"] = spec.target_delimiter
         config["fewshot_delimiter"] = spec.fewshot_delimiter
         config["num_fewshot"] = spec.fewshot_shots[0] if spec.fewshot_split in files else 0
+        if spec.fewshot_sampling == "first_n":
+            config["fewshot_config"] = {"sampler": "first_n"}  # the same demonstrations in both tools
         config["metric_list"] = [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in metrics]
         config["metadata"] = {"version": spec.version, "ckptlab_task": spec.name, "ckptlab_template": template_name}
         path = folder / f"{config['task']}.yaml"

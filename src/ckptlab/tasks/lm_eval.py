@@ -54,6 +54,7 @@ SUPPORTED = {
     "generation_kwargs",
     "include",
     "repeats",
+    "fewshot_config",
 }
 #: Accepted and without effect on scores.
 INERT = {"tag", "group", "task_alias", "metadata", "should_decontaminate", "doc_to_decontamination_query"}
@@ -186,7 +187,22 @@ def parse(raw: dict[str, Any], path: Path, lines: dict[str, int], data_dir: Path
     if not isinstance(shots, int) or shots < 0:
         raise fail("num_fewshot", f"num_fewshot must be a whole number ≥ 0, got {shots!r}")
     spec.fewshot_shots = [shots]
+    spec.fewshot_sampling = _sampling(raw.get("fewshot_config"), fail)
     return spec
+
+
+def _sampling(config: Any, fail: Any) -> str:
+    """`fewshot_config: {sampler: first_n}` as ckptlab's first_n; lm-eval's default random sampler has no
+    equivalent draw, so it becomes ckptlab's per-example draw (documented: k > 0 prompts then differ)."""
+    if config is None:
+        return "per_example"
+    if not isinstance(config, dict) or set(config) - {"sampler"}:
+        extra = sorted(set(config) - {"sampler"}) if isinstance(config, dict) else ["(not a mapping)"]
+        raise fail("fewshot_config", f"fewshot_config.{extra[0]} is not supported (sampler: first_n or default only)")
+    sampler = config.get("sampler", "default")
+    if sampler not in ("first_n", "default"):
+        raise fail("fewshot_config", f"fewshot_config.sampler {sampler!r} is not supported (first_n or default)")
+    return "first_n" if sampler == "first_n" else "per_example"
 
 
 def _walk(key: str, value: Any) -> list[tuple[str, Any]]:

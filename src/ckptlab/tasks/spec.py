@@ -275,6 +275,10 @@ def _parse_data(spec: TaskSpec, raw: dict[str, Any], fail: Any, data_dir: Path |
     spec.fewshot_split = fewshot.get("split", "train")
     spec.fewshot_seed = int(fewshot.get("seed", 1234))
     spec.fewshot_shots = [int(k) for k in fewshot.get("shots", [0])]
+    spec.fewshot_sampling = str(fewshot.get("sampling", "per_example"))
+    if spec.fewshot_sampling not in tpl.SAMPLINGS:
+        choices = ", ".join(tpl.SAMPLINGS)
+        raise fail("fewshot", f"fewshot.sampling must be one of {choices}, got {spec.fewshot_sampling!r}")
     if spec.fewshot_split not in available:
         spec.fewshot_split = None  # no demonstrations available: only 0-shot runs
     if spec.fewshot_split == spec.eval_split:
@@ -422,6 +426,7 @@ def fingerprint(spec: TaskSpec, split: str, data_digests: dict[str, str]) -> str
         "stop",
         "fewshot_split",
         "fewshot_seed",
+        "fewshot_sampling",
         "target_delimiter",
         "fewshot_delimiter",
         "templates",

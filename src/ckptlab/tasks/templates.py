@@ -81,6 +81,25 @@ def fewshot_indices(pool_size: int, k: int, seed: int, example_id: str) -> list[
     return rng.sample(range(pool_size), min(k, pool_size))
 
 
+SAMPLINGS = ("per_example", "shared", "first_n")
+
+
+def demonstrations(pool_size: int, k: int, seed: int, example_id: str, sampling: str = "per_example") -> list[int]:
+    """Indices into the few-shot pool of the `k` demonstrations before example `example_id`.
+
+    per_example: `fewshot_indices` (a draw per example). shared: one draw for every example of the
+    task (seeded by `seed` alone), so all prompts share their demonstrations and the scorer computes
+    them once. first_n: the pool's first k rows in order (lm-eval's `first_n` sampler).
+    """
+    if sampling == "per_example":
+        return fewshot_indices(pool_size, k, seed, example_id)
+    if sampling == "shared":
+        return fewshot_indices(pool_size, k, seed, "")
+    if sampling == "first_n":
+        return list(range(min(k, pool_size)))
+    raise ValueError(f"few-shot sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
+
+
 def build_prompt(
     template: str,
     fields: dict[str, Any],

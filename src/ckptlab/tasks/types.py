@@ -48,6 +48,9 @@ class TaskSpec:
     fewshot_split: str | None = "train"
     fewshot_seed: int = 1234
     fewshot_shots: list[int] = field(default_factory=lambda: [0])
+    fewshot_sampling: str = "per_example"
+    """Which demonstrations precede an example: per_example (k drawn per example, seeded by its id), shared (one
+    seeded draw of k for every example) or first_n (the pool's first k rows, lm-eval's `first_n`)."""
     target_delimiter: str = " "
     fewshot_delimiter: str = "\n\n"
     hf: dict[str, Any] | None = None
