@@ -12,8 +12,9 @@ import test_sweep_plan
 from test_sweep_plan import fake_model, toy_task
 
 from ckptlab.commands.sweep import spec_from_dict
-from ckptlab.sweeps.executors import Progress, RayOptions, reservation, reserves, run_local, run_ray
+from ckptlab.sweeps.executors import RayOptions, reservation, reserves, run_local, run_ray
 from ckptlab.sweeps.plan import build_plan
+from ckptlab.sweeps.progress import Progress
 
 sweep = test_sweep_plan.sweep  # the fixture: two fake checkpoints, two fine-tunes, one evaluation
 

@@ -132,7 +132,8 @@ def run_sweep(
         JobStopped: a training job was stopped by SIGTERM/SIGINT (it resumes on the next run).
     """
     from ckptlab.sweeps import state
-    from ckptlab.sweeps.executors import Progress, execute
+    from ckptlab.sweeps.executors import execute
+    from ckptlab.sweeps.progress import Progress
     from ckptlab.sweeps.results import write_results_csv
 
     say = say or functools.partial(print, flush=True)

@@ -28,9 +28,11 @@ from typing import Any
 from ckptlab.sweeps import state
 from ckptlab.sweeps.jobs import run_job
 from ckptlab.sweeps.plan import Job, Plan, dependents
+from ckptlab.sweeps.progress import Progress
 from ckptlab.sweeps.spec import DEFAULT_RESOURCES, SET_BY_SWEEP, Verbs
 
 JobRunner = Callable[[Job, str, Verbs], dict[str, Any]]
+Clock = Callable[[], float]
 
 
 @dataclass
@@ -51,45 +53,6 @@ class Outcome:
     """Ids of jobs run to completion now."""
     failed: dict[str, str] = field(default_factory=dict)
     """Id → reason of jobs that failed now."""
-
-
-class Progress:
-    """Plain progress lines for the whole plan: jobs done/total, the job that starts, an ETA."""
-
-    def __init__(self, plan: Plan, done: int, enabled: bool, say: Callable[[str], None]) -> None:
-        self.total, self.done, self.enabled, self.say = len(plan.jobs), done, enabled, say
-        self.seconds: dict[str, list[float]] = {}
-
-    def _line(self, text: str) -> None:
-        if self.enabled:
-            self.say(f"[{self.done}/{self.total}] {text}")
-
-    def started(self, job: Job) -> None:
-        self._line(f"start {job.kind} {job.name} ({job.id[:12]})")
-
-    def finished(self, job: Job, result: dict[str, Any], remaining: list[Job]) -> None:
-        wall = float(result.get("wall_s") or 0.0)
-        if result["status"] == "done":
-            self.done += 1
-            self.seconds.setdefault(job.kind, []).append(wall)
-            self._line(f"done  {job.kind} {job.name} in {wall:.1f} s{self._eta(remaining)}")
-        else:
-            self._line(f"FAILED {job.kind} {job.name}: {result.get('reason')}")
-
-    def _eta(self, remaining: list[Job]) -> str:
-        if not remaining or not self.seconds:
-            return ""
-        every = [s for values in self.seconds.values() for s in values]
-        mean = sum(every) / len(every)
-        left = sum(
-            sum(self.seconds[j.kind]) / len(self.seconds[j.kind]) if j.kind in self.seconds else mean for j in remaining
-        )
-        return f"; {len(remaining)} left, ETA {_duration(left)}"
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 class _Schedule:
@@ -142,6 +105,17 @@ def reservation(job: Job, cluster_gpus: float) -> dict[str, float]:
     if gpus is None:
         gpus = 1 if cluster_gpus >= 1 and requested_device(job) != "cpu" else 0
     return {"num_cpus": job.resources.get("num_cpus", DEFAULT_RESOURCES["num_cpus"]), "num_gpus": gpus}
+
+
+def cluster_share(need: dict[str, float], cluster: dict[str, float]) -> float:
+    """The share of a Ray cluster that a job reserving `need` holds: of the resource it takes most
+    of (1 / share jobs like it run at once; fragmentation over nodes is left to the measurement)."""
+    shares = [
+        min(need[key] / cluster[name], 1.0) if cluster.get(name) else 1.0
+        for key, name in (("num_cpus", "CPU"), ("num_gpus", "GPU"))
+        if need[key]
+    ]
+    return max(shares, default=0.0)
 
 
 def reserves(plan: Plan, cluster_gpus: float | None) -> str:
@@ -248,6 +222,9 @@ def run_ray(
             f"{reserves(plan, cluster_gpus)}"
         )
         _check_fits(plan, schedule, cluster, strict=not options.address, say=progress.say)
+        progress.remaining_time.share_of = {
+            job.id: cluster_share(reservation(job, cluster_gpus), cluster) for job in plan.jobs
+        }
         # `max_calls` is fixed per remote function (refused in `.options`), hence the two.
         fresh = ray.remote(max_calls=1)(_run_in_worker)
         reused = ray.remote(runner)
