@@ -244,7 +244,9 @@ class Cramped(Counting):
         forward = model.forward
 
         def limited(*args, **kwargs):
-            if kwargs.get("past_key_values") is None:  # the prompt pass, not the KV-cached continuation pass
+            # The batch's prompt pass (it keeps one logit per row): not the KV-cached continuation pass,
+            # nor the single-row pass over the unit's shared prefix (no attention mask).
+            if kwargs.get("logits_to_keep") == 1 and "attention_mask" in kwargs:
                 rows, fits = kwargs["input_ids"].shape[0], self.fits(self.passes)
                 self.tried.append(rows)
                 if fits is not None and rows > fits:
